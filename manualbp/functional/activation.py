@@ -1,0 +1,314 @@
+"""Activations and (log-)softmax with hand-written backward passes.
+
+Each backward is the chain rule for an elementwise map y = f(x):  dL/dx = dL/dy ⊙ f'(x),
+written with differentiable torch operations so that double backward is correct.
+Where f' is cheapest from the output (sigmoid, tanh, softmax) the output is saved instead of the input.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from manualbp.functional._validation import check_floating, normalize_dim, reject_inplace
+
+
+class ReLUFunction(torch.autograd.Function):
+    """y = max(x, 0).   x, y: any shape.
+
+    dL/dx = dL/dy ⊙ [y > 0]
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return torch.relu(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (y,) = ctx.saved_tensors
+        return torch.where(y > 0, grad_out, 0.0)
+
+
+class LeakyReLUFunction(torch.autograd.Function):
+    """y = x if x > 0 else s·x, s = negative_slope.   x, y: any shape.
+
+    dL/dx = dL/dy ⊙ (1 if x > 0 else s)
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, negative_slope):
+        return F.leaky_relu(x, negative_slope)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+        ctx.negative_slope = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        return torch.where(x > 0, grad_out, grad_out * ctx.negative_slope), None
+
+
+class ELUFunction(torch.autograd.Function):
+    """y = x if x > 0 else α(e^x - 1).   x, y: any shape.
+
+    dL/dx = dL/dy ⊙ (1 if x > 0 else α e^x)
+
+    e^x is evaluated at min(x, 0) so that large positive x cannot overflow into the unused branch
+    (an inf there would turn into nan in double backward).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, alpha):
+        return F.elu(x, alpha)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+        ctx.alpha = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        negative_side = ctx.alpha * torch.exp(x.clamp(max=0))
+        return torch.where(x > 0, grad_out, grad_out * negative_side), None
+
+
+class SigmoidFunction(torch.autograd.Function):
+    """y = σ(x) = 1 / (1 + e^-x).   x, y: any shape.
+
+    dL/dx = dL/dy ⊙ y (1 - y)
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return torch.sigmoid(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (y,) = ctx.saved_tensors
+        return grad_out * y * (1 - y)
+
+
+class TanhFunction(torch.autograd.Function):
+    """y = tanh(x).   x, y: any shape.
+
+    dL/dx = dL/dy ⊙ (1 - y²)
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return torch.tanh(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (y,) = ctx.saved_tensors
+        return grad_out * (1 - y * y)
+
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_GELU_CUBIC = 0.044715
+
+
+class GELUFunction(torch.autograd.Function):
+    """Gaussian error linear unit.   x, y: any shape.
+
+    approximate="none":  y = x Φ(x),   Φ the standard normal CDF, φ its density
+        dL/dx = dL/dy ⊙ (Φ(x) + x φ(x))
+    approximate="tanh":  y = ½ x (1 + tanh u),   u = √(2/π) (x + 0.044715 x³)
+        dL/dx = dL/dy ⊙ (½ (1 + tanh u) + ½ x (1 - tanh² u) √(2/π) (1 + 3·0.044715 x²))
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, approximate):
+        return F.gelu(x, approximate=approximate)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+        ctx.approximate = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        if ctx.approximate == "tanh":
+            t = torch.tanh(_SQRT_2_OVER_PI * (x + _GELU_CUBIC * x**3))
+            du_dx = _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * x * x)
+            local = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du_dx
+        else:
+            cdf = 0.5 * (1 + torch.erf(x * _INV_SQRT_2))
+            pdf = _INV_SQRT_2PI * torch.exp(-0.5 * x * x)
+            local = cdf + x * pdf
+        return grad_out * local, None
+
+
+class SiLUFunction(torch.autograd.Function):
+    """y = x σ(x) (swish).   x, y: any shape.
+
+    dL/dx = dL/dy ⊙ σ(x) (1 + x (1 - σ(x)))
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return F.silu(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        s = torch.sigmoid(x)
+        return grad_out * s * (1 + x * (1 - s))
+
+
+class SoftmaxFunction(torch.autograd.Function):
+    """y_i = e^{x_i - m} / Σ_j e^{x_j - m} along ``dim``, m = max_j x_j (for stability).   x, y: any shape.
+
+    dL/dx = y ⊙ (dL/dy - Σ_dim (dL/dy ⊙ y))
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, dim):
+        return torch.softmax(x, dim)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+        ctx.dim = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (y,) = ctx.saved_tensors
+        return y * (grad_out - (grad_out * y).sum(ctx.dim, keepdim=True)), None
+
+
+class LogSoftmaxFunction(torch.autograd.Function):
+    """y_i = x_i - m - log Σ_j e^{x_j - m} along ``dim``, m = max_j x_j.   x, y: any shape.
+
+    dL/dx = dL/dy - e^y ⊙ Σ_dim dL/dy        (e^y is the softmax)
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, dim):
+        return torch.log_softmax(x, dim)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+        ctx.dim = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (y,) = ctx.saved_tensors
+        return grad_out - torch.exp(y) * grad_out.sum(ctx.dim, keepdim=True), None
+
+
+def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """Hand-differentiated ``torch.nn.functional.relu``."""
+    check_floating("relu", input=input)
+    reject_inplace("relu", inplace)
+    return ReLUFunction.apply(input)
+
+
+def leaky_relu(input: torch.Tensor, negative_slope: float = 0.01, inplace: bool = False) -> torch.Tensor:
+    """Hand-differentiated ``torch.nn.functional.leaky_relu``."""
+    check_floating("leaky_relu", input=input)
+    reject_inplace("leaky_relu", inplace)
+    return LeakyReLUFunction.apply(input, float(negative_slope))
+
+
+def elu(input: torch.Tensor, alpha: float = 1.0, inplace: bool = False) -> torch.Tensor:
+    """Hand-differentiated ``torch.nn.functional.elu``."""
+    check_floating("elu", input=input)
+    reject_inplace("elu", inplace)
+    return ELUFunction.apply(input, float(alpha))
+
+
+def sigmoid(input: torch.Tensor) -> torch.Tensor:
+    """Hand-differentiated ``torch.sigmoid``."""
+    check_floating("sigmoid", input=input)
+    return SigmoidFunction.apply(input)
+
+
+def tanh(input: torch.Tensor) -> torch.Tensor:
+    """Hand-differentiated ``torch.tanh``."""
+    check_floating("tanh", input=input)
+    return TanhFunction.apply(input)
+
+
+def gelu(input: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """Hand-differentiated ``torch.nn.functional.gelu``; ``approximate`` is "none" or "tanh"."""
+    check_floating("gelu", input=input)
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return GELUFunction.apply(input, approximate)
+
+
+def silu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """Hand-differentiated ``torch.nn.functional.silu``."""
+    check_floating("silu", input=input)
+    reject_inplace("silu", inplace)
+    return SiLUFunction.apply(input)
+
+
+def _softmax_dim(op: str, input: torch.Tensor, dim: int | None, dtype: torch.dtype | None) -> int:
+    """Validate the arguments shared by softmax and log_softmax and return a non-negative ``dim``."""
+    check_floating(op, input=input)
+    if dtype is not None:
+        raise NotImplementedError(f"{op}: the dtype argument is not supported; cast the input before the call")
+    if dim is None:
+        # torch's legacy rule for an implicit dim, with torch's warning.
+        warnings.warn(
+            f"Implicit dimension choice for {op} has been deprecated. Change the call to include dim=X as an argument.",
+            stacklevel=3,
+        )
+        dim = 0 if input.dim() in (0, 1, 3) else 1
+    return normalize_dim(op, dim, input.dim())
+
+
+def softmax(input: torch.Tensor, dim: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Hand-differentiated ``torch.nn.functional.softmax`` along ``dim``."""
+    return SoftmaxFunction.apply(input, _softmax_dim("softmax", input, dim, dtype))
+
+
+def log_softmax(input: torch.Tensor, dim: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Hand-differentiated ``torch.nn.functional.log_softmax`` along ``dim``."""
+    return LogSoftmaxFunction.apply(input, _softmax_dim("log_softmax", input, dim, dtype))

@@ -1,0 +1,51 @@
+"""Inverted dropout: the random mask is drawn outside the Function, which is then deterministic."""
+
+from __future__ import annotations
+
+import torch
+
+from manualbp.functional._validation import check_floating, reject_inplace
+
+
+class DropoutFunction(torch.autograd.Function):
+    """y = x ⊙ m.   x, m, y: same shape; m holds 0 (dropped) or 1/(1-p) (kept).
+
+    dL/dx = dL/dy ⊙ m          (m is a constant: no gradient flows to it)
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, mask):
+        return x * mask
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (mask,) = ctx.saved_tensors
+        return grad_out * mask, None
+
+
+def dropout_mask(input: torch.Tensor, p: float) -> torch.Tensor:
+    """A mask like ``input`` with 1/(1-p) where kept (probability 1-p) and 0 where dropped.
+
+    Drawn as ``empty_like(input).bernoulli_(1 - p)``, the same draw as torch's CPU dropout,
+    so both consume the random stream identically.
+    """
+    if p == 1.0:
+        return torch.zeros_like(input)
+    return torch.empty_like(input).bernoulli_(1.0 - p).div_(1.0 - p)
+
+
+def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> torch.Tensor:
+    """Hand-differentiated ``torch.nn.functional.dropout``; identity when not ``training`` or p == 0."""
+    check_floating("dropout", input=input)
+    reject_inplace("dropout", inplace)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0.0 or input.numel() == 0:
+        return input
+    return DropoutFunction.apply(input, dropout_mask(input, p))

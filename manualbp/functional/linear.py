@@ -1,0 +1,66 @@
+"""Affine map y = x W^T + b with its hand-written backward."""
+
+from __future__ import annotations
+
+import torch
+
+from manualbp.functional._validation import check_floating, check_same_dtype, shape_str
+
+
+class LinearFunction(torch.autograd.Function):
+    """y = x W^T + b.     x: (*, in)   W: (out, in)   b: (out,) or None   y: (*, out)
+
+    With G = dL/dy flattened to (M, out) and X = x flattened to (M, in), M = prod(*):
+
+        dL/dx = dL/dy · W          (*, out) @ (out, in) -> (*, in)
+        dL/dW = G^T · X            summed over every leading dim
+        dL/db = Σ_M G
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return torch.nn.functional.linear(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_out.matmul(weight)
+        if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
+            g2d = grad_out.reshape(-1, weight.shape[0])
+            if ctx.needs_input_grad[1]:
+                grad_w = g2d.t().matmul(x.reshape(-1, weight.shape[1]))
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                grad_b = g2d.sum(0)
+        return grad_x, grad_w, grad_b
+
+
+def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Hand-differentiated ``torch.nn.functional.linear``: ``input @ weight.T + bias``.
+
+    input: (*, in_features)   weight: (out_features, in_features)   bias: (out_features,)
+    """
+    check_floating("linear", input=input, weight=weight, bias=bias)
+    check_same_dtype("linear", input=input, weight=weight, bias=bias)
+    if weight.dim() != 2:
+        raise ValueError(f"linear: expected a 2-D weight (out_features, in_features), got shape {shape_str(weight)}")
+    if input.dim() == 0 or input.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"linear: input of shape {shape_str(input)} does not match weight of shape {shape_str(weight)}: "
+            f"the last dimension of input must be in_features={weight.shape[1]}"
+        )
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(
+            f"linear: bias of shape {shape_str(bias)} does not match weight of shape {shape_str(weight)}: "
+            f"expected ({weight.shape[0]},)"
+        )
+    return LinearFunction.apply(input, weight, bias)

@@ -1,0 +1,350 @@
+"""Losses with hand-written backward passes: cross entropy, negative log-likelihood, mean squared error.
+
+Cross entropy and NLL share one form. For every sample i (a batch element, or a batch element at one
+spatial position of the (N, C, d1, ...) layout) a coefficient vector a_i over the C classes is built:
+
+    class targets t_i:        a_ic = [t_i ≠ ignore_index] · ((1-ε) w_{t_i} [c = t_i] + ε/C · w_c)
+    probability targets q_i:  a_ic = w_c · ((1-ε) q_ic + ε/C)
+
+with class weights w (all ones by default) and label smoothing ε. Then
+
+    nll_loss:       ℓ_i = -Σ_c a_ic x_ic             dℓ_i/dx_ic = -a_ic
+    cross_entropy:  ℓ_i = -Σ_c a_ic log p_ic,  p_i = softmax(x_i)
+                    dℓ_i/dx_ic = p_ic Σ_k a_ik - a_ic
+
+and reduction "mean" divides Σ_i ℓ_i by D = Σ_i Σ_c [class targets: ε-free] a_ic, which is
+Σ_i [t_i ≠ ignore_index] w_{t_i} for class targets (torch's normalisation) and the number of samples
+for probability targets.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from manualbp.functional._validation import (
+    check_floating,
+    check_same_dtype,
+    resolve_reduction,
+    shape_str,
+)
+
+
+def _class_dim(x: torch.Tensor) -> int:
+    return 1 if x.dim() >= 2 else 0
+
+
+def _broadcast_weight(weight: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """Class weights shaped to broadcast against x along the class dim; ones when weight is None."""
+    cd = _class_dim(x)
+    if weight is None:
+        weight = torch.ones(x.shape[cd], dtype=x.dtype, device=x.device)
+    shape = [1] * x.dim()
+    shape[cd] = -1
+    return weight.reshape(shape)
+
+
+def _coefficients(
+    x: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The coefficient tensor a (shape of x) of the module docstring, and the mean denominator D (0-d)."""
+    cd = _class_dim(x)
+    num_classes = x.shape[cd]
+    w = _broadcast_weight(weight, x)
+    if target.is_floating_point():
+        a = w * ((1 - label_smoothing) * target + label_smoothing / num_classes)
+        denom = torch.tensor(x.numel() // num_classes, dtype=x.dtype, device=x.device)
+        return a, denom
+    valid = (target != ignore_index).unsqueeze(cd).to(x.dtype)
+    safe_target = target.masked_fill(target == ignore_index, 0).unsqueeze(cd)
+    one_hot = torch.zeros_like(x).scatter(cd, safe_target, 1.0)
+    w_target = (one_hot * w).sum(cd, keepdim=True)
+    a = valid * ((1 - label_smoothing) * w_target * one_hot + (label_smoothing / num_classes) * w)
+    denom = (valid * w_target).sum()
+    return a, denom
+
+
+def _reduce(per_sample: torch.Tensor, reduction: str, denom: torch.Tensor) -> torch.Tensor:
+    if reduction == "none":
+        return per_sample
+    if reduction == "sum":
+        return per_sample.sum()
+    return per_sample.sum() / denom
+
+
+def _per_sample_grad_scale(grad_out: torch.Tensor, reduction: str, denom: torch.Tensor, cd: int) -> torch.Tensor:
+    """dL/dℓ_i, shaped to broadcast against x: dL/dy itself ('none'), or its scalar spread over i."""
+    if reduction == "none":
+        return grad_out.unsqueeze(cd)
+    if reduction == "sum":
+        return grad_out
+    return grad_out / denom
+
+
+class CrossEntropyFunction(torch.autograd.Function):
+    """Cross entropy of logits x against class indices or class probabilities.
+
+    x: (N, C, d1, ...) or (C,)   target: (N, d1, ...) / () class indices, or x's shape for probabilities
+    y: (N, d1, ...) for reduction="none", else ()
+
+        ℓ_i = -Σ_c a_ic log softmax(x_i)_c
+        dL/dx_i = dL/dℓ_i · (softmax(x_i) Σ_c a_ic - a_i)
+        dL/dq_ic = -dL/dℓ_i · (1-ε) w_c log softmax(x_i)_c        (probability targets only)
+
+    (a and the mean denominator D are defined in this module's docstring; for "mean", dL/dℓ_i = dL/dy / D.)
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, target, weight, ignore_index, reduction, label_smoothing):
+        a, denom = _coefficients(x, target, weight, ignore_index, label_smoothing)
+        per_sample = -(a * torch.log_softmax(x, _class_dim(x))).sum(_class_dim(x))
+        return _reduce(per_sample, reduction, denom)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, target, weight, ignore_index, reduction, label_smoothing = inputs
+        ctx.save_for_backward(x, target, weight)
+        ctx.ignore_index, ctx.reduction, ctx.label_smoothing = ignore_index, reduction, label_smoothing
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, target, weight = ctx.saved_tensors
+        cd = _class_dim(x)
+        a, denom = _coefficients(x, target, weight, ctx.ignore_index, ctx.label_smoothing)
+        scale = _per_sample_grad_scale(grad_out, ctx.reduction, denom, cd)
+        grad_x = grad_target = None
+        if ctx.needs_input_grad[0]:
+            p = torch.softmax(x, cd)
+            grad_x = scale * (p * a.sum(cd, keepdim=True) - a)
+        if ctx.needs_input_grad[1]:
+            w = _broadcast_weight(weight, x)
+            grad_target = -scale * (1 - ctx.label_smoothing) * w * torch.log_softmax(x, cd)
+        return grad_x, grad_target, None, None, None, None
+
+
+class NLLLossFunction(torch.autograd.Function):
+    """Negative log-likelihood of log-probabilities x at class indices t.
+
+    x: (N, C, d1, ...) or (C,)   target: (N, d1, ...) or ()   y: (N, d1, ...) for reduction="none", else ()
+
+        ℓ_i = -[t_i ≠ ignore_index] w_{t_i} x_{i, t_i}
+        dL/dx_ic = -dL/dℓ_i · [t_i ≠ ignore_index] w_{t_i} [c = t_i]
+
+    (for "mean", dL/dℓ_i = dL/dy / Σ_i [t_i ≠ ignore_index] w_{t_i}.)
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, target, weight, ignore_index, reduction):
+        a, denom = _coefficients(x, target, weight, ignore_index, 0.0)
+        return _reduce(-(a * x).sum(_class_dim(x)), reduction, denom)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, target, weight, ignore_index, reduction = inputs
+        ctx.save_for_backward(target, weight)
+        ctx.x_shape, ctx.x_dtype, ctx.x_device = x.shape, x.dtype, x.device
+        ctx.ignore_index, ctx.reduction = ignore_index, reduction
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        target, weight = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None
+        # The gradient does not depend on x's values, only on its shape: nll is linear in x.
+        x_like = torch.zeros(ctx.x_shape, dtype=ctx.x_dtype, device=ctx.x_device)
+        a, denom = _coefficients(x_like, target, weight, ctx.ignore_index, 0.0)
+        scale = _per_sample_grad_scale(grad_out, ctx.reduction, denom, _class_dim(x_like))
+        return -scale * a, None, None, None, None
+
+
+class MSELossFunction(torch.autograd.Function):
+    """Mean squared error.   x, t: broadcastable shapes   w: optional elementwise weight of x's shape.
+
+        e = x - t,   ℓ = w ⊙ e²   (w = 1 when absent)
+        y = ℓ ("none"), Σ ℓ ("sum"), Σ ℓ / D ("mean", D = numel(e), or Σ w with a weight)
+
+        dL/dx = Σ_broadcast  2 w ⊙ e ⊙ dL/dℓ          dL/dt = -dL/dx (summed to t's shape)
+        dL/dw = e² ⊙ dL/dℓ  ("none", "sum")       dL/dw = (e² - y) dL/dy / D  ("mean")
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, target, weight, reduction):
+        err = x - target
+        loss = err * err if weight is None else weight * err * err
+        if reduction == "mean":
+            denom = loss.numel() if weight is None else weight.sum()
+            return loss.sum() / denom
+        return loss.sum() if reduction == "sum" else loss
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, target, weight, reduction = inputs
+        ctx.save_for_backward(x, target, weight)
+        ctx.reduction = reduction
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, target, weight = ctx.saved_tensors
+        err = x - target
+        denom = (err.numel() if weight is None else weight.sum()) if ctx.reduction == "mean" else 1
+        grad_loss = grad_out / denom
+        grad_x = grad_target = grad_weight = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            grad_err = 2 * err * grad_loss if weight is None else 2 * weight * err * grad_loss
+            if ctx.needs_input_grad[0]:
+                grad_x = grad_err.sum_to_size(x.shape)
+            if ctx.needs_input_grad[1]:
+                grad_target = -grad_err.sum_to_size(target.shape)
+        if ctx.needs_input_grad[2]:
+            sq = err * err
+            if ctx.reduction == "mean":
+                sq = sq - (weight * sq).sum() / denom
+            grad_weight = (sq * grad_loss).sum_to_size(weight.shape)
+        return grad_x, grad_target, grad_weight, None
+
+
+def _check_class_target(op: str, input: torch.Tensor, target: torch.Tensor, ignore_index: int) -> None:
+    """Shape, dtype and range of a class-index target; the range check reads data, so it is skipped
+    while tracing (torch.compile) or under vmap, where it cannot be evaluated."""
+    cd = _class_dim(input)
+    expected = (input.shape[0],) + tuple(input.shape[2:]) if input.dim() >= 2 else ()
+    if tuple(target.shape) != expected:
+        raise ValueError(
+            f"{op}: expected target of shape {expected} for input of shape {shape_str(input)}, "
+            f"got target of shape {shape_str(target)}"
+        )
+    if target.dtype == torch.bool or target.is_complex():
+        raise TypeError(f"{op}: expected an integer (class index) target, got dtype {target.dtype}")
+    if torch.compiler.is_compiling() or torch._C._functorch.is_batchedtensor(target):
+        return
+    num_classes = input.shape[cd]
+    bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
+    if bool(bad.any()):
+        value = int(target[bad].flatten()[0])
+        raise IndexError(
+            f"{op}: target {value} is out of bounds: input of shape {shape_str(input)} has {num_classes} "
+            f"classes, so targets must lie in [0, {num_classes - 1}] (or equal ignore_index={ignore_index})"
+        )
+
+
+def _check_class_weight(op: str, input: torch.Tensor, weight: torch.Tensor | None) -> None:
+    if weight is None:
+        return
+    num_classes = input.shape[_class_dim(input)]
+    if tuple(weight.shape) != (num_classes,):
+        raise ValueError(
+            f"{op}: expected weight of shape ({num_classes},), one per class of input {shape_str(input)}, "
+            f"got {shape_str(weight)}"
+        )
+    if weight.requires_grad:
+        raise NotImplementedError(f"{op}: a class weight that requires grad is not supported (torch has no such derivative either)")
+
+
+def cross_entropy(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    size_average: bool | None = None,
+    ignore_index: int = -100,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Hand-differentiated ``torch.nn.functional.cross_entropy`` (log-softmax and NLL fused).
+
+    input: (N, C, d1, ...) or (C,) logits.
+    target: class indices of shape (N, d1, ...) or (), or class probabilities of input's shape.
+    """
+    op = "cross_entropy"
+    reduction = resolve_reduction(op, size_average, reduce, reduction)
+    check_floating(op, input=input, weight=weight)
+    check_same_dtype(op, input=input, weight=weight)
+    if input.dim() == 0:
+        raise ValueError(f"{op}: expected input of shape (N, C, ...) or (C,), got a 0-D tensor")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{op}: label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
+    _check_class_weight(op, input, weight)
+    if target.is_floating_point():
+        check_same_dtype(op, input=input, target=target)
+        if target.shape != input.shape:
+            raise ValueError(
+                f"{op}: probability targets must have the input's shape {shape_str(input)}, "
+                f"got {shape_str(target)}"
+            )
+    else:
+        _check_class_target(op, input, target, ignore_index)
+        target = target.long()
+    return CrossEntropyFunction.apply(input, target, weight, ignore_index, reduction, float(label_smoothing))
+
+
+def nll_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    size_average: bool | None = None,
+    ignore_index: int = -100,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Hand-differentiated ``torch.nn.functional.nll_loss``.
+
+    input: (N, C, d1, ...) or (C,) log-probabilities.   target: (N, d1, ...) or () class indices.
+    """
+    op = "nll_loss"
+    reduction = resolve_reduction(op, size_average, reduce, reduction)
+    check_floating(op, input=input, weight=weight)
+    check_same_dtype(op, input=input, weight=weight)
+    if input.dim() == 0:
+        raise ValueError(f"{op}: expected input of shape (N, C, ...) or (C,), got a 0-D tensor")
+    _check_class_weight(op, input, weight)
+    if target.is_floating_point():
+        raise TypeError(f"{op}: expected an integer (class index) target, got dtype {target.dtype}")
+    _check_class_target(op, input, target, ignore_index)
+    return NLLLossFunction.apply(input, target.long(), weight, ignore_index, reduction)
+
+
+def mse_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Hand-differentiated ``torch.nn.functional.mse_loss``.
+
+    input, target: broadcastable shapes (torch warns when they differ, and so does this)
+    weight: optional, input's shape; "mean" then divides by Σ weight.
+    """
+    op = "mse_loss"
+    reduction = resolve_reduction(op, size_average, reduce, reduction)
+    check_floating(op, input=input, target=target, weight=weight)
+    check_same_dtype(op, input=input, target=target, weight=weight)
+    if target.shape != input.shape:
+        try:
+            torch.broadcast_shapes(input.shape, target.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"{op}: input of shape {shape_str(input)} and target of shape {shape_str(target)} "
+                "cannot be broadcast together"
+            ) from None
+        warnings.warn(
+            f"Using a target size ({target.size()}) that is different to the input size ({input.size()}). "
+            "This will likely lead to incorrect results due to broadcasting. "
+            "Please ensure they have the same size.",
+            stacklevel=2,
+        )
+    if weight is not None and weight.shape != input.shape:
+        raise ValueError(f"{op}: weight of shape {shape_str(weight)} must have the input's shape {shape_str(input)}")
+    return MSELossFunction.apply(input, target, weight, reduction)

@@ -1,0 +1,99 @@
+"""Activation layers: the torch.nn twins with hand-written backward passes."""
+
+from __future__ import annotations
+
+import torch
+
+from manualbp import functional as MF
+from manualbp.nn._base import ManualModule, reject_inplace
+
+
+class ReLU(ManualModule, torch.nn.ReLU):
+    """max(x, 0) as ``torch.nn.ReLU``; ``inplace=True`` is not supported."""
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__(inplace)
+        self.check_supported()
+
+    def check_supported(self) -> None:
+        reject_inplace(self)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return MF.relu(input)
+
+
+class LeakyReLU(ManualModule, torch.nn.LeakyReLU):
+    """x or negative_slope·x as ``torch.nn.LeakyReLU``; ``inplace=True`` is not supported."""
+
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
+        super().__init__(negative_slope, inplace)
+        self.check_supported()
+
+    def check_supported(self) -> None:
+        reject_inplace(self)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return MF.leaky_relu(input, self.negative_slope)
+
+
+class ELU(ManualModule, torch.nn.ELU):
+    """x or α(e^x - 1) as ``torch.nn.ELU``; ``inplace=True`` is not supported."""
+
+    def __init__(self, alpha: float = 1.0, inplace: bool = False) -> None:
+        super().__init__(alpha, inplace)
+        self.check_supported()
+
+    def check_supported(self) -> None:
+        reject_inplace(self)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return MF.elu(input, self.alpha)
+
+
+class Sigmoid(ManualModule, torch.nn.Sigmoid):
+    """1 / (1 + e^-x) as ``torch.nn.Sigmoid``."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return MF.sigmoid(input)
+
+
+class Tanh(ManualModule, torch.nn.Tanh):
+    """tanh(x) as ``torch.nn.Tanh``."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return MF.tanh(input)
+
+
+class GELU(ManualModule, torch.nn.GELU):
+    """x Φ(x) (or its tanh approximation) as ``torch.nn.GELU``."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return MF.gelu(input, self.approximate)
+
+
+class SiLU(ManualModule, torch.nn.SiLU):
+    """x σ(x) as ``torch.nn.SiLU``; ``inplace=True`` is not supported."""
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__(inplace)
+        self.check_supported()
+
+    def check_supported(self) -> None:
+        reject_inplace(self)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return MF.silu(input)
+
+
+class Softmax(ManualModule, torch.nn.Softmax):
+    """softmax along ``dim`` as ``torch.nn.Softmax``."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return MF.softmax(input, self.dim)
+
+
+class LogSoftmax(ManualModule, torch.nn.LogSoftmax):
+    """log-softmax along ``dim`` as ``torch.nn.LogSoftmax``."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return MF.log_softmax(input, self.dim)

@@ -1,0 +1,24 @@
+"""manualbp.nn.Dropout: torch.nn.Dropout with a hand-written backward."""
+
+from __future__ import annotations
+
+import torch
+
+from manualbp import functional as MF
+from manualbp.nn._base import ManualModule, reject_inplace
+
+
+class Dropout(ManualModule, torch.nn.Dropout):
+    """Inverted dropout as ``torch.nn.Dropout``: zero with probability p and scale by 1/(1-p) in training,
+    identity in eval. On CPU, with the same seed, it drops the same elements as torch. ``inplace=True``
+    is not supported."""
+
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
+        super().__init__(p, inplace)
+        self.check_supported()
+
+    def check_supported(self) -> None:
+        reject_inplace(self)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return MF.dropout(input, self.p, self.training)

@@ -1,0 +1,194 @@
+"""The op-case registry: every configuration of every manualbp op that the test-suite checks.
+
+Adding an op (or an interesting configuration of one) is one ``twin(...)`` line here; every gradient
+and module test is parametrised over ``BUILTIN_CASES``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+import manualbp.nn as mnn
+from manualbp.verify.case import InputMaker, OpCase
+
+Maker = Callable[[torch.Generator], Any]
+
+
+def randn(*shape: int, scale: float = 1.0, offset: float = 0.0) -> Maker:
+    """A float64 normal sample of ``shape``, times ``scale``, plus ``offset``."""
+    return lambda g: torch.randn(shape, generator=g, dtype=torch.float64) * scale + offset
+
+
+def classes(*shape: int, num_classes: int, ignore: int | None = None) -> Maker:
+    """Class indices in [0, num_classes) of ``shape``; with ``ignore``, every third one set to it."""
+
+    def make(g: torch.Generator) -> torch.Tensor:
+        target = torch.randint(0, num_classes, shape, generator=g)
+        if ignore is not None:
+            target.view(-1)[::3] = ignore
+        return target
+
+    return make
+
+
+def probabilities(*shape: int) -> Maker:
+    """Rows of class probabilities along dim 1 (dim 0 for 1-D shapes)."""
+    dim = 1 if len(shape) > 1 else 0
+    return lambda g: torch.softmax(torch.randn(shape, generator=g, dtype=torch.float64), dim)
+
+
+def args(*makers: Maker) -> InputMaker:
+    return lambda g: tuple(make(g) for make in makers)
+
+
+def twin(case_id: str, layer: str, *ctor_args: Any, inputs: InputMaker, train: bool = True, **ctor_kwargs: Any) -> OpCase:
+    """A case comparing ``manualbp.nn.<layer>`` with ``torch.nn.<layer>``, both built from the same arguments.
+
+    Tensor constructor arguments (a class weight) are made from a fixed generator on every build.
+    """
+
+    def build(namespace: Any) -> Callable[[], torch.nn.Module]:
+        def make() -> torch.nn.Module:
+            g = torch.Generator().manual_seed(1)
+            resolved = {k: v(g) if callable(v) else v for k, v in ctor_kwargs.items()}
+            return getattr(namespace, layer)(*ctor_args, **resolved)
+
+        return make
+
+    return OpCase(case_id, build(mnn), build(torch.nn), inputs, train)
+
+
+def class_weight(num_classes: int) -> Maker:
+    return lambda g: torch.rand(num_classes, generator=g, dtype=torch.float64) + 0.5
+
+
+BUILTIN_CASES: list[OpCase] = [
+    # Linear
+    twin("linear-bias", "Linear", 5, 4, inputs=args(randn(3, 5))),
+    twin("linear-nobias-3d", "Linear", 5, 4, bias=False, inputs=args(randn(2, 3, 5))),
+    twin("linear-unbatched", "Linear", 5, 4, inputs=args(randn(5))),
+    twin("linear-batch1-4d", "Linear", 3, 2, inputs=args(randn(1, 2, 1, 3))),
+    # elementwise activations
+    twin("relu", "ReLU", inputs=args(randn(3, 4))),
+    twin("leaky_relu-slope0.2", "LeakyReLU", 0.2, inputs=args(randn(3, 4))),
+    twin("elu", "ELU", inputs=args(randn(3, 4))),
+    twin("elu-alpha0.5-extreme", "ELU", 0.5, inputs=args(randn(3, 4, scale=1e3))),
+    twin("sigmoid", "Sigmoid", inputs=args(randn(3, 4))),
+    twin("sigmoid-extreme", "Sigmoid", inputs=args(randn(3, 4, scale=1e3))),
+    twin("tanh", "Tanh", inputs=args(randn(3, 4))),
+    twin("tanh-extreme", "Tanh", inputs=args(randn(3, 4, scale=1e3))),
+    twin("gelu", "GELU", inputs=args(randn(3, 4, scale=2.0))),
+    twin("gelu-tanh", "GELU", approximate="tanh", inputs=args(randn(3, 4, scale=2.0))),
+    twin("silu", "SiLU", inputs=args(randn(3, 4, scale=2.0))),
+    twin("silu-extreme", "SiLU", inputs=args(randn(3, 4, scale=1e3))),
+    # softmax family
+    twin("softmax-dim1", "Softmax", dim=1, inputs=args(randn(3, 5))),
+    twin("softmax-dim0-3d", "Softmax", dim=0, inputs=args(randn(3, 2, 4))),
+    twin("softmax-logits+1e4", "Softmax", dim=-1, inputs=args(randn(3, 5, offset=1e4))),
+    twin("softmax-logits-1e4", "Softmax", dim=-1, inputs=args(randn(3, 5, offset=-1e4))),
+    twin("softmax-logits-spread1e4", "Softmax", dim=-1, inputs=args(randn(3, 5, scale=1e4))),
+    twin("log_softmax-dim1", "LogSoftmax", dim=1, inputs=args(randn(3, 5))),
+    twin("log_softmax-dim-1-4d", "LogSoftmax", dim=-1, inputs=args(randn(2, 3, 2, 4))),
+    twin("log_softmax-logits+1e4", "LogSoftmax", dim=1, inputs=args(randn(3, 5, offset=1e4))),
+    twin("log_softmax-logits-spread1e4", "LogSoftmax", dim=1, inputs=args(randn(3, 5, scale=1e4))),
+    # shape
+    twin("flatten-default", "Flatten", inputs=args(randn(2, 3, 2, 2))),
+    twin("flatten-dims1-2", "Flatten", 1, 2, inputs=args(randn(2, 3, 2, 2))),
+    twin("flatten-all", "Flatten", 0, -1, inputs=args(randn(2, 3, 2))),
+    # dropout (training mode; the fixed seed gives both sides the same mask)
+    twin("dropout-p0.3", "Dropout", 0.3, inputs=args(randn(4, 6))),
+    twin("dropout-p1", "Dropout", 1.0, inputs=args(randn(4, 6))),
+    # cross entropy
+    twin("cross_entropy-mean", "CrossEntropyLoss", inputs=args(randn(4, 5), classes(4, num_classes=5))),
+    twin("cross_entropy-sum", "CrossEntropyLoss", reduction="sum", inputs=args(randn(4, 5), classes(4, num_classes=5))),
+    twin("cross_entropy-none", "CrossEntropyLoss", reduction="none", inputs=args(randn(4, 5), classes(4, num_classes=5))),
+    twin(
+        "cross_entropy-weight",
+        "CrossEntropyLoss",
+        weight=class_weight(5),
+        inputs=args(randn(6, 5), classes(6, num_classes=5)),
+    ),
+    twin(
+        "cross_entropy-ignore_index",
+        "CrossEntropyLoss",
+        ignore_index=-1,
+        inputs=args(randn(6, 5), classes(6, num_classes=5, ignore=-1)),
+    ),
+    twin(
+        "cross_entropy-label_smoothing",
+        "CrossEntropyLoss",
+        label_smoothing=0.1,
+        inputs=args(randn(4, 5), classes(4, num_classes=5)),
+    ),
+    twin(
+        "cross_entropy-weight-smoothing-ignore-none",
+        "CrossEntropyLoss",
+        weight=class_weight(5),
+        ignore_index=2,
+        label_smoothing=0.2,
+        reduction="none",
+        inputs=args(randn(6, 5), classes(6, num_classes=5, ignore=2)),
+    ),
+    twin(
+        "cross_entropy-weight-smoothing-ignore-mean",
+        "CrossEntropyLoss",
+        weight=class_weight(5),
+        ignore_index=2,
+        label_smoothing=0.2,
+        inputs=args(randn(6, 5), classes(6, num_classes=5, ignore=2)),
+    ),
+    twin(
+        "cross_entropy-spatial",
+        "CrossEntropyLoss",
+        weight=class_weight(3),
+        inputs=args(randn(2, 3, 2, 3), classes(2, 2, 3, num_classes=3)),
+    ),
+    twin(
+        "cross_entropy-spatial-none",
+        "CrossEntropyLoss",
+        reduction="none",
+        label_smoothing=0.1,
+        inputs=args(randn(2, 3, 4), classes(2, 4, num_classes=3)),
+    ),
+    twin("cross_entropy-unbatched", "CrossEntropyLoss", inputs=args(randn(5), classes(num_classes=5))),
+    twin(
+        "cross_entropy-probabilities",
+        "CrossEntropyLoss",
+        weight=class_weight(5),
+        label_smoothing=0.1,
+        inputs=args(randn(4, 5), probabilities(4, 5)),
+    ),
+    twin("cross_entropy-logits-spread1e4", "CrossEntropyLoss", inputs=args(randn(4, 5, scale=1e4), classes(4, num_classes=5))),
+    twin("cross_entropy-logits+1e4", "CrossEntropyLoss", inputs=args(randn(4, 5, offset=1e4), classes(4, num_classes=5))),
+    # negative log-likelihood
+    twin("nll_loss-mean", "NLLLoss", inputs=args(randn(4, 5), classes(4, num_classes=5))),
+    twin("nll_loss-sum", "NLLLoss", reduction="sum", inputs=args(randn(4, 5), classes(4, num_classes=5))),
+    twin(
+        "nll_loss-weight-ignore-none",
+        "NLLLoss",
+        weight=class_weight(5),
+        ignore_index=0,
+        reduction="none",
+        inputs=args(randn(6, 5), classes(6, num_classes=5, ignore=0)),
+    ),
+    twin(
+        "nll_loss-spatial-weight",
+        "NLLLoss",
+        weight=class_weight(3),
+        inputs=args(randn(2, 3, 2, 2), classes(2, 2, 2, num_classes=3)),
+    ),
+    # mean squared error
+    twin("mse_loss-mean", "MSELoss", inputs=args(randn(3, 4), randn(3, 4))),
+    twin("mse_loss-sum", "MSELoss", reduction="sum", inputs=args(randn(3, 4), randn(3, 4))),
+    twin("mse_loss-none-3d", "MSELoss", reduction="none", inputs=args(randn(2, 3, 4), randn(2, 3, 4))),
+]
+
+
+def case_by_id(case_id: str) -> OpCase:
+    for case in BUILTIN_CASES:
+        if case.id == case_id:
+            return case
+    raise KeyError(f"no op case named {case_id!r}; known: {', '.join(c.id for c in BUILTIN_CASES)}")

@@ -1,0 +1,92 @@
+"""OpCase: one configuration of one op, as a manual module, its reference twin and inputs for both."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+InputMaker = Callable[[torch.Generator], Sequence[Any]]
+
+
+@dataclass(frozen=True)
+class OpCase:
+    """A manual module, the reference module it must agree with, and the inputs to call both on.
+
+    ``inputs(generator)`` returns the positional arguments in float64 on the CPU; ``sample`` casts the
+    floating tensors to the dtype and device under test. Floating tensors among the arguments and
+    the modules' parameters are the differentiable inputs; other arguments (class targets, ints)
+    are constants. ``train`` selects the modules' mode. Calls are made under a fixed seed
+    (``seeded``), so random layers draw the same numbers on both sides and on every call.
+    """
+
+    id: str
+    manual: Callable[[], torch.nn.Module]
+    reference: Callable[[], torch.nn.Module]
+    inputs: InputMaker
+    train: bool = True
+
+    def build(
+        self, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"
+    ) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """The manual and reference modules with identical state, in ``dtype`` on ``device``."""
+        manual = self.manual().to(device=device, dtype=dtype)
+        reference = self.reference().to(device=device, dtype=dtype)
+        reference.load_state_dict(manual.state_dict())
+        manual.train(self.train)
+        reference.train(self.train)
+        return manual, reference
+
+    def sample(
+        self, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu", requires_grad: bool = True
+    ) -> tuple[Any, ...]:
+        """Fresh inputs: floating tensors cast to ``dtype`` and marked ``requires_grad``."""
+        generator = torch.Generator().manual_seed(0)
+        args = []
+        for arg in self.inputs(generator):
+            if isinstance(arg, torch.Tensor):
+                arg = arg.to(device=device, dtype=dtype if arg.is_floating_point() else arg.dtype)
+                arg.requires_grad_(requires_grad and arg.is_floating_point())
+            args.append(arg)
+        return tuple(args)
+
+
+def seeded(fn: Callable[..., Any], seed: int = 0) -> Callable[..., Any]:
+    """``fn`` wrapped to run under ``torch.manual_seed(seed)`` without disturbing the global RNG."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return fn(*args, **kwargs)
+
+    return call
+
+
+def differentiable(args: Sequence[Any]) -> list[torch.Tensor]:
+    """The tensors among ``args`` that require grad."""
+    return [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+
+
+def as_function(module: torch.nn.Module, args: Sequence[Any]) -> tuple[Callable[..., Any], tuple[torch.Tensor, ...]]:
+    """``module`` as a pure function of its differentiable inputs followed by its parameters.
+
+    Returns ``(fn, tensors)`` such that ``fn(*tensors)`` equals ``module(*args)`` (under a fixed seed);
+    non-differentiable arguments are held fixed. For ``gradcheck`` and ``gradgradcheck``.
+    """
+    slots = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.requires_grad]
+    names = [name for name, p in module.named_parameters() if p.requires_grad]
+    params = dict(module.named_parameters())
+    call = seeded(torch.func.functional_call)
+
+    def fn(*tensors: torch.Tensor) -> Any:
+        full = list(args)
+        for slot, tensor in zip(slots, tensors[: len(slots)]):
+            full[slot] = tensor
+        overrides = dict(params)
+        overrides.update(zip(names, tensors[len(slots) :]))
+        return call(module, overrides, tuple(full))
+
+    tensors = tuple(args[i] for i in slots) + tuple(params[n] for n in names)
+    return fn, tensors
