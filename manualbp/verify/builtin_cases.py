@@ -184,6 +184,8 @@ BUILTIN_CASES: list[OpCase] = [
     twin("mse_loss-mean", "MSELoss", inputs=args(randn(3, 4), randn(3, 4))),
     twin("mse_loss-sum", "MSELoss", reduction="sum", inputs=args(randn(3, 4), randn(3, 4))),
     twin("mse_loss-none-3d", "MSELoss", reduction="none", inputs=args(randn(2, 3, 4), randn(2, 3, 4))),
+    # convolution and pooling
+    # normalisation
 ]
 
 
