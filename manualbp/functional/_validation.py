@@ -12,7 +12,8 @@ REDUCTIONS = ("none", "mean", "sum")
 
 
 def shape_str(t: torch.Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+    """A shape as a Python tuple reads: (2, 3), (4,), ()."""
+    return str(tuple(t.shape))
 
 
 def check_floating(op: str, **tensors: torch.Tensor | None) -> None:

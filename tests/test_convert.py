@@ -1,0 +1,124 @@
+"""manualbp.convert swaps torch.nn layers for manual twins in place, sharing Parameters and buffers."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+import manualbp
+import manualbp.nn as mnn
+from manualbp.nn import ManualModule
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(6, 6)
+        self.act = nn.GELU(approximate="tanh")
+        self.heads = nn.ModuleList([nn.Linear(6, 3), nn.Sequential(nn.Linear(6, 3), nn.Sigmoid())])
+
+    def forward(self, x):
+        h = self.act(self.proj(x))
+        return torch.cat([self.heads[0](h), self.heads[1](h)], dim=-1)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(8, 6), nn.Tanh(), nn.Dropout(0.0), Block(), nn.LogSoftmax(dim=1))
+
+
+def _torch_layers(model):
+    return [name for name, m in model.named_modules() if not isinstance(m, ManualModule) and not list(m.children())]
+
+
+def test_converts_nested_layers_in_place_sharing_parameters():
+    model = _model()
+    reference = copy.deepcopy(model)
+    params_before = {name: p for name, p in model.named_parameters()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every layer has a twin: no warning
+        converted = manualbp.convert(model)
+    assert converted is model
+    assert _torch_layers(model) == []
+    assert isinstance(model[4].heads[1][0], mnn.Linear) and isinstance(model[4].act, mnn.GELU)
+    assert model[4].act.approximate == "tanh"
+    for name, p in model.named_parameters():
+        assert p is params_before[name]
+
+    x, target = torch.randn(5, 2, 4), torch.tensor([0, 1, 2, 3, 4])
+    loss = mnn.NLLLoss()(model(x), target)
+    ref_loss = nn.NLLLoss()(reference(x), target)
+    assert_close(loss, ref_loss)
+    loss.backward()
+    ref_loss.backward()
+    for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
+        assert_close(p.grad, q.grad, msg=name)
+    optimizer.step()  # the optimizer built before convert updates the shared Parameters
+    assert not torch.equal(model[1].weight, reference[1].weight)
+
+
+def test_layers_without_twin_are_named_in_one_warning():
+    class MyLinear(nn.Linear):  # a user's subclass may override forward: left alone
+        pass
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Hardtanh(), nn.Sequential(MyLinear(4, 4), nn.ReLU(inplace=True)))
+    with pytest.warns(UserWarning) as record:
+        manualbp.convert(model)
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert "3 layer(s)" in message
+    assert "1 (Hardtanh)" in message and "2.0 (MyLinear)" in message and "2.1 (ReLU: " in message
+    assert "inplace=True" in message
+    assert isinstance(model[0], mnn.Linear) and type(model[2][0]) is MyLinear
+
+
+def test_strict_raises_naming_the_layers_and_changes_nothing():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Embedding(10, 4))
+    with pytest.raises(NotImplementedError, match=r"1 \(Embedding\)"):
+        manualbp.convert(model, strict=True)
+    assert type(model[0]) is nn.Linear
+
+
+def test_shared_layer_is_converted_once_and_stays_shared():
+    shared = nn.Linear(3, 3)
+    model = nn.Sequential(shared, nn.ReLU(), shared)
+    manualbp.convert(model)
+    assert model[0] is model[2] and isinstance(model[0], mnn.Linear)
+    assert model[0].weight is shared.weight
+
+
+def test_buffers_hooks_and_mode_are_carried_over():
+    loss = nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 3.0]))
+    layer = nn.Linear(3, 3)
+    calls = []
+    layer.register_forward_hook(lambda m, i, o: calls.append(type(m).__name__))
+    model = nn.ModuleDict({"layer": layer, "loss": loss}).eval()
+    manualbp.convert(model)
+    assert model["loss"].weight is loss.weight and isinstance(model["loss"], mnn.CrossEntropyLoss)
+    assert not model["layer"].training
+    model["layer"](torch.randn(2, 3))
+    assert calls == ["Linear"]
+
+
+def test_a_layer_itself_returns_its_twin_and_manual_layers_are_left_alone():
+    layer = nn.Linear(2, 2)
+    twin = manualbp.convert(layer)
+    assert isinstance(twin, mnn.Linear) and twin.weight is layer.weight
+    already = nn.Sequential(mnn.ReLU())
+    inner = already[0]
+    manualbp.convert(already)
+    assert already[0] is inner
+
+
+def test_identity_and_containers_need_no_twin():
+    model = nn.Sequential(nn.Identity(), nn.ModuleList([nn.Sigmoid()]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        manualbp.convert(model)
+    assert isinstance(model[1][0], mnn.Sigmoid)
