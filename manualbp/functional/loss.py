@@ -238,7 +238,12 @@ def _check_class_target(op: str, input: torch.Tensor, target: torch.Tensor, igno
         )
 
 
-def _check_class_weight(op: str, input: torch.Tensor, weight: torch.Tensor | None) -> None:
+def _check_scores_and_weight(op: str, input: torch.Tensor, weight: torch.Tensor | None) -> None:
+    """Scores of shape (N, C, d1, ...) or (C,), and an optional constant weight of shape (C,)."""
+    check_floating(op, input=input, weight=weight)
+    check_same_dtype(op, input=input, weight=weight)
+    if input.dim() == 0:
+        raise ValueError(f"{op}: expected input of shape (N, C, ...) or (C,), got a 0-D tensor")
     if weight is None:
         return
     num_classes = input.shape[_class_dim(input)]
@@ -268,13 +273,9 @@ def cross_entropy(
     """
     op = "cross_entropy"
     reduction = resolve_reduction(op, size_average, reduce, reduction)
-    check_floating(op, input=input, weight=weight)
-    check_same_dtype(op, input=input, weight=weight)
-    if input.dim() == 0:
-        raise ValueError(f"{op}: expected input of shape (N, C, ...) or (C,), got a 0-D tensor")
+    _check_scores_and_weight(op, input, weight)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"{op}: label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
-    _check_class_weight(op, input, weight)
     if target.is_floating_point():
         check_same_dtype(op, input=input, target=target)
         if target.shape != input.shape:
@@ -303,11 +304,7 @@ def nll_loss(
     """
     op = "nll_loss"
     reduction = resolve_reduction(op, size_average, reduce, reduction)
-    check_floating(op, input=input, weight=weight)
-    check_same_dtype(op, input=input, weight=weight)
-    if input.dim() == 0:
-        raise ValueError(f"{op}: expected input of shape (N, C, ...) or (C,), got a 0-D tensor")
-    _check_class_weight(op, input, weight)
+    _check_scores_and_weight(op, input, weight)
     if target.is_floating_point():
         raise TypeError(f"{op}: expected an integer (class index) target, got dtype {target.dtype}")
     _check_class_target(op, input, target, ignore_index)
