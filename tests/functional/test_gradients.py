@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.testing import assert_close
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from manualbp.verify import as_function, differentiable, seeded
 from tests.conftest import CASES, CASES_WITH_PARAMETERS, CASES_WITH_SEVERAL_INPUTS
@@ -133,3 +134,36 @@ def test_output_grad_fn_is_a_custom_function(case):
     manual, _ = case.build(torch.float64)
     out = seeded(manual)(*case.sample(torch.float64))
     assert isinstance(out.grad_fn, torch.autograd.function.BackwardCFunction), type(out.grad_fn).__name__
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_tensors_are_saved_only_through_save_for_backward(case):
+    manual, _ = case.build(torch.float64)
+    out = seeded(manual)(*case.sample(torch.float64))
+    ctx = out.grad_fn
+    stray = [name for name, value in vars(ctx).items() if isinstance(value, torch.Tensor)]
+    assert stray == [], f"tensors stored on ctx: {stray}"
+
+
+class _AtenOpLog(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_backward_runs_no_pytorch_backward_kernel(case):
+    """The backward is hand-written: none of the aten ops it dispatches is a ``*_backward`` kernel."""
+    manual, _ = case.build(torch.float64)
+    args = case.sample(torch.float64)
+    out = seeded(manual)(*args)
+    wrt = differentiable(args) + list(manual.parameters())
+    with _AtenOpLog() as log:
+        torch.autograd.grad(out, wrt, torch.ones_like(out))
+    assert log.ops, "the backward dispatched no op at all"
+    kernels = sorted({op for op in log.ops if "backward" in op})
+    assert kernels == [], f"PyTorch backward kernels called: {kernels}"
