@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, TypeVar
+import functools
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
@@ -18,7 +20,8 @@ class ManualModule:
     default initialisation and ``extra_repr`` are the twin's own; it overrides ``forward`` to call
     ``manualbp.functional``, whose Functions carry the hand-written backward passes.
     Arguments of the twin that the manual layer cannot honour are rejected in
-    ``check_supported`` with ``NotImplementedError``.
+    ``check_supported`` with ``NotImplementedError``; it runs at the end of construction (the twin's
+    constructor, wrapped) and in ``from_torch``.
     """
 
     torch_twin: ClassVar[type[torch.nn.Module]]
@@ -30,6 +33,8 @@ class ManualModule:
             if issubclass(base, torch.nn.Module) and not issubclass(base, ManualModule)
         )
         _TWINS[cls.torch_twin] = cls
+        if "__init__" not in cls.__dict__:
+            cls.__init__ = _construct_then_check(cls.torch_twin.__init__)
 
     def check_supported(self) -> None:
         """Raise ``NotImplementedError`` naming any configuration the manual forward cannot honour."""
@@ -48,6 +53,17 @@ class ManualModule:
         )
         manual.check_supported()
         return manual
+
+
+def _construct_then_check(torch_init: Callable[..., None]) -> Callable[..., None]:
+    """The twin's constructor (signature and docs kept) followed by ``check_supported``."""
+
+    @functools.wraps(torch_init)
+    def __init__(self: ManualModule, *args: Any, **kwargs: Any) -> None:
+        torch_init(self, *args, **kwargs)
+        self.check_supported()
+
+    return __init__
 
 
 def manual_twin(torch_class: type[torch.nn.Module]) -> type[ManualModule] | None:

@@ -11,12 +11,7 @@ from manualbp.nn._base import ManualModule, reject_inplace
 class ReLU(ManualModule, torch.nn.ReLU):
     """max(x, 0) as ``torch.nn.ReLU``; ``inplace=True`` is not supported."""
 
-    def __init__(self, inplace: bool = False) -> None:
-        super().__init__(inplace)
-        self.check_supported()
-
-    def check_supported(self) -> None:
-        reject_inplace(self)
+    check_supported = reject_inplace
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return MF.relu(input)
@@ -25,12 +20,7 @@ class ReLU(ManualModule, torch.nn.ReLU):
 class LeakyReLU(ManualModule, torch.nn.LeakyReLU):
     """x or negative_slope·x as ``torch.nn.LeakyReLU``; ``inplace=True`` is not supported."""
 
-    def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
-        super().__init__(negative_slope, inplace)
-        self.check_supported()
-
-    def check_supported(self) -> None:
-        reject_inplace(self)
+    check_supported = reject_inplace
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return MF.leaky_relu(input, self.negative_slope)
@@ -39,12 +29,7 @@ class LeakyReLU(ManualModule, torch.nn.LeakyReLU):
 class ELU(ManualModule, torch.nn.ELU):
     """x or α(e^x - 1) as ``torch.nn.ELU``; ``inplace=True`` is not supported."""
 
-    def __init__(self, alpha: float = 1.0, inplace: bool = False) -> None:
-        super().__init__(alpha, inplace)
-        self.check_supported()
-
-    def check_supported(self) -> None:
-        reject_inplace(self)
+    check_supported = reject_inplace
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return MF.elu(input, self.alpha)
@@ -74,12 +59,7 @@ class GELU(ManualModule, torch.nn.GELU):
 class SiLU(ManualModule, torch.nn.SiLU):
     """x σ(x) as ``torch.nn.SiLU``; ``inplace=True`` is not supported."""
 
-    def __init__(self, inplace: bool = False) -> None:
-        super().__init__(inplace)
-        self.check_supported()
-
-    def check_supported(self) -> None:
-        reject_inplace(self)
+    check_supported = reject_inplace
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return MF.silu(input)

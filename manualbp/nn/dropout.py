@@ -13,12 +13,7 @@ class Dropout(ManualModule, torch.nn.Dropout):
     identity in eval. On CPU, with the same seed, it drops the same elements as torch. ``inplace=True``
     is not supported."""
 
-    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
-        super().__init__(p, inplace)
-        self.check_supported()
-
-    def check_supported(self) -> None:
-        reject_inplace(self)
+    check_supported = reject_inplace
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return MF.dropout(input, self.p, self.training)
