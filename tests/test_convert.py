@@ -122,3 +122,70 @@ def test_identity_and_containers_need_no_twin():
         warnings.simplefilter("error")
         manualbp.convert(model)
     assert isinstance(model[1][0], mnn.Sigmoid)
+
+
+class _Stem(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+def _cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        _Stem(),
+        nn.MaxPool2d(2),
+        nn.Sequential(nn.Conv2d(4, 6, 3, padding="same", groups=2), nn.BatchNorm2d(6), nn.ReLU(), nn.AvgPool2d(2)),
+        nn.Flatten(),
+        nn.Linear(6 * 2 * 2, 12),
+        nn.LayerNorm(12),
+        nn.ReLU(),
+        nn.Linear(12, 5),
+    ).double()
+
+
+def _graph_node_types(root) -> set[str]:
+    seen, stack, types = set(), [root], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        native = not isinstance(node, torch.autograd.function.BackwardCFunction)
+        types.add(type(node).__name__ if native else "custom Function")
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return types
+
+
+def test_a_nested_cnn_converts_fully_and_trains_exactly_like_torch():
+    model, reference = _cnn(), _cnn()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        manualbp.convert(model)
+    assert _torch_layers(model) == []
+    for step in range(2):  # two training steps: outputs, gradients and running statistics stay equal
+        x, target = torch.randn(3, 2, 8, 8, dtype=torch.float64), torch.tensor([0, 3, 4])
+        loss = mnn.CrossEntropyLoss()(model(x), target)
+        ref_loss = nn.CrossEntropyLoss()(reference(x), target)
+        assert_close(loss, ref_loss)
+        model.zero_grad()
+        reference.zero_grad()
+        loss.backward()
+        ref_loss.backward()
+        for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+            assert_close(p.grad, q.grad, msg=f"step {step}: {name}")
+        assert_close(model.state_dict(), reference.state_dict())
+
+    # Between the manual loss and the parameters: custom Function nodes and AccumulateGrad only.
+    assert _graph_node_types(loss.grad_fn) == {"custom Function", "AccumulateGrad"}
+    native_in_torch_graph = _graph_node_types(ref_loss.grad_fn) - {"AccumulateGrad"}
+    assert native_in_torch_graph and "custom Function" not in native_in_torch_graph  # the walk sees native nodes
+    model.eval()
+    reference.eval()
+    x = torch.randn(2, 2, 8, 8, dtype=torch.float64)
+    assert_close(model(x), reference(x))

@@ -24,6 +24,7 @@ from manualbp.functional.activation import (
     softmax,
     tanh,
 )
+from manualbp.functional.conv import Conv2dFunction, conv2d
 from manualbp.functional.dropout import DropoutFunction, dropout
 from manualbp.functional.linear import LinearFunction, linear
 from manualbp.functional.loss import (
@@ -34,32 +35,53 @@ from manualbp.functional.loss import (
     mse_loss,
     nll_loss,
 )
+from manualbp.functional.normalization import BatchNormFunction, LayerNormFunction, batch_norm, layer_norm
+from manualbp.functional.pooling import (
+    AdaptiveAvgPool2dFunction,
+    AvgPool2dFunction,
+    MaxPool2dFunction,
+    adaptive_avg_pool2d,
+    avg_pool2d,
+    max_pool2d,
+)
 from manualbp.functional.shape import FlattenFunction, flatten
 
 __all__ = [
+    "AdaptiveAvgPool2dFunction",
+    "AvgPool2dFunction",
+    "BatchNormFunction",
+    "Conv2dFunction",
     "CrossEntropyFunction",
     "DropoutFunction",
     "ELUFunction",
     "FlattenFunction",
     "GELUFunction",
+    "LayerNormFunction",
     "LeakyReLUFunction",
     "LinearFunction",
     "LogSoftmaxFunction",
     "MSELossFunction",
+    "MaxPool2dFunction",
     "NLLLossFunction",
     "ReLUFunction",
     "SiLUFunction",
     "SigmoidFunction",
     "SoftmaxFunction",
     "TanhFunction",
+    "adaptive_avg_pool2d",
+    "avg_pool2d",
+    "batch_norm",
+    "conv2d",
     "cross_entropy",
     "dropout",
     "elu",
     "flatten",
     "gelu",
+    "layer_norm",
     "leaky_relu",
     "linear",
     "log_softmax",
+    "max_pool2d",
     "mse_loss",
     "nll_loss",
     "relu",

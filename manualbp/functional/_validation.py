@@ -77,3 +77,14 @@ def normalize_dim(op: str, dim: int, ndim: int) -> int:
             f"{op}: dimension out of range (expected to be in range of [{-size}, {size - 1}], but got {dim})"
         )
     return dim % size
+
+
+def int_pair(op: str, name: str, value: int | tuple[int, ...], minimum: int) -> tuple[int, int]:
+    """An int or a pair of ints (torch's ``_pair`` arguments: kernel_size, stride, ...) as a pair,
+    each at least ``minimum``."""
+    pair = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, (tuple, list)) else ()
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
+        raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{op}: {name} must be at least {minimum}, got {value!r}")
+    return pair  # type: ignore[return-value]

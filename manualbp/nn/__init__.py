@@ -6,22 +6,32 @@ so state dicts move both ways and ``isinstance(layer, torch.nn.Linear)`` still h
 
 from manualbp.nn._base import ManualModule, manual_twin
 from manualbp.nn.activation import ELU, GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Tanh
+from manualbp.nn.conv import Conv2d
 from manualbp.nn.dropout import Dropout
 from manualbp.nn.linear import Linear
 from manualbp.nn.loss import CrossEntropyLoss, MSELoss, NLLLoss
+from manualbp.nn.normalization import BatchNorm1d, BatchNorm2d, LayerNorm
+from manualbp.nn.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from manualbp.nn.shape import Flatten
 
 __all__ = [
+    "AdaptiveAvgPool2d",
+    "AvgPool2d",
+    "BatchNorm1d",
+    "BatchNorm2d",
     "ELU",
     "GELU",
+    "Conv2d",
     "CrossEntropyLoss",
     "Dropout",
     "Flatten",
+    "LayerNorm",
     "LeakyReLU",
     "Linear",
     "LogSoftmax",
     "MSELoss",
     "ManualModule",
+    "MaxPool2d",
     "NLLLoss",
     "ReLU",
     "SiLU",

@@ -1,0 +1,49 @@
+"""manualbp.nn.Conv2d: torch.nn.Conv2d with a hand-written backward."""
+
+from __future__ import annotations
+
+import torch
+
+from manualbp import functional as MF
+from manualbp.nn._base import ManualModule
+
+
+class Conv2d(ManualModule, torch.nn.Conv2d):
+    """2-D convolution as ``torch.nn.Conv2d`` (same arguments, ``weight``/``bias``, init, repr).
+
+    x: (N, C_in, H, W) or (C_in, H, W) -> y: (N, C_out, Ho, Wo) or (C_out, Ho, Wo); backward in
+    ``manualbp.functional.Conv2dFunction``. Only ``padding_mode="zeros"`` is supported.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: str | int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if isinstance(groups, int) and groups > 0 and (in_channels % groups or out_channels % groups):
+            raise ValueError(
+                f"manualbp.nn.Conv2d: groups={groups} must divide both in_channels={in_channels} and "
+                f"out_channels={out_channels}"
+            )
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, device, dtype
+        )
+        self.check_supported()
+
+    def check_supported(self) -> None:
+        if self.padding_mode != "zeros":
+            raise NotImplementedError(
+                f"manualbp.nn.Conv2d: padding_mode={self.padding_mode!r} is not supported; only 'zeros' is"
+            )
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return MF.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
