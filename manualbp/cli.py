@@ -1,27 +1,53 @@
-"""The ``manualbp`` command."""
+"""The ``manualbp`` command: a LightningCLI over ClassifierModule and the digit DataModules.
+
+``manualbp fit`` trains the default job (an MLP with hand-written backprop on scikit-learn's digits)
+and then tests the best checkpoint; ``validate``, ``test``, ``predict``, ``--config`` and
+``--print_config`` behave as in any LightningCLI.
+"""
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
+
+from jsonargparse import lazy_instance
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+from manualbp.data import DigitsDataModule, MNISTDataModule, TensorDataModule
+from manualbp.lightning import ClassifierModule
+
+__all__ = ["ManualbpCLI", "main", "MNISTDataModule"]
+
+
+class ManualbpCLI(LightningCLI):
+    """LightningCLI with the data's shape linked into the model and a test of the best checkpoint after fit."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.set_defaults({"data": lazy_instance(DigitsDataModule)})
+        parser.link_arguments("data.in_shape", "model.in_shape", apply_on="instantiate")
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.add_argument(
+            "--test_after_fit", type=bool, default=True, help="After fit, test the best checkpoint and print test_acc."
+        )
+
+    def after_fit(self) -> None:
+        if not self.config[self.subcommand].get("test_after_fit", True) or self.trainer.interrupted:
+            return
+        checkpoint = self.trainer.checkpoint_callback
+        best = checkpoint.best_model_path if checkpoint is not None else ""
+        results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
+        if results and "test_acc" in results[0]:
+            source = f"best checkpoint {best}" if best else "final weights"
+            print(f"test_acc = {results[0]['test_acc']:.4f} ({source})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``manualbp`` console script."""
-    parser = argparse.ArgumentParser(
-        prog="manualbp",
-        description=(
-            "manualbp: hand-written backward passes checked against autograd. "
-            "The training commands (fit, validate, test, predict) are not built yet."
-        ),
+    ManualbpCLI(
+        ClassifierModule,
+        TensorDataModule,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        trainer_defaults={"max_epochs": 20, "log_every_n_steps": 10},
+        args=list(argv) if argv is not None else None,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    parser.parse_args(argv)
-    parser.print_help()
     return 0
-
-
-def _version() -> str:
-    from manualbp import __version__
-
-    return __version__

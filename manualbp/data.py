@@ -1,0 +1,248 @@
+"""LightningDataModules for digit recognition.
+
+``DigitsDataModule``: scikit-learn's bundled 8x8 handwritten digits (1,797 images), offline; the default.
+``MNISTDataModule``: torchvision's MNIST, FashionMNIST or KMNIST (28x28) read from ``data_dir``.
+
+Both hold their splits as tensors (N, 1, H, W) float32, standardised with the training split's mean
+and standard deviation, and split with a seeded generator, so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset, random_split
+
+DatasetName = Literal["mnist", "fashion_mnist", "kmnist"]
+
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+class TensorDataModule(pl.LightningDataModule):
+    """Base of the digit DataModules: train/val/test splits held as TensorDatasets, filled in ``setup``.
+
+    ``in_shape`` (C, H, W) and ``num_classes`` describe the data; the ``manualbp`` command links them to the model.
+    """
+
+    in_shape: tuple[int, int, int]
+    num_classes: int = 10
+
+    def __init__(self, batch_size: int, num_workers: int, seed: int) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.train_set: TensorDataset | None = None
+        self.val_set: TensorDataset | None = None
+        self.test_set: TensorDataset | None = None
+
+    def _set_splits(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Standardise every split with the training images' mean and std, and store them."""
+        mean, std = train[0].mean(), train[0].std()
+        self.train_set, self.val_set, self.test_set = (
+            TensorDataset((images - mean) / std, labels) for images, labels in (train, val, test)
+        )
+
+    def _loader(self, dataset: TensorDataset | None, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}: call setup() before asking for a dataloader")
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            generator=generator,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+
+class DigitsDataModule(TensorDataModule):
+    """scikit-learn's bundled handwritten digits: 1,797 images of 8x8 pixels (values 0..16), 10 classes.
+
+    Split with a seeded permutation into test (``test_fraction``), validation (``val_fraction``) and
+    training sets. Works offline: the data ships with scikit-learn.
+    """
+
+    in_shape = (1, 8, 8)
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size, num_workers, seed)
+        if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+            raise ValueError(
+                f"DigitsDataModule: val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must lie in "
+                "(0, 1) and leave images for training"
+            )
+        self.save_hyperparameters()
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+        labels = torch.tensor(digits.target, dtype=torch.long)
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed))
+        n_test = round(len(labels) * self.test_fraction)
+        n_val = round(len(labels) * self.val_fraction)
+        test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
+        self._set_splits((images[train], labels[train]), (images[val], labels[val]), (images[test], labels[test]))
+
+
+class MNISTDataModule(TensorDataModule):
+    """torchvision's MNIST, FashionMNIST or KMNIST: 28x28 grey images, 10 classes.
+
+    Reads ``data_dir`` in torchvision's layout (``<data_dir>/MNIST/raw/train-images-idx3-ubyte`` and the
+    other three IDX files), downloading them first when absent and ``download`` is true. The official test
+    set is the test split; the validation split is taken from the training images with a seeded split:
+    ``val_size`` images (an int, capped at a twelfth of the training images, which is 5,000 of 60,000), or a
+    fraction of them (a float below 1).
+    """
+
+    in_shape = (1, 28, 28)
+
+    def __init__(
+        self,
+        data_dir: str = "./data",
+        dataset: DatasetName = "mnist",
+        val_size: int | float = 5000,
+        download: bool = True,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size, num_workers, seed)
+        if dataset not in _TORCHVISION_CLASSES:
+            raise ValueError(f"MNISTDataModule: dataset must be one of {sorted(_TORCHVISION_CLASSES)}, got {dataset!r}")
+        if isinstance(val_size, float) and not 0 < val_size < 1:
+            raise ValueError(f"MNISTDataModule: a fractional val_size must lie in (0, 1), got {val_size}")
+        if val_size <= 0:
+            raise ValueError(f"MNISTDataModule: val_size must be positive, got {val_size}")
+        self.save_hyperparameters()
+        self.data_dir = data_dir
+        self.dataset = dataset
+        self.val_size = val_size
+        self.download = download
+
+    @property
+    def raw_folder(self) -> Path:
+        return Path(self.data_dir) / _TORCHVISION_CLASSES[self.dataset] / "raw"
+
+    def _torchvision_dataset(self, train: bool, download: bool):
+        import torchvision
+
+        cls = getattr(torchvision.datasets, _TORCHVISION_CLASSES[self.dataset])
+        return cls(self.data_dir, train=train, download=download)
+
+    def _missing_error(self, cause: BaseException | None) -> FileNotFoundError:
+        missing = [name for name in IDX_FILES if not (self.raw_folder / name).exists()]
+        why = "downloading was not allowed (download=False)" if not self.download else f"the download failed ({cause})"
+        return FileNotFoundError(
+            f"MNISTDataModule: {self.dataset} not found in {self.raw_folder.resolve()}: missing {', '.join(missing)}; "
+            f"{why}. Point --data.data_dir at a folder holding {_TORCHVISION_CLASSES[self.dataset]}/raw/ with the four "
+            "IDX files (torchvision's layout), or allow the download with --data.download=true on a machine with "
+            "internet access."
+        )
+
+    def prepare_data(self) -> None:
+        if all((self.raw_folder / name).exists() for name in IDX_FILES):
+            return
+        if not self.download:
+            raise self._missing_error(None)
+        try:
+            for train in (True, False):
+                self._torchvision_dataset(train, download=True)
+        except Exception as error:  # torchvision raises several kinds on a failed download
+            raise self._missing_error(error) from error
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        for name in IDX_FILES:
+            path = self.raw_folder / name
+            if not path.exists():
+                raise self._missing_error(None)
+            check_idx_file(path)
+        train_images, train_labels = self._load(train=True)
+        test = self._load(train=False)
+        n_val = self._validation_count(len(train_labels))
+        generator = torch.Generator().manual_seed(self.seed)
+        train_idx, val_idx = random_split(range(len(train_labels)), [len(train_labels) - n_val, n_val], generator=generator)
+        train_idx, val_idx = torch.tensor(list(train_idx)), torch.tensor(list(val_idx))
+        self._set_splits(
+            (train_images[train_idx], train_labels[train_idx]), (train_images[val_idx], train_labels[val_idx]), test
+        )
+
+    def _load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        data = self._torchvision_dataset(train, download=False)
+        return data.data.unsqueeze(1).float() / 255.0, data.targets.long()
+
+    def _validation_count(self, n_train: int) -> int:
+        if isinstance(self.val_size, float):
+            return max(1, math.floor(n_train * self.val_size))
+        return max(1, min(int(self.val_size), n_train // 12))
+
+
+_TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}
+
+_IDX_ITEM_SIZES = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}
+
+
+def check_idx_file(path: str | Path) -> tuple[int, ...]:
+    """Validate an uncompressed IDX file's header against its size; return the shape it declares.
+
+    Raises ValueError naming the file when the magic number is wrong or the file is shorter or longer
+    than its header promises (a truncated download, a corrupt copy).
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        header = f.read(4)
+        if len(header) < 4 or header[0] != 0 or header[1] != 0 or header[2] not in _IDX_ITEM_SIZES:
+            raise ValueError(f"{path}: not an IDX file (bad magic number {header.hex() or 'empty file'}); re-download it")
+        ndim = header[3]
+        dims_bytes = f.read(4 * ndim)
+    if len(dims_bytes) < 4 * ndim:
+        raise ValueError(f"{path}: truncated IDX file ({size} bytes, header cut short); re-download it")
+    shape = tuple(int.from_bytes(dims_bytes[4 * i : 4 * i + 4], "big") for i in range(ndim))
+    expected = 4 + 4 * ndim + math.prod(shape) * _IDX_ITEM_SIZES[header[2]]
+    if size != expected:
+        state = "truncated" if size < expected else "corrupt (longer than its header says)"
+        raise ValueError(
+            f"{path}: {state} IDX file: its header declares shape {shape}, which needs {expected} bytes, "
+            f"but the file has {size}; re-download it"
+        )
+    return shape

@@ -1,0 +1,117 @@
+"""Digit classifiers built from manualbp.nn (hand-written backward) or torch.nn (autograd).
+
+Both backends build the same ``torch.nn.Sequential`` with the same layer names; since every manualbp
+layer initialises exactly as its torch twin, the same seed gives the same weights on both.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Literal
+
+import torch
+
+import manualbp.nn
+
+Backend = Literal["manual", "autograd"]
+Activation = Literal["relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid"]
+
+_ACTIVATIONS = {
+    "relu": "ReLU",
+    "leaky_relu": "LeakyReLU",
+    "elu": "ELU",
+    "gelu": "GELU",
+    "silu": "SiLU",
+    "tanh": "Tanh",
+    "sigmoid": "Sigmoid",
+}
+
+
+def layers(backend: Backend) -> ModuleType:
+    """The namespace the layers come from: ``manualbp.nn`` or ``torch.nn``."""
+    if backend == "manual":
+        return manualbp.nn
+    if backend == "autograd":
+        return torch.nn
+    raise ValueError(f"backend must be 'manual' or 'autograd', got {backend!r}")
+
+
+def _activation(nn: ModuleType, name: str) -> torch.nn.Module:
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {name!r}")
+    return getattr(nn, _ACTIVATIONS[name])()
+
+
+def _check_in_shape(in_shape: Sequence[int]) -> tuple[int, int, int]:
+    if len(in_shape) != 3 or any(int(s) < 1 for s in in_shape):
+        raise ValueError(f"in_shape must be (channels, height, width) with positive sizes, got {tuple(in_shape)}")
+    return int(in_shape[0]), int(in_shape[1]), int(in_shape[2])
+
+
+def mlp(
+    hidden: Sequence[int] = (800,),
+    activation: Activation = "relu",
+    dropout: float = 0.0,
+    in_shape: Sequence[int] = (1, 28, 28),
+    num_classes: int = 10,
+    backend: Backend = "manual",
+) -> torch.nn.Sequential:
+    """Flatten -> [Linear -> activation (-> Dropout)] per hidden width -> Linear to ``num_classes`` logits.
+
+    Layers: ``flatten``, ``fc1``, ``act1``, (``drop1``), ..., ``out``. Input (N, *in_shape), output (N, num_classes).
+    """
+    nn = layers(backend)
+    c, h, w = _check_in_shape(in_shape)
+    modules: list[tuple[str, torch.nn.Module]] = [("flatten", nn.Flatten())]
+    width = c * h * w
+    for i, size in enumerate(hidden, start=1):
+        modules.append((f"fc{i}", nn.Linear(width, size)))
+        modules.append((f"act{i}", _activation(nn, activation)))
+        if dropout > 0:
+            modules.append((f"drop{i}", nn.Dropout(dropout)))
+        width = size
+    modules.append(("out", nn.Linear(width, num_classes)))
+    return torch.nn.Sequential(OrderedDict(modules))
+
+
+def lenet5(
+    in_shape: Sequence[int] = (1, 28, 28),
+    num_classes: int = 10,
+    activation: Activation = "relu",
+    backend: Backend = "manual",
+) -> torch.nn.Sequential:
+    """LeNet-5 with max pooling: conv 5x5 -> 6 (padding 2), pool 2, conv 5x5 -> 16, pool 2, fc 120, fc 84, classes.
+
+    On 28x28 the second conv sees 14x14 and leaves 5x5x16 = 400 features, as in the original. On inputs
+    too small for an unpadded 5x5 conv after the first pool (below 20x20, e.g. 8x8 digits) the second
+    conv pads by 2 as well, so the shapes stay valid: 8x8 -> 4x4 -> 4x4 -> 2x2x16 = 64 features.
+    """
+    nn = layers(backend)
+    c, h, w = _check_in_shape(in_shape)
+    h1, w1 = h // 2, w // 2
+    if min(h1, w1) < 1:
+        raise ValueError(f"lenet5 needs inputs of at least 2x2, got in_shape {tuple(in_shape)}")
+    pad2 = 0 if min(h1, w1) >= 10 else 2
+    h2, w2 = (h1 + 2 * pad2 - 4) // 2, (w1 + 2 * pad2 - 4) // 2
+    if min(h2, w2) < 1:
+        raise ValueError(f"lenet5: in_shape {tuple(in_shape)} leaves no pixels after the second pooling")
+    return torch.nn.Sequential(
+        OrderedDict(
+            [
+                ("conv1", nn.Conv2d(c, 6, 5, padding=2)),
+                ("act1", _activation(nn, activation)),
+                ("pool1", nn.MaxPool2d(2)),
+                ("conv2", nn.Conv2d(6, 16, 5, padding=pad2)),
+                ("act2", _activation(nn, activation)),
+                ("pool2", nn.MaxPool2d(2)),
+                ("flatten", nn.Flatten()),
+                ("fc1", nn.Linear(16 * h2 * w2, 120)),
+                ("act3", _activation(nn, activation)),
+                ("fc2", nn.Linear(120, 84)),
+                ("act4", _activation(nn, activation)),
+                ("out", nn.Linear(84, num_classes)),
+            ]
+        )
+    )
