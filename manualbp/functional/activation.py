@@ -3,6 +3,10 @@
 Each backward is the chain rule for an elementwise map y = f(x):  dL/dx = dL/dy ⊙ f'(x),
 written with differentiable torch operations so that double backward is correct.
 Where f' is cheapest from the output (sigmoid, tanh, softmax) the output is saved instead of the input.
+
+Forward mode is the same local derivative applied to the input's tangent:  ẏ = f'(x) ⊙ ẋ  (and for the
+softmax family its Jacobian-vector product along ``dim``). The tensor it needs is saved with
+``ctx.save_for_forward``. These Functions have one tensor input, so jvp runs only when ẋ is given.
 """
 
 from __future__ import annotations
@@ -13,13 +17,15 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from manualbp.functional._dispatch import apply, compile_twin
 from manualbp.functional._validation import check_floating, normalize_dim, reject_inplace
 
 
+@compile_twin
 class ReLUFunction(torch.autograd.Function):
     """y = max(x, 0).   x, y: any shape.
 
-    dL/dx = dL/dy ⊙ [y > 0]
+    dL/dx = dL/dy ⊙ [y > 0]          ẏ = ẋ ⊙ [y > 0]
     """
 
     generate_vmap_rule = True
@@ -31,17 +37,24 @@ class ReLUFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
 
     @staticmethod
     def backward(ctx, grad_out):
         (y,) = ctx.saved_tensors
         return torch.where(y > 0, grad_out, 0.0)
 
+    @staticmethod
+    def jvp(ctx, x_dot):
+        (y,) = ctx.saved_tensors
+        return torch.where(y > 0, x_dot, 0.0)
 
+
+@compile_twin
 class LeakyReLUFunction(torch.autograd.Function):
     """y = x if x > 0 else s·x, s = negative_slope.   x, y: any shape.
 
-    dL/dx = dL/dy ⊙ (1 if x > 0 else s)
+    dL/dx = dL/dy ⊙ (1 if x > 0 else s)          ẏ = ẋ ⊙ (1 if x > 0 else s)
     """
 
     generate_vmap_rule = True
@@ -53,6 +66,7 @@ class LeakyReLUFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(inputs[0])
+        ctx.save_for_forward(inputs[0])
         ctx.negative_slope = inputs[1]
 
     @staticmethod
@@ -60,11 +74,17 @@ class LeakyReLUFunction(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         return torch.where(x > 0, grad_out, grad_out * ctx.negative_slope), None
 
+    @staticmethod
+    def jvp(ctx, x_dot, _):
+        (x,) = ctx.saved_tensors
+        return torch.where(x > 0, x_dot, x_dot * ctx.negative_slope)
 
+
+@compile_twin
 class ELUFunction(torch.autograd.Function):
     """y = x if x > 0 else α(e^x - 1).   x, y: any shape.
 
-    dL/dx = dL/dy ⊙ (1 if x > 0 else α e^x)
+    dL/dx = dL/dy ⊙ (1 if x > 0 else α e^x)          ẏ = ẋ ⊙ (1 if x > 0 else α e^x)
 
     e^x is evaluated at min(x, 0) so that large positive x cannot overflow into the unused branch
     (an inf there would turn into nan in double backward).
@@ -79,6 +99,7 @@ class ELUFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(inputs[0])
+        ctx.save_for_forward(inputs[0])
         ctx.alpha = inputs[1]
 
     @staticmethod
@@ -87,11 +108,18 @@ class ELUFunction(torch.autograd.Function):
         negative_side = ctx.alpha * torch.exp(x.clamp(max=0))
         return torch.where(x > 0, grad_out, grad_out * negative_side), None
 
+    @staticmethod
+    def jvp(ctx, x_dot, _):
+        (x,) = ctx.saved_tensors
+        negative_side = ctx.alpha * torch.exp(x.clamp(max=0))
+        return torch.where(x > 0, x_dot, x_dot * negative_side)
 
+
+@compile_twin
 class SigmoidFunction(torch.autograd.Function):
     """y = σ(x) = 1 / (1 + e^-x).   x, y: any shape.
 
-    dL/dx = dL/dy ⊙ y (1 - y)
+    dL/dx = dL/dy ⊙ y (1 - y)          ẏ = ẋ ⊙ y (1 - y)
     """
 
     generate_vmap_rule = True
@@ -103,17 +131,24 @@ class SigmoidFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
 
     @staticmethod
     def backward(ctx, grad_out):
         (y,) = ctx.saved_tensors
         return grad_out * y * (1 - y)
 
+    @staticmethod
+    def jvp(ctx, x_dot):
+        (y,) = ctx.saved_tensors
+        return x_dot * y * (1 - y)
 
+
+@compile_twin
 class TanhFunction(torch.autograd.Function):
     """y = tanh(x).   x, y: any shape.
 
-    dL/dx = dL/dy ⊙ (1 - y²)
+    dL/dx = dL/dy ⊙ (1 - y²)          ẏ = ẋ ⊙ (1 - y²)
     """
 
     generate_vmap_rule = True
@@ -125,11 +160,17 @@ class TanhFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
 
     @staticmethod
     def backward(ctx, grad_out):
         (y,) = ctx.saved_tensors
         return grad_out * (1 - y * y)
+
+    @staticmethod
+    def jvp(ctx, x_dot):
+        (y,) = ctx.saved_tensors
+        return x_dot * (1 - y * y)
 
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -138,6 +179,7 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _GELU_CUBIC = 0.044715
 
 
+@compile_twin
 class GELUFunction(torch.autograd.Function):
     """Gaussian error linear unit.   x, y: any shape.
 
@@ -145,6 +187,7 @@ class GELUFunction(torch.autograd.Function):
         dL/dx = dL/dy ⊙ (Φ(x) + x φ(x))
     approximate="tanh":  y = ½ x (1 + tanh u),   u = √(2/π) (x + 0.044715 x³)
         dL/dx = dL/dy ⊙ (½ (1 + tanh u) + ½ x (1 - tanh² u) √(2/π) (1 + 3·0.044715 x²))
+    Forward mode, either way:  ẏ = ẋ ⊙ y'(x)  with the same y'(x) as in dL/dx
     """
 
     generate_vmap_rule = True
@@ -156,26 +199,36 @@ class GELUFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(inputs[0])
+        ctx.save_for_forward(inputs[0])
         ctx.approximate = inputs[1]
 
     @staticmethod
     def backward(ctx, grad_out):
         (x,) = ctx.saved_tensors
-        if ctx.approximate == "tanh":
-            t = torch.tanh(_SQRT_2_OVER_PI * (x + _GELU_CUBIC * x**3))
-            du_dx = _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * x * x)
-            local = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du_dx
-        else:
-            cdf = 0.5 * (1 + torch.erf(x * _INV_SQRT_2))
-            pdf = _INV_SQRT_2PI * torch.exp(-0.5 * x * x)
-            local = cdf + x * pdf
-        return grad_out * local, None
+        return grad_out * _gelu_slope(x, ctx.approximate), None
+
+    @staticmethod
+    def jvp(ctx, x_dot, _):
+        (x,) = ctx.saved_tensors
+        return x_dot * _gelu_slope(x, ctx.approximate)
 
 
+def _gelu_slope(x: torch.Tensor, approximate: str) -> torch.Tensor:
+    """dy/dx of GELU (either form), written with differentiable torch operations."""
+    if approximate == "tanh":
+        t = torch.tanh(_SQRT_2_OVER_PI * (x + _GELU_CUBIC * x**3))
+        du_dx = _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * x * x)
+        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du_dx
+    cdf = 0.5 * (1 + torch.erf(x * _INV_SQRT_2))
+    pdf = _INV_SQRT_2PI * torch.exp(-0.5 * x * x)
+    return cdf + x * pdf
+
+
+@compile_twin
 class SiLUFunction(torch.autograd.Function):
     """y = x σ(x) (swish).   x, y: any shape.
 
-    dL/dx = dL/dy ⊙ σ(x) (1 + x (1 - σ(x)))
+    dL/dx = dL/dy ⊙ σ(x) (1 + x (1 - σ(x)))          ẏ = ẋ ⊙ σ(x) (1 + x (1 - σ(x)))
     """
 
     generate_vmap_rule = True
@@ -187,6 +240,7 @@ class SiLUFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(inputs[0])
+        ctx.save_for_forward(inputs[0])
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -194,11 +248,18 @@ class SiLUFunction(torch.autograd.Function):
         s = torch.sigmoid(x)
         return grad_out * s * (1 + x * (1 - s))
 
+    @staticmethod
+    def jvp(ctx, x_dot):
+        (x,) = ctx.saved_tensors
+        s = torch.sigmoid(x)
+        return x_dot * s * (1 + x * (1 - s))
 
+
+@compile_twin
 class SoftmaxFunction(torch.autograd.Function):
     """y_i = e^{x_i - m} / Σ_j e^{x_j - m} along ``dim``, m = max_j x_j (for stability).   x, y: any shape.
 
-    dL/dx = y ⊙ (dL/dy - Σ_dim (dL/dy ⊙ y))
+    dL/dx = y ⊙ (dL/dy - Σ_dim (dL/dy ⊙ y))          ẏ = y ⊙ (ẋ - Σ_dim (ẋ ⊙ y))
     """
 
     generate_vmap_rule = True
@@ -210,6 +271,7 @@ class SoftmaxFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
         ctx.dim = inputs[1]
 
     @staticmethod
@@ -217,11 +279,18 @@ class SoftmaxFunction(torch.autograd.Function):
         (y,) = ctx.saved_tensors
         return y * (grad_out - (grad_out * y).sum(ctx.dim, keepdim=True)), None
 
+    @staticmethod
+    def jvp(ctx, x_dot, _):
+        (y,) = ctx.saved_tensors
+        return y * (x_dot - (x_dot * y).sum(ctx.dim, keepdim=True))
 
+
+@compile_twin
 class LogSoftmaxFunction(torch.autograd.Function):
     """y_i = x_i - m - log Σ_j e^{x_j - m} along ``dim``, m = max_j x_j.   x, y: any shape.
 
     dL/dx = dL/dy - e^y ⊙ Σ_dim dL/dy        (e^y is the softmax)
+    ẏ = ẋ - Σ_dim (e^y ⊙ ẋ)
     """
 
     generate_vmap_rule = True
@@ -233,6 +302,7 @@ class LogSoftmaxFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
         ctx.dim = inputs[1]
 
     @staticmethod
@@ -240,38 +310,43 @@ class LogSoftmaxFunction(torch.autograd.Function):
         (y,) = ctx.saved_tensors
         return grad_out - torch.exp(y) * grad_out.sum(ctx.dim, keepdim=True), None
 
+    @staticmethod
+    def jvp(ctx, x_dot, _):
+        (y,) = ctx.saved_tensors
+        return x_dot - (torch.exp(y) * x_dot).sum(ctx.dim, keepdim=True)
+
 
 def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Hand-differentiated ``torch.nn.functional.relu``."""
     check_floating("relu", input=input)
     reject_inplace("relu", inplace)
-    return ReLUFunction.apply(input)
+    return apply(ReLUFunction, input)
 
 
 def leaky_relu(input: torch.Tensor, negative_slope: float = 0.01, inplace: bool = False) -> torch.Tensor:
     """Hand-differentiated ``torch.nn.functional.leaky_relu``."""
     check_floating("leaky_relu", input=input)
     reject_inplace("leaky_relu", inplace)
-    return LeakyReLUFunction.apply(input, float(negative_slope))
+    return apply(LeakyReLUFunction, input, float(negative_slope))
 
 
 def elu(input: torch.Tensor, alpha: float = 1.0, inplace: bool = False) -> torch.Tensor:
     """Hand-differentiated ``torch.nn.functional.elu``."""
     check_floating("elu", input=input)
     reject_inplace("elu", inplace)
-    return ELUFunction.apply(input, float(alpha))
+    return apply(ELUFunction, input, float(alpha))
 
 
 def sigmoid(input: torch.Tensor) -> torch.Tensor:
     """Hand-differentiated ``torch.sigmoid``."""
     check_floating("sigmoid", input=input)
-    return SigmoidFunction.apply(input)
+    return apply(SigmoidFunction, input)
 
 
 def tanh(input: torch.Tensor) -> torch.Tensor:
     """Hand-differentiated ``torch.tanh``."""
     check_floating("tanh", input=input)
-    return TanhFunction.apply(input)
+    return apply(TanhFunction, input)
 
 
 def gelu(input: torch.Tensor, approximate: str = "none") -> torch.Tensor:
@@ -279,14 +354,14 @@ def gelu(input: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     check_floating("gelu", input=input)
     if approximate not in ("none", "tanh"):
         raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-    return GELUFunction.apply(input, approximate)
+    return apply(GELUFunction, input, approximate)
 
 
 def silu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Hand-differentiated ``torch.nn.functional.silu``."""
     check_floating("silu", input=input)
     reject_inplace("silu", inplace)
-    return SiLUFunction.apply(input)
+    return apply(SiLUFunction, input)
 
 
 def _softmax_dim(op: str, input: torch.Tensor, dim: int | None, dtype: torch.dtype | None) -> int:
@@ -306,9 +381,9 @@ def _softmax_dim(op: str, input: torch.Tensor, dim: int | None, dtype: torch.dty
 
 def softmax(input: torch.Tensor, dim: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Hand-differentiated ``torch.nn.functional.softmax`` along ``dim``."""
-    return SoftmaxFunction.apply(input, _softmax_dim("softmax", input, dim, dtype))
+    return apply(SoftmaxFunction, input, _softmax_dim("softmax", input, dim, dtype))
 
 
 def log_softmax(input: torch.Tensor, dim: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Hand-differentiated ``torch.nn.functional.log_softmax`` along ``dim``."""
-    return LogSoftmaxFunction.apply(input, _softmax_dim("log_softmax", input, dim, dtype))
+    return apply(LogSoftmaxFunction, input, _softmax_dim("log_softmax", input, dim, dtype))

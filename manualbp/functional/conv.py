@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from manualbp.functional._dispatch import apply, compile_twin
+from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import check_dim, check_floating, check_same_dtype, int_pair, shape_str
 
 Pair = tuple[int, int]
@@ -32,6 +34,7 @@ def _pad_far_side(x: torch.Tensor, padding: tuple[Pair, Pair]) -> torch.Tensor:
     return F.pad(x, (0, right - left, 0, bottom - top))
 
 
+@compile_twin
 class Conv2dFunction(torch.autograd.Function):
     """y = conv2d(x, W) + b.   x: (N, C, H, W) or (C, H, W)   W: (O, C/G, kh, kw)   b: (O,) or None
     y: (N, O, Ho, Wo) or (O, Ho, Wo);   padding = ((top, bottom), (left, right)).
@@ -51,24 +54,31 @@ class Conv2dFunction(torch.autograd.Function):
         transposed.
 
     dL/db[o] = Σ_{n, i, j} dL/dy[n, o, i, j]
+
+    Forward mode (tangents ẋ, Ẇ, ḃ; an absent one is zero), conv being bilinear in (x, W):
+        ẏ = conv2d(ẋ, W) + conv2d(x, Ẇ) + ḃ      (same stride, padding, dilation, groups)
     """
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(x, weight, bias, stride, padding, dilation, groups):
-        (top, _), (left, _) = padding
-        return F.conv2d(_pad_far_side(x, padding), weight, bias, stride, (top, left), dilation, groups)
+        return _conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, weight, bias, stride, padding, dilation, groups = inputs
         ctx.save_for_backward(x, weight)
+        ctx.save_for_forward(x, weight)
+        ctx.set_materialize_grads(False)  # absent tangents arrive as None (see _tangents)
         ctx.has_bias = bias is not None
         ctx.geometry = (stride, padding, dilation, groups)
+        ctx.output_shape = output.shape
 
     @staticmethod
     def backward(ctx, grad_out):
+        if grad_out is None:
+            return None, None, None, None, None, None, None
         x, weight = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.geometry
         unbatched = x.dim() == 3
@@ -102,6 +112,25 @@ class Conv2dFunction(torch.autograd.Function):
         if unbatched and grad_x is not None:
             grad_x = grad_x.squeeze(0)
         return grad_x, grad_w, grad_b, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_dot, weight_dot, bias_dot, *_):
+        x, weight = ctx.saved_tensors
+        y_dot = tangent_sum(
+            None if x_dot is None else _conv2d(x_dot, weight, None, *ctx.geometry),
+            None if weight_dot is None else _conv2d(x, weight_dot, None, *ctx.geometry),
+        )
+        if bias_dot is None:
+            return y_dot
+        bias_dot = bias_dot.reshape(-1, 1, 1)
+        # a fresh tensor, not an expanded view: a tangent must have the output's own layout
+        return bias_dot.expand(ctx.output_shape).contiguous() if y_dot is None else y_dot + bias_dot
+
+
+def _conv2d(x, weight, bias, stride, padding, dilation, groups):
+    """torch's conv2d with padding ((top, bottom), (left, right)), possibly asymmetric."""
+    (top, _), (left, _) = padding
+    return F.conv2d(_pad_far_side(x, padding), weight, bias, stride, (top, left), dilation, groups)
 
 
 def _resolve_padding(
@@ -176,4 +205,4 @@ def conv2d(
             f"{op}: kernel of size {(kh, kw)} (dilated to {effective}) is larger than the padded input of size "
             f"{padded} (input of shape {shape_str(input)}, padding {pad})"
         )
-    return Conv2dFunction.apply(input, weight, bias, stride, pad, dilation, groups)
+    return apply(Conv2dFunction, input, weight, bias, stride, pad, dilation, groups)

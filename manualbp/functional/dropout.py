@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import torch
 
+from manualbp.functional._dispatch import apply, compile_twin
 from manualbp.functional._validation import check_floating, reject_inplace
 
 
+@compile_twin
 class DropoutFunction(torch.autograd.Function):
     """y = x ⊙ m.   x, m, y: same shape; m holds 0 (dropped) or 1/(1-p) (kept).
 
     dL/dx = dL/dy ⊙ m          (m is a constant: no gradient flows to it)
+    ẏ = ẋ ⊙ m                  (nor does a tangent flow from it)
     """
 
     generate_vmap_rule = True
@@ -22,11 +25,17 @@ class DropoutFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(inputs[1])
+        ctx.save_for_forward(inputs[1])
 
     @staticmethod
     def backward(ctx, grad_out):
         (mask,) = ctx.saved_tensors
         return grad_out * mask, None
+
+    @staticmethod
+    def jvp(ctx, x_dot, _):
+        (mask,) = ctx.saved_tensors
+        return x_dot * mask
 
 
 def dropout_mask(input: torch.Tensor, p: float) -> torch.Tensor:
@@ -48,4 +57,4 @@ def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace:
         raise ValueError(f"dropout: probability has to be between 0 and 1, but got {p}")
     if not training or p == 0.0 or input.numel() == 0:
         return input
-    return DropoutFunction.apply(input, dropout_mask(input, p))
+    return apply(DropoutFunction, input, dropout_mask(input, p))

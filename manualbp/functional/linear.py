@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from manualbp.functional._dispatch import apply, compile_twin
+from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import check_floating, check_same_dtype, shape_str
 
 
+@compile_twin
 class LinearFunction(torch.autograd.Function):
     """y = x W^T + b.     x: (*, in)   W: (out, in)   b: (out,) or None   y: (*, out)
 
@@ -15,6 +18,10 @@ class LinearFunction(torch.autograd.Function):
         dL/dx = dL/dy · W          (*, out) @ (out, in) -> (*, in)
         dL/dW = G^T · X            summed over every leading dim
         dL/db = Σ_M G
+
+    Forward mode (tangents ẋ, Ẇ, ḃ; an absent one is zero):
+
+        ẏ = ẋ Wᵀ + x Ẇᵀ + ḃ
     """
 
     generate_vmap_rule = True
@@ -27,6 +34,7 @@ class LinearFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         x, weight, bias = inputs
         ctx.save_for_backward(x, weight)
+        ctx.save_for_forward(x, weight)
         ctx.has_bias = bias is not None
 
     @staticmethod
@@ -42,6 +50,22 @@ class LinearFunction(torch.autograd.Function):
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 grad_b = g2d.sum(0)
         return grad_x, grad_w, grad_b
+
+    @staticmethod
+    def jvp(ctx, x_dot, weight_dot, bias_dot):
+        # Unlike the other Functions with several tensor inputs, this one keeps torch's default
+        # materialisation (an absent tangent arrives as zeros), so that backward, the README's
+        # excerpt, needs no None check for grad_out; the None branches cost nothing.
+        x, weight = ctx.saved_tensors
+        y_dot = tangent_sum(
+            None if x_dot is None else x_dot.matmul(weight.t()),
+            None if weight_dot is None else x.matmul(weight_dot.t()),
+        )
+        if bias_dot is None:
+            return y_dot
+        if y_dot is None:  # only the bias moves: ḃ on every row
+            return bias_dot.expand(x.shape[:-1] + bias_dot.shape)
+        return y_dot + bias_dot
 
 
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -63,4 +87,4 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
             f"linear: bias of shape {shape_str(bias)} does not match weight of shape {shape_str(weight)}: "
             f"expected ({weight.shape[0]},)"
         )
-    return LinearFunction.apply(input, weight, bias)
+    return apply(LinearFunction, input, weight, bias)

@@ -15,6 +15,15 @@ with class weights w (all ones by default) and label smoothing ε. Then
 and reduction "mean" divides Σ_i ℓ_i by D = Σ_i Σ_c [class targets: ε-free] a_ic, which is
 Σ_i [t_i ≠ ignore_index] w_{t_i} for class targets (torch's normalisation) and the number of samples
 for probability targets.
+
+Forward mode. ℓ is linear in a, and a is linear in the probability target q: ȧ_ic = (1-ε) w_c q̇_ic
+(class indices have no tangent); D has no tangent (class weights are constants). With
+d log p_ic = ẋ_ic - Σ_k p_ik ẋ_ik:
+
+    nll_loss:       ℓ̇_i = -Σ_c a_ic ẋ_ic
+    cross_entropy:  ℓ̇_i = Σ_c (p_ic Σ_k a_ik - a_ic) ẋ_ic - (1-ε) Σ_c w_c q̇_ic log p_ic
+
+reduced like ℓ (ẏ = ℓ̇, Σ_i ℓ̇_i, or Σ_i ℓ̇_i / D).
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ import warnings
 
 import torch
 
+from manualbp.functional._dispatch import apply, compile_twin
+from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import (
     check_floating,
     check_same_dtype,
@@ -86,6 +97,7 @@ def _per_sample_grad_scale(grad_out: torch.Tensor, reduction: str, denom: torch.
     return grad_out / denom
 
 
+@compile_twin
 class CrossEntropyFunction(torch.autograd.Function):
     """Cross entropy of logits x against class indices or class probabilities.
 
@@ -95,6 +107,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         ℓ_i = -Σ_c a_ic log softmax(x_i)_c
         dL/dx_i = dL/dℓ_i · (softmax(x_i) Σ_c a_ic - a_i)
         dL/dq_ic = -dL/dℓ_i · (1-ε) w_c log softmax(x_i)_c        (probability targets only)
+        ℓ̇_i = Σ_c (softmax(x_i)_c Σ_k a_ik - a_ic) ẋ_ic - (1-ε) Σ_c w_c q̇_ic log softmax(x_i)_c
 
     (a and the mean denominator D are defined in this module's docstring; for "mean", dL/dℓ_i = dL/dy / D.)
     """
@@ -111,10 +124,14 @@ class CrossEntropyFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         x, target, weight, ignore_index, reduction, label_smoothing = inputs
         ctx.save_for_backward(x, target, weight)
+        ctx.save_for_forward(x, target, weight)
+        ctx.set_materialize_grads(False)  # absent tangents arrive as None (see _tangents)
         ctx.ignore_index, ctx.reduction, ctx.label_smoothing = ignore_index, reduction, label_smoothing
 
     @staticmethod
     def backward(ctx, grad_out):
+        if grad_out is None:
+            return None, None, None, None, None, None
         x, target, weight = ctx.saved_tensors
         cd = _class_dim(x)
         a, denom = _coefficients(x, target, weight, ctx.ignore_index, ctx.label_smoothing)
@@ -128,7 +145,22 @@ class CrossEntropyFunction(torch.autograd.Function):
             grad_target = -scale * (1 - ctx.label_smoothing) * w * torch.log_softmax(x, cd)
         return grad_x, grad_target, None, None, None, None
 
+    @staticmethod
+    def jvp(ctx, x_dot, target_dot, *_):
+        x, target, weight = ctx.saved_tensors
+        cd = _class_dim(x)
+        a, denom = _coefficients(x, target, weight, ctx.ignore_index, ctx.label_smoothing)
+        from_x = from_target = None
+        if x_dot is not None:
+            from_x = ((torch.softmax(x, cd) * a.sum(cd, keepdim=True) - a) * x_dot).sum(cd)
+        if target_dot is not None:
+            w = _broadcast_weight(weight, x)
+            from_target = -(1 - ctx.label_smoothing) * (w * target_dot * torch.log_softmax(x, cd)).sum(cd)
+        per_sample = tangent_sum(from_x, from_target)
+        return None if per_sample is None else _reduce(per_sample, ctx.reduction, denom)
 
+
+@compile_twin
 class NLLLossFunction(torch.autograd.Function):
     """Negative log-likelihood of log-probabilities x at class indices t.
 
@@ -138,6 +170,8 @@ class NLLLossFunction(torch.autograd.Function):
         dL/dx_ic = -dL/dℓ_i · [t_i ≠ ignore_index] w_{t_i} [c = t_i]
 
     (for "mean", dL/dℓ_i = dL/dy / Σ_i [t_i ≠ ignore_index] w_{t_i}.)
+
+    Forward mode: the loss is linear in x, so ẏ is the loss of ẋ:  ℓ̇_i = -[t_i ≠ ignore_index] w_{t_i} ẋ_{i, t_i}
     """
 
     generate_vmap_rule = True
@@ -151,6 +185,7 @@ class NLLLossFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         x, target, weight, ignore_index, reduction = inputs
         ctx.save_for_backward(target, weight)
+        ctx.save_for_forward(target, weight)
         ctx.x_shape, ctx.x_dtype, ctx.x_device = x.shape, x.dtype, x.device
         ctx.ignore_index, ctx.reduction = ignore_index, reduction
 
@@ -165,7 +200,14 @@ class NLLLossFunction(torch.autograd.Function):
         scale = _per_sample_grad_scale(grad_out, ctx.reduction, denom, _class_dim(x_like))
         return -scale * a, None, None, None, None
 
+    @staticmethod
+    def jvp(ctx, x_dot, *_):
+        target, weight = ctx.saved_tensors
+        a, denom = _coefficients(x_dot, target, weight, ctx.ignore_index, 0.0)
+        return _reduce(-(a * x_dot).sum(_class_dim(x_dot)), ctx.reduction, denom)
 
+
+@compile_twin
 class MSELossFunction(torch.autograd.Function):
     """Mean squared error.   x, t: broadcastable shapes   w: optional elementwise weight of x's shape.
 
@@ -174,6 +216,10 @@ class MSELossFunction(torch.autograd.Function):
 
         dL/dx = Σ_broadcast  2 w ⊙ e ⊙ dL/dℓ          dL/dt = -dL/dx (summed to t's shape)
         dL/dw = e² ⊙ dL/dℓ  ("none", "sum")       dL/dw = (e² - y) dL/dy / D  ("mean")
+
+    Forward mode (tangents ẋ, ṫ, ẇ; an absent one is zero):
+        ℓ̇ = 2 w ⊙ e ⊙ (ẋ - ṫ) + ẇ ⊙ e²
+        ẏ = ℓ̇ ("none"), Σ ℓ̇ ("sum"), Σ ℓ̇ / D ("mean"; with a weight, Σ (ℓ̇ - y ẇ) / D)
     """
 
     generate_vmap_rule = True
@@ -191,10 +237,14 @@ class MSELossFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         x, target, weight, reduction = inputs
         ctx.save_for_backward(x, target, weight)
+        ctx.save_for_forward(x, target, weight)
+        ctx.set_materialize_grads(False)  # absent tangents arrive as None (see _tangents)
         ctx.reduction = reduction
 
     @staticmethod
     def backward(ctx, grad_out):
+        if grad_out is None:
+            return None, None, None, None
         x, target, weight = ctx.saved_tensors
         err = x - target
         denom = (err.numel() if weight is None else weight.sum()) if ctx.reduction == "mean" else 1
@@ -212,6 +262,25 @@ class MSELossFunction(torch.autograd.Function):
                 sq = sq - (weight * sq).sum() / denom
             grad_weight = (sq * grad_loss).sum_to_size(weight.shape)
         return grad_x, grad_target, grad_weight, None
+
+    @staticmethod
+    def jvp(ctx, x_dot, target_dot, weight_dot, _):
+        x, target, weight = ctx.saved_tensors
+        err = x - target
+        err_dot = tangent_sum(x_dot, None if target_dot is None else -target_dot)
+        loss_dot = None
+        if err_dot is not None:
+            loss_dot = 2 * err * err_dot if weight is None else 2 * weight * err * err_dot
+        if weight_dot is not None:
+            sq = err * err
+            if ctx.reduction == "mean":  # D = Σ w moves too: d(Σ ℓ / D) = Σ (ℓ̇ - y ẇ) / D
+                sq = sq - (weight * sq).sum() / weight.sum()
+            loss_dot = tangent_sum(loss_dot, weight_dot * sq)
+        if loss_dot is None or ctx.reduction == "none":
+            return loss_dot
+        if ctx.reduction == "sum":
+            return loss_dot.sum()
+        return loss_dot.sum() / (loss_dot.numel() if weight is None else weight.sum())
 
 
 def _check_class_target(op: str, input: torch.Tensor, target: torch.Tensor, ignore_index: int) -> None:
@@ -286,7 +355,7 @@ def cross_entropy(
     else:
         _check_class_target(op, input, target, ignore_index)
         target = target.long()
-    return CrossEntropyFunction.apply(input, target, weight, ignore_index, reduction, float(label_smoothing))
+    return apply(CrossEntropyFunction, input, target, weight, ignore_index, reduction, float(label_smoothing))
 
 
 def nll_loss(
@@ -308,7 +377,7 @@ def nll_loss(
     if target.is_floating_point():
         raise TypeError(f"{op}: expected an integer (class index) target, got dtype {target.dtype}")
     _check_class_target(op, input, target, ignore_index)
-    return NLLLossFunction.apply(input, target.long(), weight, ignore_index, reduction)
+    return apply(NLLLossFunction, input, target.long(), weight, ignore_index, reduction)
 
 
 def mse_loss(
@@ -344,4 +413,4 @@ def mse_loss(
         )
     if weight is not None and weight.shape != input.shape:
         raise ValueError(f"{op}: weight of shape {shape_str(weight)} must have the input's shape {shape_str(input)}")
-    return MSELossFunction.apply(input, target, weight, reduction)
+    return apply(MSELossFunction, input, target, weight, reduction)

@@ -11,6 +11,14 @@ With batch statistics (μ = mean_R x, v = mean_R (x - μ)², the biased variance
     dL/dx = (1/σ) (g - mean_R g - x̂ · mean_R (g · x̂))
 
 and with fixed statistics (batch norm in eval mode, using the running estimates) simply dL/dx = g / σ.
+Forward mode (jvp) linearises the same map; with batch statistics their tangents μ̇ = mean_R ẋ and
+σ̇ = mean_R (ẋ · x̂) are part of it, which gives, with tangents ẋ, γ̇, β̇,
+
+    ẏ = (γ/σ) (ẋ - mean_R ẋ - x̂ · mean_R (ẋ · x̂)) + γ̇ x̂ + β̇
+
+and with fixed statistics (tangents μ̇_r, v̇_r of the running estimates)
+
+    ẏ = γ ((ẋ - μ̇_r)/σ - ½ x̂ v̇_r/σ²) + γ̇ x̂ + β̇
 The backward recomputes μ and σ from the saved x with differentiable torch operations, so that
 double backward sees their dependence on x (a saved, graph-less μ or σ would silently drop it).
 
@@ -26,6 +34,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from manualbp.functional._dispatch import apply, compile_twin
+from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import check_dim, check_floating, check_same_dtype, shape_str
 
 
@@ -39,6 +49,7 @@ def _sum_over(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     return t.sum(dims) if dims else t
 
 
+@compile_twin
 class BatchNormFunction(torch.autograd.Function):
     """Batch normalisation.   x, y: (N, C, *)   γ, β: (C,) or None   μ_r, v_r: (C,) or None (fixed statistics)
 
@@ -51,6 +62,11 @@ class BatchNormFunction(torch.autograd.Function):
         dL/dx = g / σ                                           fixed statistics
         dL/dγ = Σ_R dL/dy · x̂          dL/dβ = Σ_R dL/dy
         dL/dμ_r = -Σ_R g / σ           dL/dv_r = -½ Σ_R g · (x - μ_r) / σ³     (fixed statistics only)
+
+    Forward mode (tangents ẋ, γ̇, β̇, μ̇_r, v̇_r; an absent one is zero), ẏ = γ · dx̂ + γ̇ x̂ + β̇ with
+
+        dx̂ = (1/σ) (ẋ - mean_R ẋ - x̂ · mean_R (ẋ · x̂))           batch statistics (they move with x)
+        dx̂ = (ẋ - μ̇_r) / σ - ½ x̂ v̇_r / σ²                       fixed statistics
     """
 
     generate_vmap_rule = True
@@ -63,21 +79,20 @@ class BatchNormFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         x, weight, bias, mean, var, eps = inputs
         ctx.save_for_backward(x, weight, mean, var)
+        ctx.save_for_forward(x, weight, mean, var)
+        ctx.set_materialize_grads(False)  # absent tangents arrive as None (see _tangents)
         ctx.eps = eps
         ctx.has_bias = bias is not None
 
     @staticmethod
     def backward(ctx, grad_out):
+        if grad_out is None:
+            return None, None, None, None, None, None
         x, weight, mean, var = ctx.saved_tensors
         dims = (0, *range(2, x.dim()))
         shape = _channel_shape(x)
         batch_stats = mean is None
-        if batch_stats:
-            var_c, mean_c = torch.var_mean(x, dims, correction=0, keepdim=True)
-        else:
-            mean_c, var_c = mean.reshape(shape), var.reshape(shape)
-        inv_std = torch.rsqrt(var_c + ctx.eps)
-        x_hat = (x - mean_c) * inv_std
+        x_hat, inv_std = _batch_normalize(x, mean, var, ctx.eps)
         g = grad_out if weight is None else grad_out * weight.reshape(shape)
 
         grad_x = grad_w = grad_b = grad_mean = grad_var = None
@@ -96,7 +111,29 @@ class BatchNormFunction(torch.autograd.Function):
             grad_var = -0.5 * (g * x_hat * inv_std * inv_std).sum(dims)
         return grad_x, grad_w, grad_b, grad_mean, grad_var, None
 
+    @staticmethod
+    def jvp(ctx, x_dot, weight_dot, bias_dot, mean_dot, var_dot, _):
+        x, weight, mean, var = ctx.saved_tensors
+        dims = (0, *range(2, x.dim()))
+        shape = _channel_shape(x)
+        x_hat, inv_std = _batch_normalize(x, mean, var, ctx.eps)
+        if mean is None:
+            x_hat_dot = None if x_dot is None else _normalized_tangent(x_dot, x_hat, inv_std, dims)
+        else:
+            centred_dot = tangent_sum(x_dot, None if mean_dot is None else -mean_dot.reshape(shape))
+            x_hat_dot = tangent_sum(
+                None if centred_dot is None else centred_dot * inv_std,
+                None if var_dot is None else -0.5 * x_hat * inv_std * inv_std * var_dot.reshape(shape),
+            )
+        return _affine_tangent(
+            x_hat, x_hat_dot,
+            None if weight is None else weight.reshape(shape),
+            None if weight_dot is None else weight_dot.reshape(shape),
+            None if bias_dot is None else bias_dot.reshape(shape),
+        )
 
+
+@compile_twin
 class LayerNormFunction(torch.autograd.Function):
     """Layer normalisation over the trailing dims D = normalized_shape.
 
@@ -106,6 +143,9 @@ class LayerNormFunction(torch.autograd.Function):
 
         dL/dx = (1/σ) (g - mean_R g - x̂ · mean_R (g · x̂))
         dL/dγ = Σ_* dL/dy · x̂          dL/dβ = Σ_* dL/dy          (sums over the leading dims)
+
+    Forward mode (tangents ẋ, γ̇, β̇; an absent one is zero), the statistics' tangents included:
+        ẏ = (γ/σ) (ẋ - mean_R ẋ - x̂ · mean_R (ẋ · x̂)) + γ̇ x̂ + β̇
     """
 
     generate_vmap_rule = True
@@ -118,18 +158,20 @@ class LayerNormFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         x, normalized_shape, weight, bias, eps = inputs
         ctx.save_for_backward(x, weight)
+        ctx.save_for_forward(x, weight)
+        ctx.set_materialize_grads(False)  # absent tangents arrive as None (see _tangents)
         ctx.num_normalized = len(normalized_shape)
         ctx.eps = eps
         ctx.has_bias = bias is not None
 
     @staticmethod
     def backward(ctx, grad_out):
+        if grad_out is None:
+            return None, None, None, None, None
         x, weight = ctx.saved_tensors
         lead = x.dim() - ctx.num_normalized
         dims = tuple(range(lead, x.dim()))
-        var, mean = torch.var_mean(x, dims, correction=0, keepdim=True)
-        inv_std = torch.rsqrt(var + ctx.eps)
-        x_hat = (x - mean) * inv_std
+        x_hat, inv_std = _layer_normalize(x, dims, ctx.eps)
         g = grad_out if weight is None else grad_out * weight
 
         grad_x = grad_w = grad_b = None
@@ -140,6 +182,59 @@ class LayerNormFunction(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[3]:
             grad_b = _sum_over(grad_out, tuple(range(lead)))
         return grad_x, None, grad_w, grad_b, None
+
+    @staticmethod
+    def jvp(ctx, x_dot, _, weight_dot, bias_dot, __):
+        x, weight = ctx.saved_tensors
+        dims = tuple(range(x.dim() - ctx.num_normalized, x.dim()))
+        x_hat, inv_std = _layer_normalize(x, dims, ctx.eps)
+        x_hat_dot = None if x_dot is None else _normalized_tangent(x_dot, x_hat, inv_std, dims)
+        return _affine_tangent(x_hat, x_hat_dot, weight, weight_dot, bias_dot)
+
+
+def _batch_normalize(
+    x: torch.Tensor, mean: torch.Tensor | None, var: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x̂, 1/σ) of batch norm, 1/σ shaped (1, C, 1, ...): batch statistics when ``mean`` is None."""
+    if mean is None:
+        var_c, mean_c = torch.var_mean(x, (0, *range(2, x.dim())), correction=0, keepdim=True)
+    else:
+        shape = _channel_shape(x)
+        mean_c, var_c = mean.reshape(shape), var.reshape(shape)
+    inv_std = torch.rsqrt(var_c + eps)
+    return (x - mean_c) * inv_std, inv_std
+
+
+def _layer_normalize(x: torch.Tensor, dims: tuple[int, ...], eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x̂, 1/σ) with the statistics over ``dims`` (kept as size-1 dims)."""
+    var, mean = torch.var_mean(x, dims, correction=0, keepdim=True)
+    inv_std = torch.rsqrt(var + eps)
+    return (x - mean) * inv_std, inv_std
+
+
+def _normalized_tangent(
+    x_dot: torch.Tensor, x_hat: torch.Tensor, inv_std: torch.Tensor, dims: tuple[int, ...]
+) -> torch.Tensor:
+    """dx̂ with the statistics taken over ``dims`` from x itself: (1/σ) (ẋ - mean ẋ - x̂ mean(ẋ x̂))."""
+    return inv_std * (x_dot - x_dot.mean(dims, keepdim=True) - x_hat * (x_dot * x_hat).mean(dims, keepdim=True))
+
+
+def _affine_tangent(
+    x_hat: torch.Tensor,
+    x_hat_dot: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    weight_dot: torch.Tensor | None,
+    bias_dot: torch.Tensor | None,
+) -> torch.Tensor | None:
+    """ẏ = γ dx̂ + γ̇ x̂ + β̇ for y = γ x̂ + β (γ, γ̇, β̇ shaped to broadcast against x̂), x̂'s shape."""
+    y_dot = tangent_sum(
+        None if x_hat_dot is None else x_hat_dot if weight is None else x_hat_dot * weight,
+        None if weight_dot is None else x_hat * weight_dot,
+        bias_dot,
+    )
+    if y_dot is not None and y_dot.shape != x_hat.shape:  # only β moved
+        y_dot = y_dot.expand(x_hat.shape)
+    return y_dot
 
 
 def _check_channel_vectors(op: str, input: torch.Tensor, **vectors: torch.Tensor | None) -> None:
@@ -154,7 +249,7 @@ def _check_channel_vectors(op: str, input: torch.Tensor, **vectors: torch.Tensor
 
 
 def update_running_stats(
-    input: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor, momentum: float
+    input: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor, momentum: float | torch.Tensor
 ) -> None:
     """In place, without grad: r ← (1 - momentum) r + momentum s, as torch's batch norm does in training.
 
@@ -163,9 +258,10 @@ def update_running_stats(
     """
     with torch.no_grad():
         dims = (0, *range(2, input.dim()))
-        var, mean = torch.var_mean(input, dims, correction=1)
-        running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
-        running_var.mul_(1 - momentum).add_(var, alpha=momentum)
+        # detach: no_grad does not stop forward-mode AD, and the estimates must not pick up a tangent
+        var, mean = torch.var_mean(input.detach(), dims, correction=1)
+        running_mean.mul_(1 - momentum).add_(mean * momentum)
+        running_var.mul_(1 - momentum).add_(var * momentum)
 
 
 def batch_norm(
@@ -175,7 +271,7 @@ def batch_norm(
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     training: bool = False,
-    momentum: float = 0.1,
+    momentum: float | torch.Tensor = 0.1,
     eps: float = 1e-5,
 ) -> torch.Tensor:
     """Hand-differentiated ``torch.nn.functional.batch_norm`` (same arguments and behaviour).
@@ -198,11 +294,11 @@ def batch_norm(
                 f"{op}: expected more than 1 value per channel when training, got input of shape {shape_str(input)}"
             )
         if running_mean is not None:
-            update_running_stats(input, running_mean, running_var, float(momentum))
-        return BatchNormFunction.apply(input, weight, bias, None, None, float(eps))
+            update_running_stats(input, running_mean, running_var, momentum)
+        return apply(BatchNormFunction, input, weight, bias, None, None, float(eps))
     if running_mean is None:
         raise ValueError(f"{op}: running_mean and running_var must be given in evaluation mode (training=False)")
-    return BatchNormFunction.apply(input, weight, bias, running_mean, running_var, float(eps))
+    return apply(BatchNormFunction, input, weight, bias, running_mean, running_var, float(eps))
 
 
 def _normalized_shape(op: str, normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
@@ -237,4 +333,4 @@ def layer_norm(
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and tuple(t.shape) != shape:
             raise ValueError(f"{op}: {name} of shape {shape_str(t)} does not match normalized_shape {shape}")
-    return LayerNormFunction.apply(input, shape, weight, bias, float(eps))
+    return apply(LayerNormFunction, input, shape, weight, bias, float(eps))

@@ -12,11 +12,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from manualbp.functional._dispatch import apply, compile_twin
 from manualbp.functional._validation import check_dim, check_floating, int_pair, shape_str
 
 Pair = tuple[int, int]
 
 
+@compile_twin
 class MaxPool2dFunction(torch.autograd.Function):
     """(y, idx) = max_pool2d(x).   x: (N, C, H, W) or (C, H, W)   y, idx: (N, C, Ho, Wo) or (C, Ho, Wo)
 
@@ -28,8 +30,11 @@ class MaxPool2dFunction(torch.autograd.Function):
         a scatter_add of dL/dy onto the argmax positions of each flattened plane (windows that
         overlap may send several gradients to one position)
 
+    Forward mode: ẏ[n, c, i, j] = ẋ[n, c] flattened, at idx[n, c, i, j]    (a gather; no tangent for idx)
+
     With dilation a window of a small input can hold padding only: torch gives y = -inf there, a
-    constant, and an index that points at no input element; such windows pass no gradient.
+    constant, and an index that points at no input element; such windows pass no gradient and get a
+    zero tangent.
     """
 
     generate_vmap_rule = True
@@ -44,6 +49,7 @@ class MaxPool2dFunction(torch.autograd.Function):
         _, indices = output
         ctx.mark_non_differentiable(indices)
         ctx.save_for_backward(indices)
+        ctx.save_for_forward(indices)
         ctx.input_shape = x.shape
         ctx.live_windows = None
         if dilation != (1, 1):
@@ -62,13 +68,32 @@ class MaxPool2dFunction(torch.autograd.Function):
         planes = shape[:-2] + (shape[-2] * shape[-1],)
         flat_indices = indices.reshape(indices.shape[:-2] + (-1,))
         flat_grad = grad_out.reshape(indices.shape[:-2] + (-1,))
-        if ctx.live_windows is not None:
-            rows, cols = (torch.tensor(axis, device=indices.device) for axis in ctx.live_windows)
-            live = (rows[:, None] & cols[None, :]).reshape(-1)
+        live = _live_windows(ctx.live_windows, indices.device)
+        if live is not None:
             flat_indices = torch.where(live, flat_indices, 0)
             flat_grad = torch.where(live, flat_grad, 0.0)
         grad_x = grad_out.new_zeros(planes).scatter_add(-1, flat_indices, flat_grad).reshape(shape)
         return grad_x, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_dot, *_):
+        (indices,) = ctx.saved_tensors
+        flat_indices = indices.reshape(indices.shape[:-2] + (-1,))
+        live = _live_windows(ctx.live_windows, indices.device)
+        if live is not None:
+            flat_indices = torch.where(live, flat_indices, 0)
+        y_dot = x_dot.reshape(x_dot.shape[:-2] + (-1,)).gather(-1, flat_indices)
+        if live is not None:
+            y_dot = torch.where(live, y_dot, 0.0)
+        return y_dot.reshape(indices.shape), None
+
+
+def _live_windows(live_windows: list[list[bool]] | None, device: torch.device) -> torch.Tensor | None:
+    """The flattened (Ho·Wo,) mask of the windows that reach the input, or None when all do."""
+    if live_windows is None:
+        return None
+    rows, cols = (torch.tensor(axis, device=device) for axis in live_windows)
+    return (rows[:, None] & cols[None, :]).reshape(-1)
 
 
 def _avg_pool_divisor(
@@ -94,6 +119,7 @@ def _avg_pool_divisor(
     return lengths[0][:, None] * lengths[1][None, :]
 
 
+@compile_twin
 class AvgPool2dFunction(torch.autograd.Function):
     """y = avg_pool2d(x).   x: (N, C, H, W) or (C, H, W)   y: (N, C, Ho, Wo) or (C, Ho, Wo)
 
@@ -107,6 +133,8 @@ class AvgPool2dFunction(torch.autograd.Function):
         a transposed convolution of dL/dy / D with a kh×kw kernel of ones and stride s, per plane,
         which lands in padded coordinates; the padding (and the part of a ceil_mode window past it)
         is cropped off, and rows/columns no window reached are zero-filled.
+
+    Forward mode: the map itself,  ẏ = avg_pool2d(ẋ)
     """
 
     generate_vmap_rule = True
@@ -135,6 +163,10 @@ class AvgPool2dFunction(torch.autograd.Function):
         grad_x = F.pad(spread, (-pw, w + pw - full_w, -ph, h + ph - full_h))
         return grad_x.reshape(shape), None, None, None, None, None, None
 
+    @staticmethod
+    def jvp(ctx, x_dot, *_):
+        return F.avg_pool2d(x_dot, *ctx.pool_args)
+
 
 def _adaptive_average_matrix(size: int, out: int, like: torch.Tensor) -> torch.Tensor:
     """A (out, size) with A[i, a] = 1 / (end_i - start_i) on start_i ≤ a < end_i, else 0;
@@ -147,6 +179,7 @@ def _adaptive_average_matrix(size: int, out: int, like: torch.Tensor) -> torch.T
     return inside.to(like.dtype) / (end - start).to(like.dtype)[:, None]
 
 
+@compile_twin
 class AdaptiveAvgPool2dFunction(torch.autograd.Function):
     """y = adaptive_avg_pool2d(x).   x: (N, C, H, W) or (C, H, W)   y: (N, C, Ho, Wo) or (C, Ho, Wo)
 
@@ -154,7 +187,7 @@ class AdaptiveAvgPool2dFunction(torch.autograd.Function):
     average separates into the two axes:  y = A_H · x · A_Wᵀ  per plane, A_H: (Ho, H), A_W: (Wo, W) with
     A[i, a] = 1 / (window i's length) inside window i and 0 elsewhere.
 
-    dL/dx = A_Hᵀ · dL/dy · A_W
+    dL/dx = A_Hᵀ · dL/dy · A_W          ẏ = A_H · ẋ · A_Wᵀ  (the map itself)
     """
 
     generate_vmap_rule = True
@@ -166,6 +199,7 @@ class AdaptiveAvgPool2dFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.input_shape = inputs[0].shape
+        ctx.output_size = inputs[1]
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -173,6 +207,10 @@ class AdaptiveAvgPool2dFunction(torch.autograd.Function):
         a_h = _adaptive_average_matrix(h, ho, grad_out)
         a_w = _adaptive_average_matrix(w, wo, grad_out)
         return a_h.t().matmul(grad_out).matmul(a_w), None
+
+    @staticmethod
+    def jvp(ctx, x_dot, _):
+        return F.adaptive_avg_pool2d(x_dot, ctx.output_size)
 
 
 
@@ -217,7 +255,7 @@ def max_pool2d(
     """Hand-differentiated ``torch.nn.functional.max_pool2d``; with ``return_indices`` also the argmax
     positions in each flattened H·W plane, as torch returns them."""
     geometry = _pool_geometry("max_pool2d", input, kernel_size, stride, padding, dilation)
-    values, indices = MaxPool2dFunction.apply(input, *geometry, bool(ceil_mode))
+    values, indices = apply(MaxPool2dFunction, input, *geometry, bool(ceil_mode))
     return (values, indices) if return_indices else values
 
 
@@ -236,8 +274,8 @@ def avg_pool2d(
         not isinstance(divisor_override, int) or isinstance(divisor_override, bool) or divisor_override == 0
     ):
         raise ValueError(f"avg_pool2d: divisor_override must be a non-zero int or None, got {divisor_override!r}")
-    return AvgPool2dFunction.apply(
-        input, kernel, stride, pad, bool(ceil_mode), bool(count_include_pad), divisor_override
+    return apply(
+        AvgPool2dFunction, input, kernel, stride, pad, bool(ceil_mode), bool(count_include_pad), divisor_override
     )
 
 
@@ -255,4 +293,4 @@ def adaptive_avg_pool2d(input: torch.Tensor, output_size: int | None | tuple[int
         raise ValueError(f"{op}: output_size must hold positive ints or None, got {output_size!r}")
     if min(input.shape[-2:]) < 1:
         raise ValueError(f"{op}: input of shape {shape_str(input)} has an empty spatial dimension")
-    return AdaptiveAvgPool2dFunction.apply(input, resolved)
+    return apply(AdaptiveAvgPool2dFunction, input, resolved)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import torch
 
+from manualbp.functional._dispatch import apply, compile_twin
 from manualbp.functional._validation import normalize_dim
 
 
+@compile_twin
 class FlattenFunction(torch.autograd.Function):
     """y = x reshaped to ``out_shape`` (dims start_dim..end_dim merged into one).
 
     x: (d0, ..., d_{n-1})   y: (d0, ..., d_{s-1}, d_s · ... · d_e, d_{e+1}, ...)
 
     dL/dx = dL/dy reshaped back to x's shape (``reshape``, since dL/dy may be non-contiguous)
+    ẏ = ẋ reshaped to ``out_shape``
     """
 
     generate_vmap_rule = True
@@ -24,10 +27,15 @@ class FlattenFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.in_shape = inputs[0].shape
+        ctx.out_shape = inputs[1]
 
     @staticmethod
     def backward(ctx, grad_out):
         return grad_out.reshape(ctx.in_shape), None
+
+    @staticmethod
+    def jvp(ctx, x_dot, _):
+        return x_dot.reshape(ctx.out_shape)
 
 
 def flatten(input: torch.Tensor, start_dim: int = 0, end_dim: int = -1) -> torch.Tensor:
@@ -49,4 +57,4 @@ def flatten(input: torch.Tensor, start_dim: int = 0, end_dim: int = -1) -> torch
         for size in shape[start : end + 1]:
             merged *= size
         out_shape = shape[:start] + (merged,) + shape[end + 1 :]
-    return FlattenFunction.apply(input, out_shape)
+    return apply(FlattenFunction, input, out_shape)

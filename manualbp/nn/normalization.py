@@ -20,7 +20,10 @@ def _batch_norm_forward(module: torch.nn.modules.batchnorm._BatchNorm, input: to
     factor = 0.0 if module.momentum is None else module.momentum
     if module.training and module.track_running_stats and module.num_batches_tracked is not None:
         module.num_batches_tracked.add_(1)
-        factor = 1.0 / float(module.num_batches_tracked) if module.momentum is None else module.momentum
+        if module.momentum is None:  # a tensor, not float(...): no .item(), so vmap can batch the count
+            factor = torch.reciprocal(module.num_batches_tracked.to(module.running_mean.dtype))
+        else:
+            factor = module.momentum
     use_batch_stats = module.training or (module.running_mean is None and module.running_var is None)
     tracked = not module.training or module.track_running_stats
     return MF.batch_norm(
