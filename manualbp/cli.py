@@ -7,6 +7,7 @@ and then tests the best checkpoint; ``validate``, ``test``, ``predict``, ``--con
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from jsonargparse import lazy_instance
@@ -16,6 +17,11 @@ from manualbp.data import DigitsDataModule, MNISTDataModule, TensorDataModule
 from manualbp.lightning import ClassifierModule
 
 __all__ = ["ManualbpCLI", "main", "MNISTDataModule"]
+
+_DESCRIPTION = (
+    "manualbp: train digit classifiers with hand-written backprop (fit, validate, test, predict). "
+    "`manualbp verify` checks every built-in op against PyTorch (see `manualbp verify --help`)."
+)
 
 
 class ManualbpCLI(LightningCLI):
@@ -41,13 +47,19 @@ class ManualbpCLI(LightningCLI):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``manualbp`` console script."""
+    """Entry point of the ``manualbp`` console script: ``manualbp verify ...`` or a LightningCLI subcommand."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["verify"]:
+        from manualbp.verify.command import main as verify_main
+
+        return verify_main(args[1:])
     ManualbpCLI(
         ClassifierModule,
         TensorDataModule,
         subclass_mode_data=True,
         seed_everything_default=0,
         trainer_defaults={"max_epochs": 20, "log_every_n_steps": 10},
-        args=list(argv) if argv is not None else None,
+        parser_kwargs={"description": _DESCRIPTION},
+        args=None if argv is None else args,
     )
     return 0

@@ -1,6 +1,35 @@
-"""Gradient verification: op cases (a manual callable, its reference, sample inputs) and the tools to
-compare the two. ``manualbp.verify.builtin_cases`` holds the registry of manualbp's own ops."""
+"""Gradient verification as a product.
 
-from manualbp.verify.case import OpCase, as_function, differentiable, seeded
+``verify(function, reference, sample_inputs)`` checks a callable with a hand-written backward (an
+``autograd.Function``'s ``apply``, a functional, a module) against a reference implementation and
+returns a ``Report``: one row per (sample, check), pass / fail (with the largest error and where) /
+unsupported (with the reason). ``manualbp.verify.builtin_cases`` holds manualbp's own op cases;
+``manualbp verify`` prints their matrix.
+"""
 
-__all__ = ["OpCase", "as_function", "differentiable", "seeded"]
+from manualbp.verify.battery import (
+    CHECKS,
+    CPU_CHECKS,
+    CUDA_CHECKS,
+    DEFAULT_TOLERANCES,
+    available_checks,
+    verify,
+    verify_cases,
+)
+from manualbp.verify.case import OpCase, differentiable, seeded
+from manualbp.verify.report import Report, Row
+
+__all__ = [
+    "CHECKS",
+    "CPU_CHECKS",
+    "CUDA_CHECKS",
+    "DEFAULT_TOLERANCES",
+    "OpCase",
+    "Report",
+    "Row",
+    "available_checks",
+    "differentiable",
+    "seeded",
+    "verify",
+    "verify_cases",
+]

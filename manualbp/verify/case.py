@@ -67,26 +67,3 @@ def seeded(fn: Callable[..., Any], seed: int = 0) -> Callable[..., Any]:
 def differentiable(args: Sequence[Any]) -> list[torch.Tensor]:
     """The tensors among ``args`` that require grad."""
     return [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
-
-
-def as_function(module: torch.nn.Module, args: Sequence[Any]) -> tuple[Callable[..., Any], tuple[torch.Tensor, ...]]:
-    """``module`` as a pure function of its differentiable inputs followed by its parameters.
-
-    Returns ``(fn, tensors)`` such that ``fn(*tensors)`` equals ``module(*args)`` (under a fixed seed);
-    non-differentiable arguments are held fixed. For ``gradcheck`` and ``gradgradcheck``.
-    """
-    slots = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.requires_grad]
-    names = [name for name, p in module.named_parameters() if p.requires_grad]
-    params = dict(module.named_parameters())
-    call = seeded(torch.func.functional_call)
-
-    def fn(*tensors: torch.Tensor) -> Any:
-        full = list(args)
-        for slot, tensor in zip(slots, tensors[: len(slots)]):
-            full[slot] = tensor
-        overrides = dict(params)
-        overrides.update(zip(names, tensors[len(slots) :]))
-        return call(module, overrides, tuple(full))
-
-    tensors = tuple(args[i] for i in slots) + tuple(params[n] for n in names)
-    return fn, tensors

@@ -1,0 +1,16 @@
+"""Every built-in op case through the public battery: each (case, check) cell of the matrix must pass."""
+
+from __future__ import annotations
+
+import pytest
+
+from manualbp.verify import CPU_CHECKS, verify_cases
+from manualbp.verify.builtin_cases import BUILTIN_CASES
+
+CELLS = [pytest.param(case, check, id=f"{case.id}-{check}") for case in BUILTIN_CASES for check in CPU_CHECKS]
+
+
+@pytest.mark.parametrize("case, check", CELLS)
+def test_builtin_op_passes_check(case, check):
+    (row,) = verify_cases([case], checks=[check]).rows
+    assert row.status == "pass", f"{row.case} / {row.check}: {row.status}: {row.detail}"
