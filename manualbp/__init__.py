@@ -2,11 +2,11 @@
 
 ``manualbp.functional`` holds ``torch.autograd.Function`` classes with hand-written backward passes,
 ``manualbp.nn`` the ``torch.nn``-compatible layers built on them, and ``manualbp.convert`` swaps the
-layers of an existing torch model for manual ones.
+layers of an existing torch model for manual ones (``manualbp.to_torch``, a copy back to torch.nn).
 """
 
 from manualbp import functional, nn
-from manualbp.convert import convert
+from manualbp.convert import convert, to_torch
 
-__all__ = ["convert", "functional", "nn"]
+__all__ = ["convert", "functional", "nn", "to_torch"]
 __version__ = "0.1.0"

@@ -1,7 +1,9 @@
-"""Swap the layers of a torch.nn model for their manualbp twins, sharing Parameters and buffers."""
+"""Swap the layers of a torch.nn model for their manualbp twins, sharing Parameters and buffers (``convert``),
+and back: an autograd copy of a manual model (``to_torch``)."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
@@ -38,6 +40,24 @@ def convert(model: torch.nn.Module, strict: bool = False) -> torch.nn.Module:
         if strict:
             raise NotImplementedError(message)
         warnings.warn(message, UserWarning, stacklevel=2)
+    if id(model) in replacements:
+        return replacements[id(model)]
+    _apply(model, replacements, seen=set())
+    return model
+
+
+def to_torch(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``model`` in which every ``manualbp.nn`` layer is its ``torch.nn`` twin: the autograd twin.
+
+    The copy carries the same configuration, Parameter and buffer values (copied, not shared), hooks and
+    train/eval mode; layers that are not manualbp layers are copied as they are. A layer shared between
+    several places of ``model`` stays one shared layer in the copy. ``model`` itself is left untouched.
+    Returns the copy, or the twin of the copy when ``model`` itself is a manualbp layer.
+    """
+    model = copy.deepcopy(model)
+    replacements: dict[int, torch.nn.Module] = {
+        id(module): module.to_torch() for module in model.modules() if isinstance(module, ManualModule)
+    }
     if id(model) in replacements:
         return replacements[id(model)]
     _apply(model, replacements, seen=set())

@@ -189,3 +189,74 @@ def test_a_nested_cnn_converts_fully_and_trains_exactly_like_torch():
     reference.eval()
     x = torch.randn(2, 2, 8, 8, dtype=torch.float64)
     assert_close(model(x), reference(x))
+
+
+# manualbp.to_torch: the autograd twin of a manual model, as a deep copy.
+
+
+def _all_torch(model) -> bool:
+    return not any(isinstance(m, ManualModule) for m in model.modules())
+
+
+@pytest.mark.parametrize("make", [_model, _cnn], ids=["nested-mlp", "cnn-batchnorm"])
+def test_to_torch_round_trip_gives_torch_layers_equal_outputs_and_gradients(make):
+    original = make()
+    manual = manualbp.convert(copy.deepcopy(original))
+    snapshot = copy.deepcopy(manual.state_dict())
+    twin = manualbp.to_torch(manual)
+
+    assert _all_torch(twin)
+    assert [type(m) for m in twin.modules()] == [type(m) for m in original.modules()]
+    assert [n for n, _ in twin.named_parameters()] == [n for n, _ in manual.named_parameters()]
+    assert [n for n, _ in twin.named_buffers()] == [n for n, _ in manual.named_buffers()]
+    for (name, p), q in zip(manual.named_parameters(), twin.parameters()):
+        assert p is not q and p.data_ptr() != q.data_ptr() and torch.equal(p, q), name
+    assert str(twin) == str(original)  # same configuration (extra_repr) everywhere
+
+    x = torch.randn(5, 2, 4) if make is _model else torch.randn(3, 2, 8, 8, dtype=torch.float64)
+    target = torch.tensor([0, 1, 2, 3, 4])[: x.shape[0]]
+    loss_fn = nn.NLLLoss() if make is _model else nn.CrossEntropyLoss()
+    loss = loss_fn(manual(x), target)
+    ref_loss = loss_fn(twin(x), target)
+    assert_close(loss, ref_loss)
+    loss.backward()
+    ref_loss.backward()
+    for (name, p), q in zip(manual.named_parameters(), twin.parameters()):
+        assert_close(p.grad, q.grad, msg=name)
+    assert_close(manual.state_dict(), twin.state_dict())  # running statistics moved alike
+
+    # The manual model is untouched: still manual, its layers and values its own.
+    assert not any(isinstance(m, ManualModule) for m in original.modules())
+    assert _torch_layers(manual) == []
+    with torch.no_grad():
+        for q in twin.parameters():
+            q.add_(1.0)
+    twin.eval()
+    assert manual.training and all(m.training for m in manual.modules())
+    for name, value in manual.state_dict().items():
+        if not name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            assert torch.equal(value, snapshot[name]), name
+
+
+def test_to_torch_keeps_mode_buffers_sharing_and_torch_layers():
+    shared = mnn.Linear(3, 3)
+    weight = torch.tensor([1.0, 2.0, 3.0])
+    custom = nn.Hardtanh()  # no manual twin: copied as it is
+    model = nn.Sequential(shared, mnn.ReLU(), shared, custom, mnn.CrossEntropyLoss(weight=weight)).eval()
+    twin = manualbp.to_torch(model)
+    assert type(twin[0]) is nn.Linear and twin[0] is twin[2] and type(twin[1]) is nn.ReLU
+    assert type(twin[3]) is nn.Hardtanh and twin[3] is not custom
+    assert type(twin[4]) is nn.CrossEntropyLoss and torch.equal(twin[4].weight, weight)
+    assert twin[4].weight is not model[4].weight
+    assert not any(m.training for m in twin.modules())
+    assert type(model[0]) is mnn.Linear and type(model[4]) is mnn.CrossEntropyLoss
+
+
+def test_to_torch_of_a_single_layer_and_of_a_torch_model():
+    layer = mnn.Conv2d(2, 4, 3, stride=2, padding=1, bias=False)
+    twin = manualbp.to_torch(layer)
+    assert type(twin) is nn.Conv2d and twin.stride == (2, 2) and twin.bias is None
+    assert torch.equal(twin.weight, layer.weight) and twin.weight is not layer.weight
+    plain = nn.Sequential(nn.Linear(2, 2))
+    copied = manualbp.to_torch(plain)
+    assert copied is not plain and type(copied[0]) is nn.Linear and torch.equal(copied[0].weight, plain[0].weight)

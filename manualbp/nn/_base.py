@@ -54,6 +54,17 @@ class ManualModule:
         manual.check_supported()
         return manual
 
+    def to_torch(self) -> torch.nn.Module:
+        """The ``torch_twin`` layer sharing this layer's Parameters, buffers, hooks and mode (nothing is copied).
+
+        The inverse of ``from_torch``: the same configuration, computed by torch's own forward (autograd's backward).
+        """
+        twin = self.torch_twin.__new__(self.torch_twin)
+        twin.__dict__.update(
+            {key: value.copy() if isinstance(value, dict) else value for key, value in self.__dict__.items()}
+        )
+        return twin
+
 
 def _construct_then_check(torch_init: Callable[..., None]) -> Callable[..., None]:
     """The twin's constructor (signature and docs kept) followed by ``check_supported``."""
