@@ -1,30 +1,21 @@
-"""The same checks on a CUDA device; they run where one is present (the GPU machine), not on CPU-only CI."""
+"""The CUDA checks of the verify battery and a GPU fit; they run where a CUDA device is present (the GPU
+machine), and are skipped on CPU-only machines, where the battery reports them as unsupported."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torch.testing import assert_close
 
 from manualbp.cli import main
-from manualbp.verify import differentiable, seeded
-from tests.conftest import CASES
+from manualbp.verify import CUDA_CHECKS, verify_cases
+from manualbp.verify.builtin_cases import BUILTIN_CASES
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-# Dropout draws its mask from a different generator on CUDA than torch's fused kernel: left out here.
-CUDA_CASES = [c for c in CASES if not c.id.startswith("dropout")]
 
-
-@pytest.mark.parametrize("case", CUDA_CASES)
-def test_cuda_forward_and_gradients_match_torch(case):
-    grads = []
-    for module in case.build(torch.float64, "cuda"):
-        args = case.sample(torch.float64, "cuda")
-        out = seeded(module)(*args)
-        wrt = differentiable(args) + list(module.parameters())
-        grads.append((out.detach(), *torch.autograd.grad(out, wrt, torch.ones_like(out))))
-    assert_close(grads[0], grads[1])
+def test_every_builtin_op_passes_the_cuda_checks():
+    report = verify_cases(BUILTIN_CASES, checks=CUDA_CHECKS)
+    assert all(row.status == "pass" for row in report.rows), report.matrix() + "\n" + str(report)
 
 
 def test_fit_on_gpu(tmp_path, monkeypatch):

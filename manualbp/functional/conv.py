@@ -80,6 +80,7 @@ class Conv2dFunction(torch.autograd.Function):
         if grad_out is None:
             return None, None, None, None, None, None, None
         x, weight = ctx.saved_tensors
+        x, weight = x.to(grad_out.dtype), weight.to(grad_out.dtype)  # autocast: same precision as the forward
         stride, padding, dilation, groups = ctx.geometry
         unbatched = x.dim() == 3
         if unbatched:

@@ -41,12 +41,16 @@ class DropoutFunction(torch.autograd.Function):
 def dropout_mask(input: torch.Tensor, p: float) -> torch.Tensor:
     """A mask like ``input`` with 1/(1-p) where kept (probability 1-p) and 0 where dropped.
 
-    Drawn as ``empty_like(input).bernoulli_(1 - p)``, the same draw as torch's CPU dropout,
-    so both consume the random stream identically.
+    Drawn as torch's own dropout draws it, so that with the same seed both drop the same elements:
+    on the CPU ``empty_like(input).bernoulli_(1 - p)``; on an accelerator, where torch's dropout is the
+    fused ``native_dropout`` kernel, the keep-mask that kernel returns.
     """
     if p == 1.0:
         return torch.zeros_like(input)
-    return torch.empty_like(input).bernoulli_(1.0 - p).div_(1.0 - p)
+    if input.device.type == "cpu":
+        return torch.empty_like(input).bernoulli_(1.0 - p).div_(1.0 - p)
+    _, keep = torch.native_dropout(input.detach(), p, True)
+    return keep.to(input.dtype).div_(1.0 - p)
 
 
 def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> torch.Tensor:

@@ -9,6 +9,7 @@ where it is, or unsupported with the reason (the function has no ``jvp``, no vma
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -46,6 +47,7 @@ CPU_CHECKS = (
     "expanded_grad",
     "partial_requires_grad",
     "compile",
+    "autocast_cpu_bfloat16",
 )
 CUDA_CHECKS = ("cuda", "autocast_float16", "autocast_bfloat16")
 
@@ -205,10 +207,20 @@ def _grad_outputs(outputs: Sequence[torch.Tensor], kind: str = "dense") -> list[
     return grads
 
 
-def _vjp(fn: Callable[..., Any], tensors: Sequence[torch.Tensor], kind: str = "dense", requires: Sequence[bool] | None = None):
-    """Outputs and the gradients of every tensor (None for those not requiring grad) under dL/dy of ``kind``."""
+def _vjp(
+    fn: Callable[..., Any],
+    tensors: Sequence[torch.Tensor],
+    kind: str = "dense",
+    requires: Sequence[bool] | None = None,
+    forward_context: Callable[[], Any] = contextlib.nullcontext,
+):
+    """Outputs and the gradients of every tensor (None for those not requiring grad) under dL/dy of ``kind``.
+
+    The forward runs inside ``forward_context()`` (autocast, say), the backward outside it, as in training.
+    """
     leaves = _leaves(tensors, requires)
-    outputs = _float_outputs(fn(*leaves))
+    with forward_context():
+        outputs = _float_outputs(fn(*leaves))
     wanted = [leaf for leaf in leaves if leaf.requires_grad]
     differentiable = [(o, g) for o, g in zip(outputs, _grad_outputs(outputs, kind)) if o.requires_grad]
     grads = iter(
@@ -427,25 +439,21 @@ def _check_compile(s: _Sample) -> _Errors:
     return errors
 
 
-def _check_cuda(s: _Sample) -> _Errors:
-    f, r = s.subjects(torch.float32, torch.device("cuda"))
-    errors = s.errors(torch.float32)
-    out_f, grads_f = _vjp(f, f.tensors)
-    out_r, grads_r = _vjp(r, r.tensors)
-    errors.add_all([f"output {i} (cuda)" for i in range(len(out_r))], out_f, out_r)
-    errors.add_all([f"grad of {label} (cuda)" for label in f.labels], grads_f, grads_r)
-    return errors
+def _check_on(device_type: str, autocast_dtype: torch.dtype | None = None) -> Callable[[_Sample], _Errors]:
+    """float32 on ``device_type`` against the reference there; with ``autocast_dtype``, the forward runs
+    under ``torch.autocast`` and the backward outside it (the usual mixed-precision step)."""
 
-
-def _check_autocast(dtype: torch.dtype) -> Callable[[_Sample], _Errors]:
     def check(s: _Sample) -> _Errors:
-        f, r = s.subjects(torch.float32, torch.device("cuda"))
-        errors = s.errors(dtype)
-        with torch.autocast("cuda", dtype=dtype):
-            out_f, grads_f = _vjp(f, f.tensors)
-            out_r, grads_r = _vjp(r, r.tensors)
-        errors.add_all([f"output {i} (autocast)" for i in range(len(out_r))], out_f, out_r)
-        errors.add_all([f"grad of {label} (autocast)" for label in f.labels], grads_f, grads_r)
+        f, r = s.subjects(torch.float32, torch.device(device_type))
+        errors = s.errors(autocast_dtype or torch.float32)
+        where = f"{device_type}, autocast {autocast_dtype}" if autocast_dtype else device_type
+        context = (
+            (lambda: torch.autocast(device_type, dtype=autocast_dtype)) if autocast_dtype else contextlib.nullcontext
+        )
+        out_f, grads_f = _vjp(f, f.tensors, forward_context=context)
+        out_r, grads_r = _vjp(r, r.tensors, forward_context=context)
+        errors.add_all([f"output {i} ({where})" for i in range(len(out_r))], out_f, out_r)
+        errors.add_all([f"grad of {label} ({where})" for label in f.labels], grads_f, grads_r)
         return errors
 
     return check
@@ -465,9 +473,10 @@ CHECKS: dict[str, Callable[[_Sample], _Errors]] = {
     "expanded_grad": _check_backward(torch.float64, "expanded"),
     "partial_requires_grad": _check_partial_requires_grad,
     "compile": _check_compile,
-    "cuda": _check_cuda,
-    "autocast_float16": _check_autocast(torch.float16),
-    "autocast_bfloat16": _check_autocast(torch.bfloat16),
+    "autocast_cpu_bfloat16": _check_on("cpu", torch.bfloat16),
+    "cuda": _check_on("cuda"),
+    "autocast_float16": _check_on("cuda", torch.float16),
+    "autocast_bfloat16": _check_on("cuda", torch.bfloat16),
 }
 
 
