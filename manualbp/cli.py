@@ -13,10 +13,13 @@ from collections.abc import Sequence
 from jsonargparse import lazy_instance
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from manualbp.callbacks import GradientCheckCallback, LearningAnimation
 from manualbp.data import DigitsDataModule, MNISTDataModule, TensorDataModule
 from manualbp.lightning import ClassifierModule
 
-__all__ = ["ManualbpCLI", "main", "MNISTDataModule"]
+# Imported so that short names resolve on the command line: --data=MNISTDataModule,
+# --trainer.callbacks+=LearningAnimation, --trainer.callbacks+=GradientCheckCallback.
+__all__ = ["GradientCheckCallback", "LearningAnimation", "MNISTDataModule", "ManualbpCLI", "main"]
 
 _DESCRIPTION = (
     "manualbp: train digit classifiers with hand-written backprop (fit, validate, test, predict). "

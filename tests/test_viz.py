@@ -1,0 +1,136 @@
+"""manualbp.viz and LearningAnimation: the GIF of backprop on one digit, the static figures, the experiment scripts."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+
+from manualbp.callbacks import LearningAnimation
+from manualbp.data import DigitsDataModule
+from manualbp.lightning import ClassifierModule
+from manualbp.viz import as_grid, plot_gradient_flow, plot_learning_curves, save_learning_animation
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def _n_frames(path: Path) -> int:
+    with Image.open(path) as image:
+        assert image.format == "GIF"
+        return image.n_frames
+
+
+def _fit(callback: LearningAnimation, arch: str = "mlp", max_steps: int = 10) -> pl.Trainer:
+    pl.seed_everything(0, verbose=False)
+    data = DigitsDataModule(batch_size=32)
+    model = ClassifierModule(arch=arch, backend="manual", hidden=(16,), in_shape=data.in_shape, lr=1e-2)
+    model.configure_callbacks = lambda: []
+    trainer = pl.Trainer(
+        max_steps=max_steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, callbacks=[callback],
+    )
+    trainer.fit(model, datamodule=data)
+    return trainer
+
+
+def test_animation_callback_writes_one_frame_per_step(tmp_path):
+    path = tmp_path / "learning.gif"
+    animation = LearningAnimation(path=str(path), every_n_steps=1, fps=10, dpi=40)
+    trainer = _fit(animation)
+    assert trainer.global_step == 10
+    assert _n_frames(path) == 11  # before the first step, then after each of the 10
+    assert [f["step"] for f in animation.frames] == list(range(11))
+
+    first, last = animation.frames[0], animation.frames[-1]
+    data = DigitsDataModule(batch_size=32)
+    data.setup("fit")
+    images, labels = data.train_set.tensors
+    assert int(labels[animation.example_index]) == 5
+    assert (labels[: animation.example_index] != 5).all()  # the first 5 of the training set
+    np.testing.assert_array_equal(first["image"], images[animation.example_index].numpy())
+    assert first["layers"] == ["fc1", "act1", "out"]
+    assert first["updates"] == {} and set(last["updates"]) == {"fc1", "out"}
+    assert all(v > 0 for v in last["updates"].values())
+    assert last["loss"] < first["loss"]  # lr 1e-2: the digit is learned a little in 10 steps
+    assert first["errors"][-1].shape == (10,) and first["input_grad"].shape == (1, 8, 8)
+
+
+def test_animation_does_not_change_training(tmp_path):
+    """The digit's forward/backward leaves .grad, the weights and the mode alone: same weights as without it."""
+    trainer = _fit(LearningAnimation(path=str(tmp_path / "a.gif"), every_n_steps=1, dpi=30), max_steps=4)
+    with_animation = [p.detach().clone() for p in trainer.lightning_module.parameters()]
+    trainer = _fit(pl.Callback(), max_steps=4)
+    for a, b in zip(with_animation, trainer.lightning_module.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_animation_thins_frames_and_films_lenet5_from_the_validation_set(tmp_path):
+    path = tmp_path / "lenet.gif"
+    animation = LearningAnimation(path=str(path), every_n_steps=1, max_frames=4, split="val", digit=3, dpi=30)
+    _fit(animation, arch="lenet5", max_steps=6)
+    assert len(animation.frames) == 7
+    assert _n_frames(path) == 4
+    assert animation.frames[0]["activations"][0].shape == (6, 8, 8)  # conv1, one example
+
+
+def test_animation_picks_every_n_steps_from_the_run_length(tmp_path):
+    animation = LearningAnimation(path=str(tmp_path / "auto.gif"), max_frames=5, dpi=30)
+    _fit(animation, max_steps=12)
+    assert [f["step"] for f in animation.frames] == [0, 3, 6, 9, 12]
+
+
+def test_animation_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="every_n_steps"):
+        LearningAnimation(every_n_steps=0)
+    with pytest.raises(ValueError, match="split"):
+        LearningAnimation(split="test")
+
+
+def test_as_grid_shapes():
+    assert as_grid(np.arange(10.0)).shape == (1, 10)
+    assert as_grid(np.arange(64.0)).shape == (8, 8)
+    assert as_grid(np.ones((6, 4, 4))).shape == (2 * 5 - 1, 3 * 5 - 1)
+    grid = as_grid(np.arange(20.0))  # 4 x 5, row-major
+    assert grid.shape == (4, 5) and grid[1, 0] == 5
+    assert np.isnan(as_grid(np.arange(18.0))).sum() == 2  # 4 x 5 with two empty cells
+
+
+def test_figure_functions_write_pngs(tmp_path):
+    steps = list(range(1, 21))
+    run = dict(step=steps, train_loss=[2.3 / s for s in steps], epoch=[1, 2], val_acc=[0.8, 0.9])
+    plot_learning_curves({"manual": run, "autograd": run}, tmp_path / "curves.png")
+    plot_gradient_flow(steps, {"fc1": [1.0 / s for s in steps], "out": [2.0 / s for s in steps]}, tmp_path / "flow.png")
+    for name in ("curves.png", "flow.png"):
+        with Image.open(tmp_path / name) as image:
+            assert image.format == "PNG" and image.size[0] > 300
+
+    frame = dict(
+        step=0, label=5, image=np.zeros((1, 8, 8)), layers=["fc1", "out"], activations=[np.ones(16), np.ones(10)],
+        errors=[np.ones(16), None], probs=np.full(10, 0.1), loss=2.3, updates={},
+    )
+    save_learning_animation([frame, dict(frame, step=1, updates={"fc1": 0.1, "out": 0.01})], tmp_path / "a.gif", dpi=30)
+    assert _n_frames(tmp_path / "a.gif") == 2
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_animate_learning_script_runs_small(tmp_path):
+    out = tmp_path / "learning.gif"
+    _load("animate_learning").main(["--steps", "6", "--every", "2", "--hidden", "16", "--out", str(out)])
+    assert _n_frames(out) == 4
+
+
+def test_figures_script_runs_small(tmp_path):
+    paths = _load("figures").main(["--epochs", "1", "--steps", "4", "--hidden", "16", "--out", str(tmp_path)])
+    for path in paths.values():
+        assert path.exists() and path.parent == tmp_path
