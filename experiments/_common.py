@@ -1,0 +1,82 @@
+"""Helpers shared by the experiment scripts (``bench.py``, ``parity.py``).
+
+The scripts compare the two backends of ``manualbp.models``: ``"manual"`` (manualbp.nn layers, every
+backward written by hand) and ``"autograd"`` (torch.nn layers, PyTorch's autograd). A fair comparison
+needs the same network with the same weights on both sides, and each backend's own loss:
+``manualbp.functional.cross_entropy`` for the manual network (so no native autograd node sits between
+the loss and the parameters) and ``torch.nn.functional.cross_entropy`` for the autograd one.
+
+The scripts run as ``python experiments/<name>.py``, which puts this folder on ``sys.path``; the tests
+put it there themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+import manualbp.functional as MF
+from manualbp.models import lenet5, mlp
+
+BACKENDS = ("manual", "autograd")
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+#: Each backend's cross entropy.
+LOSSES: dict[str, LossFn] = {"manual": MF.cross_entropy, "autograd": F.cross_entropy}
+
+#: The architectures the scripts know, by name: a builder (in_shape, backend) -> model.
+ARCHS: dict[str, Callable[..., torch.nn.Module]] = {
+    "mlp": lambda in_shape, backend: mlp(hidden=(800,), in_shape=in_shape, backend=backend),
+    "mlp800x800": lambda in_shape, backend: mlp(hidden=(800, 800), in_shape=in_shape, backend=backend),
+    "lenet5": lambda in_shape, backend: lenet5(in_shape=in_shape, backend=backend),
+}
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    """Raise AssertionError unless the two models' state dicts have the same keys and equal tensors."""
+    sa, sb = a.state_dict(), b.state_dict()
+    if list(sa) != list(sb):
+        raise AssertionError(f"state dict keys differ: {list(sa)} vs {list(sb)}")
+    for key in sa:
+        if sa[key].shape != sb[key].shape or not torch.equal(sa[key], sb[key]):
+            raise AssertionError(f"state dicts differ at {key!r}")
+
+
+def build_pair(
+    arch: str, in_shape: Sequence[int], seed: int = 0, device: str | torch.device = "cpu"
+) -> dict[str, torch.nn.Module]:
+    """{"manual": model, "autograd": model}: the architecture ``arch`` built by both backends from the
+    same seed, checked to have equal state dicts, moved to ``device`` (float32)."""
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {arch!r}")
+    models = {}
+    for backend in BACKENDS:
+        torch.manual_seed(seed)
+        models[backend] = ARCHS[arch](tuple(in_shape), backend).to(device=device, dtype=torch.float32)
+    assert_same_weights(models["manual"], models["autograd"])
+    return models
+
+
+def make_optimizer(model: torch.nn.Module, name: str, lr: float) -> torch.optim.Optimizer:
+    """Plain SGD (no momentum) or Adam on the model's parameters."""
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
+
+
+def train_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """One training step: zero the gradients, forward, loss, backward, optimizer update. Returns the
+    loss (a 0-d tensor, still on the model's device: reading it is left to the caller, so a timed step
+    does not synchronise with a GPU)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()

@@ -1,0 +1,124 @@
+"""The experiment scripts experiments/bench.py and experiments/parity.py, each run in a tiny configuration."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+
+REQUIRED_BENCH_KEYS = {
+    "model",
+    "batch",
+    "device",
+    "manual_ms",
+    "autograd_ms",
+    "time_ratio",
+    "manual_saved_bytes",
+    "autograd_saved_bytes",
+    "saved_bytes_ratio",
+    "gflops",
+    "machine_gflops",
+}
+
+
+@pytest.fixture
+def experiments(monkeypatch):
+    """Import an experiment script by name, with experiments/ on sys.path (as when run as a script)."""
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+
+    def load(name: str):
+        return importlib.import_module(name)
+
+    yield load
+    for name in ("bench", "parity", "_common"):
+        sys.modules.pop(name, None)
+
+
+def test_bench_tiny_run_writes_rows_with_required_keys(experiments, tmp_path, capsys):
+    bench = experiments("bench")
+    out = tmp_path / "bench.json"
+    argv = ["--models", "lenet5", "--batches", "4", "--device", "cpu", "--reps", "3", "--warmup", "1"]
+    argv += ["--matmul-size", "128", "--matmul-reps", "2", "--json", str(out)]
+    bench.main(argv)
+    rows = json.loads(out.read_text())
+    assert len(rows) == 1
+    (row,) = rows
+    assert REQUIRED_BENCH_KEYS <= set(row)
+    assert (row["model"], row["batch"], row["device"]) == ("lenet5", 4, "cpu")
+    for key in ("manual_ms", "autograd_ms", "time_ratio", "saved_bytes_ratio", "gflops", "machine_gflops"):
+        assert math.isfinite(row[key]) and row[key] > 0, key
+    assert row["time_ratio"] == pytest.approx(row["manual_ms"] / row["autograd_ms"])
+    assert row["manual_saved_bytes"] > 0 and row["autograd_saved_bytes"] > 0
+    # both backends keep about the same activations for backward (and at least the input batch)
+    assert row["manual_saved_bytes"] >= 4 * 1 * 28 * 28 * 4
+    assert 0.5 < row["saved_bytes_ratio"] < 2
+    assert row["manual_ms_p25"] <= row["manual_ms"] <= row["manual_ms_p75"]
+    assert "lenet5" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bench_tiny_run_on_cuda(experiments, tmp_path):
+    bench = experiments("bench")
+    out = tmp_path / "bench_cuda.json"
+    argv = ["--models", "mlp800x800", "lenet5", "--batches", "8", "--device", "cuda", "--reps", "3"]
+    argv += ["--warmup", "1", "--matmul-size", "256", "--matmul-reps", "2", "--json", str(out)]
+    bench.main(argv)
+    rows = json.loads(out.read_text())
+    assert [(r["model"], r["device"]) for r in rows] == [("mlp800x800", "cuda"), ("lenet5", "cuda")]
+    for row in rows:
+        assert REQUIRED_BENCH_KEYS <= set(row)
+        assert row["manual_ms"] > 0 and row["autograd_ms"] > 0 and row["machine_gflops"] > 0
+        assert row["manual_saved_bytes"] > 0 and row["autograd_saved_bytes"] > 0
+
+
+def test_saved_for_backward_counts_each_storage_once_and_skips_parameters(experiments):
+    bench = experiments("bench")
+    weight = torch.nn.Parameter(torch.randn(3, 5))
+    model = torch.nn.Sequential(torch.nn.Flatten())
+    model.register_parameter("w", weight)
+
+    def forward(x):  # mm saves x and w; x * x saves x twice: x is charged once, w not at all
+        return (x.flatten(1) @ weight.t()).sum() + (x * x).sum()
+
+    x = torch.randn(4, 5, requires_grad=True)
+    model.forward = forward
+    saved = bench.saved_for_backward(model, lambda out, _: out, x, None)
+    assert saved["bytes"] == x.untyped_storage().nbytes()
+    assert saved["storages"] == 1
+
+
+def test_step_flops_counts_linear_training_step(experiments):
+    bench = experiments("bench")
+    model = torch.nn.Linear(6, 3)
+    x, y = torch.randn(5, 6), torch.randint(0, 3, (5,))
+    flops = bench.step_flops(model, torch.nn.functional.cross_entropy, x, y)
+    # forward 2·N·in·out; backward: grad of W (2·N·in·out), no grad of x (x does not require grad)
+    assert flops == 2 * (2 * 5 * 6 * 3)
+    assert model.weight.grad is None
+
+
+def test_parity_tiny_run_on_digits(experiments, tmp_path, capsys):
+    parity = experiments("parity")
+    out_dir = tmp_path / "results"
+    result = parity.main(["--epochs", "1", "--max-steps", "6", "--out", str(out_dir), "--name", "tiny"])
+    png, csv_path = out_dir / "tiny.png", out_dir / "tiny.csv"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with csv_path.open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["step", "manual_loss", "autograd_loss", "abs_diff"]
+    assert len(rows) == 6
+    manual = torch.tensor([float(r["manual_loss"]) for r in rows], dtype=torch.float64)
+    autograd = torch.tensor([float(r["autograd_loss"]) for r in rows], dtype=torch.float64)
+    torch.testing.assert_close(manual, autograd, rtol=1e-4, atol=0)
+    assert manual[-1] < manual[0]  # it trains
+    assert result["max_rel_diff"] < 1e-4
+    printed = capsys.readouterr().out
+    assert "largest absolute loss difference" in printed and "largest relative loss difference" in printed
