@@ -18,6 +18,14 @@ is an "unsupported python_type() call"), but it can call the class's staticmetho
 also attaches ``Function.apply_compile_twin``, a staticmethod whose closure holds the twin, and that
 is what ``apply`` calls while tracing.
 
+The decorator also caches the signature of ``forward`` as ``forward.__signature__``. For a Function
+with ``setup_context``, torch 2.14's ``Function.apply`` binds the call's arguments to ``forward``'s
+signature on every call (``torch.autograd.function._bind_default_args``, which calls
+``inspect.signature``); ``inspect.signature`` returns a function's ``__signature__`` when it has one,
+instead of rebuilding it. Measured on 2 CPU threads: ``linear`` on tiny tensors 29 -> 20 µs per call,
+``cross_entropy`` 118 -> 97 µs. The cached signature is the one ``inspect`` would compute, so binding
+behaves as before.
+
 The twin is created eagerly rather than on first use so that Dynamo never has to trace the class
 creation, and it belongs to the decorated class only: a subclass of a decorated Function must be
 decorated itself to get its own twin.
@@ -25,6 +33,7 @@ decorated itself to get its own twin.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, TypeVar
 
 import torch
@@ -34,7 +43,8 @@ FunctionType = TypeVar("FunctionType", bound=type[torch.autograd.Function])
 
 def compile_twin(cls: FunctionType) -> FunctionType:
     """Class decorator: attach ``cls.compile_twin``, a subclass of ``cls`` without ``jvp``, and
-    ``cls.apply_compile_twin``, a staticmethod that applies it."""
+    ``cls.apply_compile_twin``, a staticmethod that applies it; cache ``forward``'s signature."""
+    cls.forward.__signature__ = inspect.signature(cls.forward)  # see the module docstring
     twin = type(
         cls.__name__,
         (cls,),

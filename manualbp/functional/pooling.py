@@ -72,7 +72,8 @@ class MaxPool2dFunction(torch.autograd.Function):
         if live is not None:
             flat_indices = torch.where(live, flat_indices, 0)
             flat_grad = torch.where(live, flat_grad, 0.0)
-        grad_x = grad_out.new_zeros(planes).scatter_add(-1, flat_indices, flat_grad).reshape(shape)
+        # in place into a fresh zeros tensor: the out-of-place scatter_add would copy the zeros first
+        grad_x = grad_out.new_zeros(planes).scatter_add_(-1, flat_indices, flat_grad).reshape(shape)
         return grad_x, None, None, None, None, None
 
     @staticmethod
