@@ -9,6 +9,10 @@ import warnings
 import torch
 
 from manualbp.nn._base import ManualModule, manual_twin
+from manualbp.nn.fused import ReLUMaxPool2d
+
+# Manual layers without a torch.nn twin of their own: ``to_torch`` swaps each for its ``to_torch()`` composition.
+_FUSED = (ReLUMaxPool2d,)
 
 # Layers that compute nothing, so they need no twin.
 _PASS_THROUGH = (torch.nn.Identity,)
@@ -49,6 +53,9 @@ def convert(model: torch.nn.Module, strict: bool = False) -> torch.nn.Module:
 def to_torch(model: torch.nn.Module) -> torch.nn.Module:
     """A deep copy of ``model`` in which every ``manualbp.nn`` layer is its ``torch.nn`` twin: the autograd twin.
 
+    A fused layer (``manualbp.nn.ReLUMaxPool2d``) becomes the ``torch.nn.Sequential`` of the layers it fuses;
+    it has no parameters or buffers, so the parameter and buffer names stay the same.
+
     The copy carries the same configuration, Parameter and buffer values (copied, not shared), hooks and
     train/eval mode; layers that are not manualbp layers are copied as they are. A layer shared between
     several places of ``model`` stays one shared layer in the copy. ``model`` itself is left untouched.
@@ -56,7 +63,7 @@ def to_torch(model: torch.nn.Module) -> torch.nn.Module:
     """
     model = copy.deepcopy(model)
     replacements: dict[int, torch.nn.Module] = {
-        id(module): module.to_torch() for module in model.modules() if isinstance(module, ManualModule)
+        id(module): module.to_torch() for module in model.modules() if isinstance(module, (ManualModule, *_FUSED))
     }
     if id(model) in replacements:
         return replacements[id(model)]
@@ -76,7 +83,7 @@ def _plan(
         return
     seen.add(id(module))
     label = name or type(module).__name__
-    if isinstance(module, ManualModule) or isinstance(module, _PASS_THROUGH):
+    if isinstance(module, (ManualModule, *_FUSED)) or isinstance(module, _PASS_THROUGH):
         return
     twin = manual_twin(type(module))
     if twin is not None:

@@ -1,7 +1,8 @@
 """Digit classifiers built from manualbp.nn (hand-written backward) or torch.nn (autograd).
 
-Both backends build the same ``torch.nn.Sequential`` with the same layer names; since every manualbp
-layer initialises exactly as its torch twin, the same seed gives the same weights on both.
+Both backends build the same ``torch.nn.Sequential`` with the same parameter names; since every manualbp
+layer initialises exactly as its torch twin, the same seed gives the same weights on both. The layer
+names are the same too, except that the manual lenet5 with ReLU fuses each ReLU into the max pool after it.
 """
 
 from __future__ import annotations
@@ -76,6 +77,16 @@ def mlp(
     return torch.nn.Sequential(OrderedDict(modules))
 
 
+def _activation_and_pool(nn: ModuleType, activation: str, suffix: str) -> list[tuple[str, torch.nn.Module]]:
+    """``act<suffix>`` then a 2x2 max pool ``pool<suffix>``; on the manual backend a ReLU and the pool are
+    one layer, ``pool<suffix>`` = ``manualbp.nn.ReLUMaxPool2d(2)``, which keeps a one-byte window index per
+    output for backward instead of the ReLU's output and int64 pooling indices. Neither has parameters, so
+    the state dicts of both backends stay the same."""
+    if nn is manualbp.nn and activation == "relu":
+        return [(f"pool{suffix}", nn.ReLUMaxPool2d(2))]
+    return [(f"act{suffix}", _activation(nn, activation)), (f"pool{suffix}", nn.MaxPool2d(2))]
+
+
 def lenet5(
     in_shape: Sequence[int] = (1, 28, 28),
     num_classes: int = 10,
@@ -87,6 +98,10 @@ def lenet5(
     On 28x28 the second conv sees 14x14 and leaves 5x5x16 = 400 features, as in the original. On inputs
     too small for an unpadded 5x5 conv after the first pool (below 20x20, e.g. 8x8 digits) the second
     conv pads by 2 as well, so the shapes stay valid: 8x8 -> 4x4 -> 4x4 -> 2x2x16 = 64 features.
+
+    Layers: ``conv1``, ``act1``, ``pool1``, ``conv2``, ``act2``, ``pool2``, ``flatten``, ``fc1``, ``act3``,
+    ``fc2``, ``act4``, ``out``; with ``backend="manual"`` and ``activation="relu"``, ``act1``/``act2`` are
+    fused into ``pool1``/``pool2`` (``manualbp.nn.ReLUMaxPool2d``). Parameter names are the same on both.
     """
     nn = layers(backend)
     c, h, w = _check_in_shape(in_shape)
@@ -101,11 +116,9 @@ def lenet5(
         OrderedDict(
             [
                 ("conv1", nn.Conv2d(c, 6, 5, padding=2)),
-                ("act1", _activation(nn, activation)),
-                ("pool1", nn.MaxPool2d(2)),
+                *_activation_and_pool(nn, activation, "1"),
                 ("conv2", nn.Conv2d(6, 16, 5, padding=pad2)),
-                ("act2", _activation(nn, activation)),
-                ("pool2", nn.MaxPool2d(2)),
+                *_activation_and_pool(nn, activation, "2"),
                 ("flatten", nn.Flatten()),
                 ("fc1", nn.Linear(16 * h2 * w2, 120)),
                 ("act3", _activation(nn, activation)),

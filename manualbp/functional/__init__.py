@@ -26,6 +26,7 @@ from manualbp.functional.activation import (
 )
 from manualbp.functional.conv import Conv2dFunction, conv2d
 from manualbp.functional.dropout import DropoutFunction, dropout
+from manualbp.functional.fused import ReLUMaxPool2dFunction, relu_max_pool2d
 from manualbp.functional.linear import LinearFunction, linear
 from manualbp.functional.loss import (
     CrossEntropyFunction,
@@ -64,6 +65,7 @@ __all__ = [
     "MaxPool2dFunction",
     "NLLLossFunction",
     "ReLUFunction",
+    "ReLUMaxPool2dFunction",
     "SiLUFunction",
     "SigmoidFunction",
     "SoftmaxFunction",
@@ -85,6 +87,7 @@ __all__ = [
     "mse_loss",
     "nll_loss",
     "relu",
+    "relu_max_pool2d",
     "sigmoid",
     "silu",
     "softmax",

@@ -1,13 +1,16 @@
 """``torch.nn``-compatible layers whose backward passes are written by hand.
 
 Each layer subclasses its ``torch.nn`` twin (same constructor, parameters, buffers, init and repr),
-so state dicts move both ways and ``isinstance(layer, torch.nn.Linear)`` still holds.
+so state dicts move both ways and ``isinstance(layer, torch.nn.Linear)`` still holds. ``ReLUMaxPool2d`` is
+the exception: a fused ReLU + MaxPool2d with no torch.nn class of its own (its autograd counterpart is
+``torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d(...))``, which ``to_torch`` returns).
 """
 
 from manualbp.nn._base import ManualModule, manual_twin
 from manualbp.nn.activation import ELU, GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Tanh
 from manualbp.nn.conv import Conv2d
 from manualbp.nn.dropout import Dropout
+from manualbp.nn.fused import ReLUMaxPool2d
 from manualbp.nn.linear import Linear
 from manualbp.nn.loss import CrossEntropyLoss, MSELoss, NLLLoss
 from manualbp.nn.normalization import BatchNorm1d, BatchNorm2d, LayerNorm
@@ -34,6 +37,7 @@ __all__ = [
     "MaxPool2d",
     "NLLLoss",
     "ReLU",
+    "ReLUMaxPool2d",
     "SiLU",
     "Sigmoid",
     "Softmax",

@@ -1,7 +1,8 @@
 """The op-case registry: every configuration of every manualbp op that the test-suite checks.
 
 Adding an op (or an interesting configuration of one) is one ``twin(...)`` line here; every gradient
-and module test is parametrised over ``BUILTIN_CASES``.
+and module test is parametrised over ``BUILTIN_CASES``. A fused layer, which has no torch.nn twin, is
+compared with the ``torch.nn.Sequential`` of the layers it fuses (``OpCase(..., is_twin=False)``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,26 @@ def twin(case_id: str, layer: str, *ctor_args: Any, inputs: InputMaker, train: b
         return make
 
     return OpCase(case_id, build(mnn), build(torch.nn), inputs, train)
+
+
+def fused_relu_max_pool2d(
+    case_id: str,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    *,
+    inputs: InputMaker,
+) -> OpCase:
+    """A case comparing ``manualbp.nn.ReLUMaxPool2d`` with ``torch.nn.Sequential(ReLU(), MaxPool2d(...))``
+    (not a twin: torch.nn has no fused class)."""
+    return OpCase(
+        case_id,
+        lambda: mnn.ReLUMaxPool2d(kernel_size, stride, padding, ceil_mode=ceil_mode),
+        lambda: torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d(kernel_size, stride, padding, ceil_mode=ceil_mode)),
+        inputs,
+        is_twin=False,
+    )
 
 
 def class_weight(num_classes: int) -> Maker:
@@ -358,6 +379,19 @@ BUILTIN_CASES: list[OpCase] = [
     twin("layer_norm-no_affine", "LayerNorm", 4, elementwise_affine=False, inputs=args(randn(3, 4))),
     twin("layer_norm-no_bias", "LayerNorm", (2, 3), bias=False, inputs=args(randn(2, 2, 3))),
     twin("layer_norm-size2", "LayerNorm", 2, inputs=args(randn(3, 2))),
+    # fused
+    fused_relu_max_pool2d("fused-relu_max_pool2d-k2", 2, inputs=args(randn(2, 3, 6, 6))),
+    fused_relu_max_pool2d("fused-relu_max_pool2d-k3-stride2-pad1", 3, stride=2, padding=1, inputs=args(randn(2, 2, 7, 7))),
+    fused_relu_max_pool2d(
+        "fused-relu_max_pool2d-ceil_mode-pad1", 3, stride=2, padding=1, ceil_mode=True, inputs=args(randn(2, 2, 6, 6))
+    ),
+    fused_relu_max_pool2d("fused-relu_max_pool2d-ceil_mode-stride3", 2, stride=3, ceil_mode=True, inputs=args(randn(2, 2, 6, 7))),
+    fused_relu_max_pool2d(
+        "fused-relu_max_pool2d-rect_kernel-rect_stride", (3, 2), stride=(2, 1), padding=(1, 0), inputs=args(randn(2, 2, 6, 5))
+    ),
+    fused_relu_max_pool2d("fused-relu_max_pool2d-batch1-one_channel", 2, inputs=args(randn(1, 1, 6, 6))),
+    fused_relu_max_pool2d("fused-relu_max_pool2d-unbatched", 3, stride=2, padding=1, inputs=args(randn(2, 6, 5))),
+    fused_relu_max_pool2d("fused-relu_max_pool2d-all_negative", 2, inputs=args(randn(2, 2, 4, 4, offset=-5.0))),
 ]
 
 

@@ -20,6 +20,9 @@ class OpCase:
     the modules' parameters are the differentiable inputs; other arguments (class targets, ints)
     are constants. ``train`` selects the modules' mode. Calls are made under a fixed seed
     (``seeded``), so random layers draw the same numbers on both sides and on every call.
+    ``is_twin``: the manual module is the torch twin of the reference (a ``manualbp.nn`` layer subclassing
+    the reference's ``torch.nn`` class, same constructor, repr and state); False for a manual module whose
+    reference is a composition of torch layers (a fused layer), for which only the numbers are compared.
     """
 
     id: str
@@ -27,6 +30,7 @@ class OpCase:
     reference: Callable[[], torch.nn.Module]
     inputs: InputMaker
     train: bool = True
+    is_twin: bool = True
 
     def build(
         self, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"

@@ -34,6 +34,8 @@ def test_same_initialisation_names_and_repr_as_torch(case):
     assert list(manual.state_dict()) == list(reference.state_dict())
     assert [n for n, _ in manual.named_parameters()] == [n for n, _ in reference.named_parameters()]
     assert_close(manual.state_dict(), reference.state_dict(), rtol=0, atol=0)
+    if not case.is_twin:
+        return  # a fused layer against a composition of torch layers: no class, repr or arguments to mirror
     assert manual.extra_repr() == reference.extra_repr()
     assert isinstance(manual, type(reference))
     assert repr(manual) == "manualbp." + repr(reference)

@@ -1,0 +1,84 @@
+"""The fused ReLU + MaxPool2d beyond the registry cases: what it saves, what it rejects, ties, and lenet5 using it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+import manualbp
+import manualbp.functional as MF
+import manualbp.nn as mnn
+from manualbp.models import lenet5
+from manualbp.nn._base import manual_twin
+
+
+def _saved(fn, x):
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        fn(x)
+    return saved
+
+
+def test_saves_only_a_one_byte_window_index_per_output():
+    x = torch.randn(4, 3, 8, 8, requires_grad=True)
+    (window,) = _saved(lambda x: MF.relu_max_pool2d(x, 2), x)
+    assert window.dtype == torch.uint8 and window.shape == (4, 3, 4, 4)
+
+
+def test_ties_and_non_positive_windows_match_torch():
+    x = torch.tensor([[[[1.0, 1.0, 0.0, 0.0], [1.0, -1.0, 0.0, -2.0], [-3.0, -1.0, 2.0, 2.0], [-1.0, -3.0, 2.0, 0.5]]]])
+    x.requires_grad_(True)
+    reference = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d(2))
+    y, expected = MF.relu_max_pool2d(x, 2), reference(x)
+    assert_close(y, expected, rtol=0, atol=0)
+    g = torch.arange(1.0, 5.0).reshape(1, 1, 2, 2)
+    (grad,) = torch.autograd.grad(y, x, g)
+    (ref_grad,) = torch.autograd.grad(expected, x, g)
+    assert_close(grad, ref_grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "call, exception, pattern",
+    [
+        (
+            lambda: MF.relu_max_pool2d(torch.randn(1, 1, 20, 20), 16),
+            NotImplementedError,
+            r"relu_max_pool2d: kernel_size \(16, 16\) has 256 positions",
+        ),
+        (lambda: MF.relu_max_pool2d(torch.randn(1, 1, 6, 6), 2, padding=2), ValueError, r"relu_max_pool2d: padding"),
+        (lambda: MF.relu_max_pool2d(torch.randn(6, 6), 2), ValueError, "relu_max_pool2d"),
+        (lambda: mnn.ReLUMaxPool2d(2, dilation=2), NotImplementedError, r"ReLUMaxPool2d: dilation=2"),
+        (lambda: mnn.ReLUMaxPool2d(2, return_indices=True), NotImplementedError, r"ReLUMaxPool2d: return_indices"),
+    ],
+    ids=["kernel-too-large", "padding", "2d-input", "dilation", "return_indices"],
+)
+def test_unsupported_configurations_are_named(call, exception, pattern):
+    with pytest.raises(exception, match=pattern):
+        call()
+
+
+def test_is_not_registered_as_a_torch_twin():
+    assert manual_twin(torch.nn.Sequential) is None
+    assert not isinstance(mnn.ReLUMaxPool2d(2), manualbp.nn.ManualModule)
+    assert repr(mnn.ReLUMaxPool2d(3, 2, 1, ceil_mode=True)) == (
+        "manualbp.ReLUMaxPool2d(kernel_size=3, stride=2, padding=1, ceil_mode=True)"
+    )
+
+
+def test_lenet5_fuses_relu_into_pooling_only_on_the_manual_relu_backend():
+    assert isinstance(lenet5(backend="manual").pool1, mnn.ReLUMaxPool2d)
+    assert "act1" not in dict(lenet5(backend="manual").named_children())
+    assert isinstance(lenet5(activation="elu", backend="manual").pool1, mnn.MaxPool2d)
+    assert isinstance(lenet5(backend="autograd").act1, torch.nn.ReLU)
+
+
+def test_to_torch_turns_the_fused_layer_into_relu_then_max_pool():
+    torch.manual_seed(0)
+    manual = lenet5((1, 12, 12), backend="manual")
+    twin = manualbp.to_torch(manual)
+    assert not any(isinstance(m, (manualbp.nn.ManualModule, mnn.ReLUMaxPool2d)) for m in twin.modules())
+    assert [type(m) for m in twin.pool1] == [torch.nn.ReLU, torch.nn.MaxPool2d]
+    assert list(twin.state_dict()) == list(manual.state_dict())
+    x = torch.randn(3, 1, 12, 12)
+    assert_close(twin(x), manual(x))
