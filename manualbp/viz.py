@@ -317,9 +317,7 @@ def plot_learning_curves(
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
+    _save(fig, path)
     return fig
 
 
@@ -348,7 +346,12 @@ def plot_gradient_flow(
     ax.legend(fontsize=8, ncol=2 if len(norms) > 4 else 1, title="layer (input → output)", title_fontsize=8)
     ax.set_title(title, fontsize=11)
     fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
+def _save(fig: Figure, path: str | Path | None) -> None:
+    """Write ``fig`` to ``path`` (creating its folder) when a path is given."""
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path)
-    return fig
