@@ -15,17 +15,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
-import manualbp.functional as MF
-from manualbp.models import lenet5, mlp
+from manualbp.models import cross_entropy, lenet5, mlp
 
 BACKENDS = ("manual", "autograd")
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Each backend's cross entropy.
-LOSSES: dict[str, LossFn] = {"manual": MF.cross_entropy, "autograd": F.cross_entropy}
+LOSSES: dict[str, LossFn] = {backend: cross_entropy(backend) for backend in BACKENDS}
 
 #: The architectures the scripts know, by name: a builder (in_shape, backend) -> model.
 ARCHS: dict[str, Callable[..., torch.nn.Module]] = {

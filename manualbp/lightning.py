@@ -7,12 +7,10 @@ from typing import Literal
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 import torchmetrics
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-import manualbp.functional as MF
-from manualbp.models import Activation, Backend, lenet5, mlp
+from manualbp.models import Activation, Backend, cross_entropy, lenet5, mlp
 
 
 class ClassifierModule(pl.LightningModule):
@@ -49,7 +47,7 @@ class ClassifierModule(pl.LightningModule):
             raise ValueError(f"arch must be 'mlp' or 'lenet5', got {arch!r}")
         if optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
-        self.loss_fn = MF.cross_entropy if backend == "manual" else F.cross_entropy
+        self.loss_fn = cross_entropy(backend)
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
         self.test_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
         self.example_input_array = torch.zeros(2, *in_shape)

@@ -8,12 +8,13 @@ names are the same too, except that the manual lenet5 with ReLU fuses each ReLU 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Literal
 
 import torch
 
+import manualbp.functional
 import manualbp.nn
 
 Backend = Literal["manual", "autograd"]
@@ -37,6 +38,13 @@ def layers(backend: Backend) -> ModuleType:
     if backend == "autograd":
         return torch.nn
     raise ValueError(f"backend must be 'manual' or 'autograd', got {backend!r}")
+
+
+def cross_entropy(backend: Backend) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The backend's cross entropy: manualbp's hand-written one, so that no native autograd node sits
+    between the loss and the parameters, or torch's."""
+    layers(backend)  # validates the name
+    return manualbp.functional.cross_entropy if backend == "manual" else torch.nn.functional.cross_entropy
 
 
 def _activation(nn: ModuleType, name: str) -> torch.nn.Module:

@@ -6,7 +6,10 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from manualbp.models import lenet5, mlp
+import torch.nn.functional as F
+
+import manualbp.functional as MF
+from manualbp.models import cross_entropy, lenet5, mlp
 from manualbp.nn import ManualModule, ReLUMaxPool2d
 
 
@@ -70,6 +73,9 @@ def test_lenet5_shapes():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="backend must be"):
         mlp(backend="jax")
+    with pytest.raises(ValueError, match="backend must be"):
+        cross_entropy("jax")
+    assert cross_entropy("manual") is MF.cross_entropy and cross_entropy("autograd") is F.cross_entropy
     with pytest.raises(ValueError, match="activation must be one of"):
         mlp(activation="swish")
     with pytest.raises(ValueError, match="in_shape must be"):
