@@ -5,21 +5,38 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections import Counter
 
 import torch
 
+import manualbp.nn as mnn
 from manualbp.nn._base import ManualModule, manual_twin
-from manualbp.nn.fused import ReLUMaxPool2d
+from manualbp.nn.fused import LinearReLU, ReLUMaxPool2d
 
 # Manual layers without a torch.nn twin of their own: ``to_torch`` swaps each for its ``to_torch()`` composition.
-_FUSED = (ReLUMaxPool2d,)
+_FUSED = (LinearReLU, ReLUMaxPool2d)
 
 # Layers that compute nothing, so they need no twin.
 _PASS_THROUGH = (torch.nn.Identity,)
 
+# A child of a container, by position: (id(container), name of the child in it).
+Position = tuple[int, str]
 
-def convert(model: torch.nn.Module, strict: bool = False) -> torch.nn.Module:
+
+def convert(model: torch.nn.Module, strict: bool = False, fuse: bool = True) -> torch.nn.Module:
     """Replace, recursively and in place, every layer of ``model`` that has a ``manualbp.nn`` twin.
+
+    With ``fuse=True`` (the default), two consecutive children of a ``torch.nn.Sequential`` (where the
+    order of the children is the order of computation) that form a pattern with a fused manual layer
+    become that layer and an ``Identity`` in the other place, so every parameter keeps its name:
+
+    * Linear then ReLU -> ``manualbp.nn.LinearReLU`` (sharing the Linear's Parameters), ``Identity``
+    * ReLU then MaxPool2d -> ``Identity``, ``manualbp.nn.ReLUMaxPool2d`` (when the pool has dilation 1
+      and no ``return_indices``)
+
+    ``ReLU(inplace=True)`` fuses too (the fused layer's output is a new tensor, which no one else reads).
+    A pair is left unfused when either layer carries hooks (they would no longer see their layer's own
+    input or output) or appears more than once in the model (a shared layer stays one shared layer).
 
     The new layers share the old ones' Parameter and buffer objects (an optimizer built on the model
     keeps working), their hooks and train/eval mode. A layer is swapped only when its type is exactly a
@@ -34,8 +51,9 @@ def convert(model: torch.nn.Module, strict: bool = False) -> torch.nn.Module:
     Returns ``model``, or the twin of ``model`` when ``model`` itself is a layer with a twin.
     """
     replacements: dict[int, torch.nn.Module] = {}
+    fused = _fusions(model) if fuse else {}
     left_as_torch: list[str] = []
-    _plan(model, "", replacements, left_as_torch, seen=set())
+    _plan(model, "", replacements, fused, left_as_torch, seen=set())
     if left_as_torch:
         message = (
             f"manualbp.convert: {len(left_as_torch)} layer(s) have no manualbp twin and stay torch.nn "
@@ -46,15 +64,17 @@ def convert(model: torch.nn.Module, strict: bool = False) -> torch.nn.Module:
         warnings.warn(message, UserWarning, stacklevel=2)
     if id(model) in replacements:
         return replacements[id(model)]
-    _apply(model, replacements, seen=set())
+    _apply(model, replacements, fused, seen=set())
     return model
 
 
 def to_torch(model: torch.nn.Module) -> torch.nn.Module:
     """A deep copy of ``model`` in which every ``manualbp.nn`` layer is its ``torch.nn`` twin: the autograd twin.
 
-    A fused layer (``manualbp.nn.ReLUMaxPool2d``) becomes the ``torch.nn.Sequential`` of the layers it fuses;
-    it has no parameters or buffers, so the parameter and buffer names stay the same.
+    A fused layer becomes its autograd counterpart (``to_torch()``): ``manualbp.nn.ReLUMaxPool2d`` the
+    ``torch.nn.Sequential`` of the ReLU and MaxPool2d it fuses (it has no parameters or buffers),
+    ``manualbp.nn.LinearReLU`` an ``AutogradLinearReLU`` (a torch.nn.Linear followed by torch.relu), so the
+    parameter and buffer names stay the same.
 
     The copy carries the same configuration, Parameter and buffer values (copied, not shared), hooks and
     train/eval mode; layers that are not manualbp layers are copied as they are. A layer shared between
@@ -67,18 +87,64 @@ def to_torch(model: torch.nn.Module) -> torch.nn.Module:
     }
     if id(model) in replacements:
         return replacements[id(model)]
-    _apply(model, replacements, seen=set())
+    _apply(model, replacements, {}, seen=set())
     return model
+
+
+def _fusions(model: torch.nn.Module) -> dict[Position, torch.nn.Module]:
+    """The replacement of each child of a Sequential in ``model`` that is part of a fusible pair."""
+    occurrences = Counter(id(module) for _, module in model.named_modules(remove_duplicate=False))
+    plan: dict[Position, torch.nn.Module] = {}
+    for parent in model.modules():
+        if not isinstance(parent, torch.nn.Sequential):
+            continue
+        names = [name for name, child in parent._modules.items() if child is not None]
+        i = 0
+        while i + 1 < len(names):
+            first, second = parent._modules[names[i]], parent._modules[names[i + 1]]
+            alone = all(occurrences[id(m)] == 1 and not _has_hooks(m) for m in (first, second))
+            pair = _fuse_pair(first, second) if alone else None
+            if pair is None:
+                i += 1
+                continue
+            plan[(id(parent), names[i])], plan[(id(parent), names[i + 1])] = pair
+            i += 2
+    return plan
+
+
+def _fuse_pair(first: torch.nn.Module, second: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """The two layers that replace ``first`` then ``second``, or None when they form no fusible pattern."""
+    relu = (torch.nn.ReLU, mnn.ReLU)
+    if type(first) in (torch.nn.Linear, mnn.Linear) and type(second) in relu:
+        return LinearReLU.from_linear(first), torch.nn.Identity()
+    if type(first) in relu and type(second) in (torch.nn.MaxPool2d, mnn.MaxPool2d):
+        try:
+            pool = ReLUMaxPool2d(
+                second.kernel_size, second.stride, second.padding, second.dilation, second.return_indices, second.ceil_mode
+            )
+        except NotImplementedError:
+            return None
+        return torch.nn.Identity(), pool.train(second.training)
+    return None
+
+
+def _has_hooks(module: torch.nn.Module) -> bool:
+    return any(
+        getattr(module, registry)
+        for registry in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    )
 
 
 def _plan(
     module: torch.nn.Module,
     name: str,
     replacements: dict[int, torch.nn.Module],
+    fused: dict[Position, torch.nn.Module],
     left_as_torch: list[str],
     seen: set[int],
 ) -> None:
-    """Build each twin (once per module object) and collect the layers that stay torch.nn."""
+    """Build each twin (once per module object) and collect the layers that stay torch.nn; the children at
+    ``fused`` positions are replaced by fused layers instead."""
     if id(module) in seen:
         return
     seen.add(id(module))
@@ -97,17 +163,25 @@ def _plan(
     if owns_state or not children:
         left_as_torch.append(f"{label} ({type(module).__name__})")
     for child_name, child in children:
-        _plan(child, f"{name}.{child_name}" if name else child_name, replacements, left_as_torch, seen)
+        if (id(module), child_name) not in fused:
+            _plan(child, f"{name}.{child_name}" if name else child_name, replacements, fused, left_as_torch, seen)
 
 
-def _apply(module: torch.nn.Module, replacements: dict[int, torch.nn.Module], seen: set[int]) -> None:
+def _apply(
+    module: torch.nn.Module,
+    replacements: dict[int, torch.nn.Module],
+    fused: dict[Position, torch.nn.Module],
+    seen: set[int],
+) -> None:
     if id(module) in seen:
         return
     seen.add(id(module))
     for child_name, child in list(module._modules.items()):
         if child is None:
             continue
-        if id(child) in replacements:
+        if (id(module), child_name) in fused:
+            module._modules[child_name] = fused[(id(module), child_name)]
+        elif id(child) in replacements:
             module._modules[child_name] = replacements[id(child)]
         else:
-            _apply(child, replacements, seen)
+            _apply(child, replacements, fused, seen)

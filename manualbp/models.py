@@ -2,7 +2,9 @@
 
 Both backends build the same ``torch.nn.Sequential`` with the same parameter names; since every manualbp
 layer initialises exactly as its torch twin, the same seed gives the same weights on both. The layer
-names are the same too, except that the manual lenet5 with ReLU fuses each ReLU into the max pool after it.
+names are the same too, except that with ReLU the manual backend fuses each ReLU into the layer before it
+(``manualbp.nn.LinearReLU``) or the max pool after it (``manualbp.nn.ReLUMaxPool2d``), so its ``act<i>``
+layers are gone; neither fusion has parameters of its own, so the state dicts of both backends match.
 """
 
 from __future__ import annotations
@@ -70,19 +72,30 @@ def mlp(
     """Flatten -> [Linear -> activation (-> Dropout)] per hidden width -> Linear to ``num_classes`` logits.
 
     Layers: ``flatten``, ``fc1``, ``act1``, (``drop1``), ..., ``out``. Input (N, *in_shape), output (N, num_classes).
+    With ``backend="manual"`` and ``activation="relu"`` each ``act<i>`` is fused into ``fc<i>`` (``manualbp.nn.LinearReLU``).
     """
     nn = layers(backend)
     c, h, w = _check_in_shape(in_shape)
     modules: list[tuple[str, torch.nn.Module]] = [("flatten", nn.Flatten())]
     width = c * h * w
     for i, size in enumerate(hidden, start=1):
-        modules.append((f"fc{i}", nn.Linear(width, size)))
-        modules.append((f"act{i}", _activation(nn, activation)))
+        modules.extend(_linear_and_activation(nn, width, size, activation, str(i)))
         if dropout > 0:
             modules.append((f"drop{i}", nn.Dropout(dropout)))
         width = size
     modules.append(("out", nn.Linear(width, num_classes)))
     return torch.nn.Sequential(OrderedDict(modules))
+
+
+def _linear_and_activation(
+    nn: ModuleType, in_features: int, out_features: int, activation: str, suffix: str, act_suffix: str | None = None
+) -> list[tuple[str, torch.nn.Module]]:
+    """``fc<suffix>`` then ``act<act_suffix>`` (default: the same suffix); on the manual backend a Linear and a
+    ReLU are one layer, ``fc<suffix>`` = ``manualbp.nn.LinearReLU``, which masks dL/dy once in backward instead
+    of a separate ReLU node. It has Linear's parameters, so the state dicts of both backends stay the same."""
+    if nn is manualbp.nn and activation == "relu":
+        return [(f"fc{suffix}", nn.LinearReLU(in_features, out_features))]
+    return [(f"fc{suffix}", nn.Linear(in_features, out_features)), (f"act{act_suffix or suffix}", _activation(nn, activation))]
 
 
 def _activation_and_pool(nn: ModuleType, activation: str, suffix: str) -> list[tuple[str, torch.nn.Module]]:
@@ -108,7 +121,8 @@ def lenet5(
     conv pads by 2 as well, so the shapes stay valid: 8x8 -> 4x4 -> 4x4 -> 2x2x16 = 64 features.
 
     Layers: ``conv1``, ``act1``, ``pool1``, ``conv2``, ``act2``, ``pool2``, ``flatten``, ``fc1``, ``act3``,
-    ``fc2``, ``act4``, ``out``; with ``backend="manual"`` and ``activation="relu"``, ``act1``/``act2`` are
+    ``fc2``, ``act4``, ``out``; with ``backend="manual"`` and ``activation="relu"``, ``act3``/``act4`` are fused into
+    ``fc1``/``fc2`` (``manualbp.nn.LinearReLU``) and ``act1``/``act2`` are
     fused into ``pool1``/``pool2`` (``manualbp.nn.ReLUMaxPool2d``). Parameter names are the same on both.
     """
     nn = layers(backend)
@@ -128,10 +142,8 @@ def lenet5(
                 ("conv2", nn.Conv2d(6, 16, 5, padding=pad2)),
                 *_activation_and_pool(nn, activation, "2"),
                 ("flatten", nn.Flatten()),
-                ("fc1", nn.Linear(16 * h2 * w2, 120)),
-                ("act3", _activation(nn, activation)),
-                ("fc2", nn.Linear(120, 84)),
-                ("act4", _activation(nn, activation)),
+                *_linear_and_activation(nn, 16 * h2 * w2, 120, activation, "1", act_suffix="3"),
+                *_linear_and_activation(nn, 120, 84, activation, "2", act_suffix="4"),
                 ("out", nn.Linear(84, num_classes)),
             ]
         )

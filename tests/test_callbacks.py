@@ -12,7 +12,7 @@ from pytorch_lightning.loggers import CSVLogger
 
 from manualbp.callbacks import GradientCheckCallback, GradientMismatchError
 from manualbp.data import DigitsDataModule
-from manualbp.functional.activation import ReLUFunction
+from manualbp.functional.linear_relu import LinearReLUFunction
 from manualbp.lightning import ClassifierModule
 
 
@@ -99,24 +99,25 @@ def test_a_correct_manual_model_passes_on_cuda():
     assert len(recorder.abs_errs) == 4 and max(recorder.abs_errs) < 1e-5
 
 
-def _plant_wrong_relu_backward(monkeypatch, factor: float = 1.01) -> None:
-    right = ReLUFunction.backward
+def _plant_wrong_linear_relu_backward(monkeypatch, factor: float = 1.01) -> None:
+    """Scale every gradient of the fused Linear+ReLU (the manual mlp's hidden layer) by ``factor``."""
+    right = LinearReLUFunction.backward
 
     def wrong(ctx, grad_out):
-        return right(ctx, grad_out) * factor
+        return tuple(None if grad is None else grad * factor for grad in right(ctx, grad_out))
 
-    monkeypatch.setattr(ReLUFunction, "backward", staticmethod(wrong))
+    monkeypatch.setattr(LinearReLUFunction, "backward", staticmethod(wrong))
 
 
 def test_a_planted_wrong_gradient_raises_naming_the_parameter(monkeypatch):
-    _plant_wrong_relu_backward(monkeypatch)
+    _plant_wrong_linear_relu_backward(monkeypatch)
     with pytest.raises(GradientMismatchError, match=r"net\.fc1\.(weight|bias)") as error:
         _fit(GradientCheckCallback(every_n_steps=1, on_mismatch="raise"), max_steps=2)
     assert "at step 0" in str(error.value) and "max abs error" in str(error.value)
 
 
 def test_a_planted_wrong_gradient_warns_at_each_checked_step(monkeypatch):
-    _plant_wrong_relu_backward(monkeypatch)
+    _plant_wrong_linear_relu_backward(monkeypatch)
     with pytest.warns(UserWarning, match=r"net\.fc1\.(weight|bias)") as record:
         trainer, recorder = _fit(GradientCheckCallback(every_n_steps=2), max_steps=4)
     mismatches = [w for w in record if "GradientCheckCallback" in str(w.message)]

@@ -260,3 +260,77 @@ def test_to_torch_of_a_single_layer_and_of_a_torch_model():
     plain = nn.Sequential(nn.Linear(2, 2))
     copied = manualbp.to_torch(plain)
     assert copied is not plain and type(copied[0]) is nn.Linear and torch.equal(copied[0].weight, plain[0].weight)
+
+
+# Fusion: recognised pairs of consecutive Sequential children become one fused manual layer.
+
+
+def _fusible() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64, 16),
+        nn.ReLU(),
+        nn.Linear(16, 3),
+    ).double()
+
+
+def test_fuses_linear_relu_and_relu_max_pool_keeping_names_values_and_gradients():
+    model, reference = _fusible(), _fusible()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # ReLU(inplace=True) is fused, so nothing is left as torch
+        manualbp.convert(model)
+    assert [type(m) for m in model] == [
+        mnn.Conv2d, nn.Identity, mnn.ReLUMaxPool2d, mnn.Flatten, mnn.LinearReLU, nn.Identity, mnn.Linear
+    ]
+    assert list(model.state_dict()) == list(reference.state_dict())
+    assert model[4].weight is not None and model[4].weight is model[4].to_torch().weight
+    x, target = torch.randn(5, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1])
+    loss = mnn.CrossEntropyLoss()(model(x), target)
+    ref_loss = nn.CrossEntropyLoss()(reference(x), target)
+    assert_close(loss, ref_loss)
+    loss.backward()
+    ref_loss.backward()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert_close(p.grad, q.grad, msg=name)
+    assert _graph_node_types(loss.grad_fn) == {"custom Function", "AccumulateGrad"}
+
+    twin = manualbp.to_torch(model)  # and back: autograd counterparts, same names and numbers
+    assert _all_torch(twin) and not any(isinstance(m, (mnn.LinearReLU, mnn.ReLUMaxPool2d)) for m in twin.modules())
+    assert list(twin.state_dict()) == list(reference.state_dict())
+    assert_close(twin(x), reference(x))
+
+
+def test_fuse_false_keeps_every_layer_apart():
+    model = _fusible()
+    with pytest.warns(UserWarning, match="inplace=True"):
+        manualbp.convert(model, fuse=False)
+    assert [type(m) for m in model][3:6] == [mnn.Flatten, mnn.Linear, mnn.ReLU]
+    assert type(model[1]) is nn.ReLU  # inplace: no twin, stays torch
+
+
+def test_pairs_with_hooks_shared_layers_or_unsupported_pools_are_not_fused():
+    hooked = nn.Linear(4, 4)
+    hooked.register_forward_hook(lambda m, i, o: None)
+    shared_relu = nn.ReLU()
+    model = nn.Sequential(
+        hooked, nn.ReLU(),  # hook on the Linear: it must still see its own output
+        nn.Linear(4, 4), shared_relu, nn.Linear(4, 4), shared_relu,  # the ReLU object appears twice
+        nn.Unflatten(1, (1, 2, 2)), nn.ReLU(), nn.MaxPool2d(2, dilation=2, padding=1),  # dilation: no fused pool
+    )
+    with pytest.warns(UserWarning, match="Unflatten"):
+        manualbp.convert(model)
+    assert [type(m) for m in model] == [
+        mnn.Linear, mnn.ReLU, mnn.Linear, mnn.ReLU, mnn.Linear, mnn.ReLU, nn.Unflatten, mnn.ReLU, mnn.MaxPool2d
+    ]
+    assert model[3] is model[5]
+
+
+def test_only_sequential_children_are_fused_since_only_there_the_order_is_known():
+    block = Block()  # forward calls act(proj(x)) but a plain Module says nothing about order
+    block.act = nn.ReLU()
+    manualbp.convert(block)
+    assert type(block.proj) is mnn.Linear and type(block.act) is mnn.ReLU

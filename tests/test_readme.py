@@ -7,7 +7,7 @@ import re
 import textwrap
 from pathlib import Path
 
-from manualbp.functional.linear import LinearFunction
+from manualbp.functional.linear import LinearFunction, linear_grads
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -25,5 +25,5 @@ def test_python_examples_run_in_order():
 
 def test_backward_excerpt_matches_the_source():
     (excerpt,) = [block for block in _blocks("py") if "def backward" in block]
-    source = textwrap.dedent(inspect.getsource(LinearFunction.backward))
-    assert excerpt.strip() == source.strip()
+    sources = [textwrap.dedent(inspect.getsource(code)).strip() for code in (LinearFunction.backward, linear_grads)]
+    assert excerpt.strip() == "\n\n\n".join(sources)

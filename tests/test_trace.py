@@ -86,7 +86,7 @@ def test_trace_records_what_backprop_computes(arch, backend):
 def test_linear_weight_gradient_is_error_times_input():
     """∂L/∂W_l = δ_lᵀ · x_l for a linear layer, read off the trace."""
     torch.manual_seed(0)
-    model = mlp((16,), "relu", 0.0, (1, 8, 8), 10, "manual")
+    model = mlp((16,), "tanh", 0.0, (1, 8, 8), 10, "manual")
     x, t = torch.randn(4, 1, 8, 8), torch.tensor([1, 2, 3, 4])
     with manualbp.trace(model) as tr:
         MF.cross_entropy(model(x), t).backward()
@@ -94,6 +94,20 @@ def test_linear_weight_gradient_is_error_times_input():
     assert_close(fc1.param_grads["weight"], fc1.error.T @ tr["flatten"].activation)
     assert_close(fc1.param_grads["bias"], fc1.error.sum(0))
     assert_close(out.param_grads["weight"], out.error.T @ tr["act1"].activation)
+
+
+def test_a_fused_linear_relu_layer_masks_its_error_first():
+    """For y = relu(x Wᵀ + b) as one layer (manualbp.nn.LinearReLU): ∂L/∂W = (δ ⊙ [y > 0])ᵀ · x."""
+    torch.manual_seed(0)
+    model = mlp((16,), "relu", 0.0, (1, 8, 8), 10, "manual")
+    x, t = torch.randn(4, 1, 8, 8), torch.tensor([1, 2, 3, 4])
+    with manualbp.trace(model) as tr:
+        MF.cross_entropy(model(x), t).backward()
+    fc1 = tr["fc1"]
+    masked = fc1.error * (fc1.activation > 0)
+    assert not torch.equal(masked, fc1.error)  # some units are off, so the mask matters
+    assert_close(fc1.param_grads["weight"], masked.T @ tr["flatten"].activation)
+    assert_close(fc1.param_grads["bias"], masked.sum(0))
 
 
 def test_only_the_last_step_is_kept_and_grad_accumulation_does_not_leak_in():

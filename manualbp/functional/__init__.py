@@ -28,6 +28,7 @@ from manualbp.functional.conv import Conv2dFunction, conv2d
 from manualbp.functional.dropout import DropoutFunction, dropout
 from manualbp.functional.fused import ReLUMaxPool2dFunction, relu_max_pool2d
 from manualbp.functional.linear import LinearFunction, linear
+from manualbp.functional.linear_relu import LinearReLUFunction, linear_relu
 from manualbp.functional.loss import (
     CrossEntropyFunction,
     MSELossFunction,
@@ -60,6 +61,7 @@ __all__ = [
     "LayerNormFunction",
     "LeakyReLUFunction",
     "LinearFunction",
+    "LinearReLUFunction",
     "LogSoftmaxFunction",
     "MSELossFunction",
     "MaxPool2dFunction",
@@ -82,6 +84,7 @@ __all__ = [
     "layer_norm",
     "leaky_relu",
     "linear",
+    "linear_relu",
     "log_softmax",
     "max_pool2d",
     "mse_loss",

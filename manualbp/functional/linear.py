@@ -6,7 +6,7 @@ import torch
 
 from manualbp.functional._dispatch import apply, compile_twin
 from manualbp.functional._tangents import tangent_sum
-from manualbp.functional._validation import check_floating, check_same_dtype, shape_str
+from manualbp.functional._validation import check_floating, check_same_device, check_same_dtype, shape_str
 
 
 @compile_twin
@@ -40,33 +40,47 @@ class LinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
-        x, weight = x.to(grad_out.dtype), weight.to(grad_out.dtype)  # autocast: same precision as the forward
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = grad_out.matmul(weight)
-        if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
-            g2d = grad_out.reshape(-1, weight.shape[0])
-            if ctx.needs_input_grad[1]:
-                grad_w = g2d.t().matmul(x.reshape(-1, weight.shape[1]))
-            if ctx.has_bias and ctx.needs_input_grad[2]:
-                grad_b = g2d.sum(0)
-        return grad_x, grad_w, grad_b
+        return linear_grads(ctx, grad_out, x, weight)
 
     @staticmethod
     def jvp(ctx, x_dot, weight_dot, bias_dot):
         # Unlike the other Functions with several tensor inputs, this one keeps torch's default
-        # materialisation (an absent tangent arrives as zeros), so that backward, the README's
-        # excerpt, needs no None check for grad_out; the None branches cost nothing.
+        # materialisation (an absent tangent arrives as zeros), so that backward needs no None check for
+        # grad_out; the None branches of linear_tangent cost nothing.
         x, weight = ctx.saved_tensors
-        y_dot = tangent_sum(
-            None if x_dot is None else x_dot.matmul(weight.t()),
-            None if weight_dot is None else x.matmul(weight_dot.t()),
-        )
-        if bias_dot is None:
-            return y_dot
-        if y_dot is None:  # only the bias moves: ḃ on every row
-            return bias_dot.expand(x.shape[:-1] + bias_dot.shape)
-        return y_dot + bias_dot
+        return linear_tangent(x, weight, x_dot, weight_dot, bias_dot)
+
+
+def linear_grads(ctx, grad_out, x, weight):
+    """dL/dx, dL/dW, dL/db of y = x W^T + b from G = dL/dy, each only if ``ctx.needs_input_grad`` asks for it.
+
+    Shared by every Function whose last step is this affine map (``LinearFunction``, and
+    ``LinearReLUFunction`` with G = dL/dy ⊙ [y > 0]); ``ctx.has_bias`` says whether b exists.
+    """
+    x, weight = x.to(grad_out.dtype), weight.to(grad_out.dtype)  # autocast: same precision as the forward
+    grad_x = grad_w = grad_b = None
+    if ctx.needs_input_grad[0]:
+        grad_x = grad_out.matmul(weight)
+    if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
+        g2d = grad_out.reshape(-1, weight.shape[0])
+        if ctx.needs_input_grad[1]:
+            grad_w = g2d.t().matmul(x.reshape(-1, weight.shape[1]))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g2d.sum(0)
+    return grad_x, grad_w, grad_b
+
+
+def linear_tangent(x, weight, x_dot, weight_dot, bias_dot):
+    """ẋ Wᵀ + x Ẇᵀ + ḃ, with None for an absent tangent (None if all are absent)."""
+    y_dot = tangent_sum(
+        None if x_dot is None else x_dot.matmul(weight.t()),
+        None if weight_dot is None else x.matmul(weight_dot.t()),
+    )
+    if bias_dot is None:
+        return y_dot
+    if y_dot is None:  # only the bias moves: ḃ on every row
+        return bias_dot.expand(x.shape[:-1] + bias_dot.shape)
+    return y_dot + bias_dot
 
 
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -74,18 +88,24 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
 
     input: (*, in_features)   weight: (out_features, in_features)   bias: (out_features,)
     """
-    check_floating("linear", input=input, weight=weight, bias=bias)
-    check_same_dtype("linear", input=input, weight=weight, bias=bias)
+    check_linear_args("linear", input, weight, bias)
+    return apply(LinearFunction, input, weight, bias)
+
+
+def check_linear_args(op: str, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """The checks of ``linear``'s arguments, shared with the fused ops that start with a linear map."""
+    check_floating(op, input=input, weight=weight, bias=bias)
+    check_same_dtype(op, input=input, weight=weight, bias=bias)
+    check_same_device(op, input=input, weight=weight, bias=bias)
     if weight.dim() != 2:
-        raise ValueError(f"linear: expected a 2-D weight (out_features, in_features), got shape {shape_str(weight)}")
+        raise ValueError(f"{op}: expected a 2-D weight (out_features, in_features), got shape {shape_str(weight)}")
     if input.dim() == 0 or input.shape[-1] != weight.shape[1]:
         raise ValueError(
-            f"linear: input of shape {shape_str(input)} does not match weight of shape {shape_str(weight)}: "
+            f"{op}: input of shape {shape_str(input)} does not match weight of shape {shape_str(weight)}: "
             f"the last dimension of input must be in_features={weight.shape[1]}"
         )
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(
-            f"linear: bias of shape {shape_str(bias)} does not match weight of shape {shape_str(weight)}: "
+            f"{op}: bias of shape {shape_str(bias)} does not match weight of shape {shape_str(weight)}: "
             f"expected ({weight.shape[0]},)"
         )
-    return apply(LinearFunction, input, weight, bias)

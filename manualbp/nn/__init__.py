@@ -1,16 +1,17 @@
 """``torch.nn``-compatible layers whose backward passes are written by hand.
 
 Each layer subclasses its ``torch.nn`` twin (same constructor, parameters, buffers, init and repr),
-so state dicts move both ways and ``isinstance(layer, torch.nn.Linear)`` still holds. ``ReLUMaxPool2d`` is
-the exception: a fused ReLU + MaxPool2d with no torch.nn class of its own (its autograd counterpart is
-``torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d(...))``, which ``to_torch`` returns).
+so state dicts move both ways and ``isinstance(layer, torch.nn.Linear)`` still holds. The fused layers are
+the exception, having no torch.nn class of their own: ``ReLUMaxPool2d`` (ReLU + MaxPool2d; its autograd
+counterpart, which ``to_torch`` returns, is ``torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d(...))``)
+and ``LinearReLU`` (Linear + ReLU with Linear's constructor and parameters; counterpart ``AutogradLinearReLU``).
 """
 
 from manualbp.nn._base import ManualModule, manual_twin
 from manualbp.nn.activation import ELU, GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Tanh
 from manualbp.nn.conv import Conv2d
 from manualbp.nn.dropout import Dropout
-from manualbp.nn.fused import ReLUMaxPool2d
+from manualbp.nn.fused import AutogradLinearReLU, LinearReLU, ReLUMaxPool2d
 from manualbp.nn.linear import Linear
 from manualbp.nn.loss import CrossEntropyLoss, MSELoss, NLLLoss
 from manualbp.nn.normalization import BatchNorm1d, BatchNorm2d, LayerNorm
@@ -18,6 +19,7 @@ from manualbp.nn.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from manualbp.nn.shape import Flatten
 
 __all__ = [
+    "AutogradLinearReLU",
     "AdaptiveAvgPool2d",
     "AvgPool2d",
     "BatchNorm1d",
@@ -31,6 +33,7 @@ __all__ = [
     "LayerNorm",
     "LeakyReLU",
     "Linear",
+    "LinearReLU",
     "LogSoftmax",
     "MSELoss",
     "ManualModule",

@@ -7,6 +7,10 @@ from __future__ import annotations
 import torch
 
 from manualbp import functional as MF
+from manualbp.functional._validation import check_int
+from manualbp.functional.fused import MAX_POSITIONS
+from manualbp.functional.pooling import pool_window
+from manualbp.nn._base import layer_name, share_state
 
 
 class ReLUMaxPool2d(torch.nn.Module):
@@ -15,7 +19,8 @@ class ReLUMaxPool2d(torch.nn.Module):
     int64 pooling indices; backward in ``manualbp.functional.ReLUMaxPool2dFunction``.
 
     The arguments are ``torch.nn.MaxPool2d``'s, in its order; ``dilation`` other than 1 and
-    ``return_indices=True`` raise ``NotImplementedError``. No parameters or buffers.
+    ``return_indices=True`` raise ``NotImplementedError``, as do kernels of more than 255 positions.
+    No parameters or buffers.
     """
 
     def __init__(
@@ -28,11 +33,18 @@ class ReLUMaxPool2d(torch.nn.Module):
         ceil_mode: bool = False,
     ) -> None:
         super().__init__()
-        if dilation not in (1, (1, 1), [1, 1]):
-            raise NotImplementedError(f"manualbp.nn.ReLUMaxPool2d: dilation={dilation!r} is not supported (only 1)")
+        name = layer_name(self)
+        kernel, _, _, dilation_pair = pool_window(name, kernel_size, stride, padding, dilation)
+        if dilation_pair != (1, 1):
+            raise NotImplementedError(f"{name}: dilation={dilation!r} is not supported (only 1)")
+        if kernel[0] * kernel[1] > MAX_POSITIONS:
+            raise NotImplementedError(
+                f"{name}: kernel_size={kernel_size!r} has {kernel[0] * kernel[1]} positions; "
+                f"the one-byte window code holds at most {MAX_POSITIONS}"
+            )
         if return_indices:
             raise NotImplementedError(
-                "manualbp.nn.ReLUMaxPool2d: return_indices=True is not supported (the layer keeps window "
+                f"{name}: return_indices=True is not supported (the layer keeps window "
                 "indices, not torch's plane indices)"
             )
         self.kernel_size = kernel_size
@@ -57,3 +69,50 @@ class ReLUMaxPool2d(torch.nn.Module):
             torch.nn.ReLU(), torch.nn.MaxPool2d(self.kernel_size, self.stride, self.padding, ceil_mode=self.ceil_mode)
         )
         return twin.train(self.training)
+
+
+class LinearReLU(torch.nn.Linear):
+    """``torch.nn.Linear`` followed by ``torch.nn.ReLU`` as one layer: y = max(x W^T + b, 0); backward in
+    ``manualbp.functional.LinearReLUFunction`` (one mask of dL/dy, no separate ReLU output or gradient tensor).
+
+    Constructor, parameters (``weight``, ``bias``), initialisation and ``extra_repr`` are
+    ``torch.nn.Linear``'s, so a Linear's state dict loads into it and back. Not a ``ManualModule``: its
+    autograd counterpart (``to_torch``) is ``AutogradLinearReLU``, which keeps the parameter names.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            check_int(layer_name(self), name, value, 0)
+        super().__init__(in_features, out_features, bias, device, dtype)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return MF.linear_relu(input, self.weight, self.bias)
+
+    def _get_name(self) -> str:
+        return "manualbp." + type(self).__name__
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear) -> LinearReLU:
+        """A LinearReLU sharing ``linear``'s Parameters, hooks and mode (nothing is copied)."""
+        return share_state(linear, cls)
+
+    def to_torch(self) -> AutogradLinearReLU:
+        """The autograd counterpart sharing this layer's Parameters, hooks and mode."""
+        return share_state(self, AutogradLinearReLU)
+
+
+class AutogradLinearReLU(torch.nn.Linear):
+    """``relu(torch.nn.Linear(x))`` computed by torch's own ops (autograd's backward): the reference that
+    ``LinearReLU`` is checked against and what ``manualbp.to_torch`` turns it into. Parameter names are
+    ``torch.nn.Linear``'s, so state dicts of both match."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return torch.relu(super().forward(input))
+

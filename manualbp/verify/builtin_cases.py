@@ -62,24 +62,10 @@ def twin(case_id: str, layer: str, *ctor_args: Any, inputs: InputMaker, train: b
     return OpCase(case_id, build(mnn), build(torch.nn), inputs, train)
 
 
-def fused_relu_max_pool2d(
-    case_id: str,
-    kernel_size: Any,
-    stride: Any = None,
-    padding: Any = 0,
-    ceil_mode: bool = False,
-    *,
-    inputs: InputMaker,
-) -> OpCase:
-    """A case comparing ``manualbp.nn.ReLUMaxPool2d`` with ``torch.nn.Sequential(ReLU(), MaxPool2d(...))``
-    (not a twin: torch.nn has no fused class)."""
-    return OpCase(
-        case_id,
-        lambda: mnn.ReLUMaxPool2d(kernel_size, stride, padding, ceil_mode=ceil_mode),
-        lambda: torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d(kernel_size, stride, padding, ceil_mode=ceil_mode)),
-        inputs,
-        is_twin=False,
-    )
+def fused(case_id: str, layer: Callable[[], torch.nn.Module], *, inputs: InputMaker) -> OpCase:
+    """A case comparing a fused manualbp layer (``manualbp.nn.ReLUMaxPool2d``, ``LinearReLU``) with its
+    autograd counterpart ``layer().to_torch()`` (not a twin: torch.nn has no fused class)."""
+    return OpCase(case_id, layer, lambda: layer().to_torch(), inputs, is_twin=False)
 
 
 def class_weight(num_classes: int) -> Maker:
@@ -380,18 +366,18 @@ BUILTIN_CASES: list[OpCase] = [
     twin("layer_norm-no_bias", "LayerNorm", (2, 3), bias=False, inputs=args(randn(2, 2, 3))),
     twin("layer_norm-size2", "LayerNorm", 2, inputs=args(randn(3, 2))),
     # fused
-    fused_relu_max_pool2d("fused-relu_max_pool2d-k2", 2, inputs=args(randn(2, 3, 6, 6))),
-    fused_relu_max_pool2d("fused-relu_max_pool2d-k3-stride2-pad1", 3, stride=2, padding=1, inputs=args(randn(2, 2, 7, 7))),
-    fused_relu_max_pool2d(
-        "fused-relu_max_pool2d-ceil_mode-pad1", 3, stride=2, padding=1, ceil_mode=True, inputs=args(randn(2, 2, 6, 6))
-    ),
-    fused_relu_max_pool2d("fused-relu_max_pool2d-ceil_mode-stride3", 2, stride=3, ceil_mode=True, inputs=args(randn(2, 2, 6, 7))),
-    fused_relu_max_pool2d(
-        "fused-relu_max_pool2d-rect_kernel-rect_stride", (3, 2), stride=(2, 1), padding=(1, 0), inputs=args(randn(2, 2, 6, 5))
-    ),
-    fused_relu_max_pool2d("fused-relu_max_pool2d-batch1-one_channel", 2, inputs=args(randn(1, 1, 6, 6))),
-    fused_relu_max_pool2d("fused-relu_max_pool2d-unbatched", 3, stride=2, padding=1, inputs=args(randn(2, 6, 5))),
-    fused_relu_max_pool2d("fused-relu_max_pool2d-all_negative", 2, inputs=args(randn(2, 2, 4, 4, offset=-5.0))),
+    fused("fused-relu_max_pool2d-k2", lambda: mnn.ReLUMaxPool2d(2), inputs=args(randn(2, 3, 6, 6))),
+    fused("fused-relu_max_pool2d-k3-stride2-pad1", lambda: mnn.ReLUMaxPool2d(3, stride=2, padding=1), inputs=args(randn(2, 2, 7, 7))),
+    fused("fused-relu_max_pool2d-ceil_mode-pad1", lambda: mnn.ReLUMaxPool2d(3, stride=2, padding=1, ceil_mode=True), inputs=args(randn(2, 2, 6, 6))),
+    fused("fused-relu_max_pool2d-ceil_mode-stride3", lambda: mnn.ReLUMaxPool2d(2, stride=3, ceil_mode=True), inputs=args(randn(2, 2, 6, 7))),
+    fused("fused-relu_max_pool2d-rect_kernel-rect_stride", lambda: mnn.ReLUMaxPool2d((3, 2), stride=(2, 1), padding=(1, 0)), inputs=args(randn(2, 2, 6, 5))),
+    fused("fused-relu_max_pool2d-batch1-one_channel", lambda: mnn.ReLUMaxPool2d(2), inputs=args(randn(1, 1, 6, 6))),
+    fused("fused-relu_max_pool2d-unbatched", lambda: mnn.ReLUMaxPool2d(3, stride=2, padding=1), inputs=args(randn(2, 6, 5))),
+    fused("fused-relu_max_pool2d-all_negative", lambda: mnn.ReLUMaxPool2d(2), inputs=args(randn(2, 2, 4, 4, offset=-5.0))),
+    fused("fused-linear_relu-bias", lambda: mnn.LinearReLU(5, 4), inputs=args(randn(3, 5))),
+    fused("fused-linear_relu-nobias-3d", lambda: mnn.LinearReLU(5, 4, bias=False), inputs=args(randn(2, 3, 5))),
+    fused("fused-linear_relu-unbatched", lambda: mnn.LinearReLU(5, 4), inputs=args(randn(5))),
+    fused("fused-linear_relu-dead_units", lambda: mnn.LinearReLU(3, 6), inputs=args(randn(4, 3, offset=-2.0))),
 ]
 
 
