@@ -1,10 +1,14 @@
-"""Input checks shared by the functional entry points.
+"""Input checks shared by the functional entry points and the layers' constructors.
 
-Every message starts with the op's name and states the offending shapes or dtypes,
-so a user sees which layer rejected which tensor.
+Every message starts with the op's (or layer's) name and states the offending shapes, dtypes, devices
+or values, so a user sees which layer rejected which argument. The checks read Python attributes only
+(shape, dtype, device, numbers): no tensor operation and no host sync, so they cost well under a
+microsecond per call; a hyper-parameter given as a tensor is type-checked but its value is not read.
 """
 
 from __future__ import annotations
+
+import numbers
 
 import torch
 
@@ -16,13 +20,23 @@ def shape_str(t: torch.Tensor) -> str:
     return str(tuple(t.shape))
 
 
+def _not_a_tensor(op: str, name: str, value: object) -> TypeError:
+    return TypeError(f"{op}: {name} must be a Tensor, got {type(value).__name__}")
+
+
+def check_tensor(op: str, name: str, value: object) -> None:
+    """Raise TypeError unless ``value`` is a Tensor (a list or a number passed as a tensor argument)."""
+    if not isinstance(value, torch.Tensor):
+        raise _not_a_tensor(op, name, value)
+
+
 def check_floating(op: str, **tensors: torch.Tensor | None) -> None:
     """Raise TypeError unless every given tensor has a floating dtype."""
     for name, t in tensors.items():
         if t is None:
             continue
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
+            raise _not_a_tensor(op, name, t)
         if not t.is_floating_point():
             raise TypeError(
                 f"{op}: expected a floating-point {name}, got dtype {t.dtype} with shape "
@@ -32,11 +46,34 @@ def check_floating(op: str, **tensors: torch.Tensor | None) -> None:
 
 def check_same_dtype(op: str, **tensors: torch.Tensor | None) -> None:
     """Raise TypeError unless all given tensors share one dtype."""
-    given = {name: t for name, t in tensors.items() if t is not None}
-    dtypes = {t.dtype for t in given.values()}
-    if len(dtypes) > 1:
-        listing = ", ".join(f"{name} {t.dtype}" for name, t in given.items())
-        raise TypeError(f"{op}: expected all tensors to have the same dtype, got {listing}")
+    dtype = None
+    for t in tensors.values():
+        if t is None:
+            continue
+        if dtype is None:
+            dtype = t.dtype
+        elif t.dtype != dtype:
+            listing = ", ".join(f"{name} {t.dtype}" for name, t in tensors.items() if t is not None)
+            raise TypeError(f"{op}: expected all tensors to have the same dtype, got {listing}")
+
+
+def check_same_device(op: str, **tensors: torch.Tensor | None) -> None:
+    """Raise RuntimeError (torch's type for this error) unless all given tensors are on one device.
+
+    Compares the ``device`` attributes only, so it costs no transfer and no sync; without it a mixed
+    call fails deep inside the forward with a message that names neither the op nor the tensors.
+    """
+    device = None
+    for t in tensors.values():
+        if t is None:
+            continue
+        if device is None:
+            device = t.device
+        elif t.device != device:
+            listing = ", ".join(f"{name} on {t.device}" for name, t in tensors.items() if t is not None)
+            raise RuntimeError(
+                f"{op}: expected all tensors to be on the same device, got {listing}; move them with .to(device)"
+            )
 
 
 def check_dim(op: str, name: str, t: torch.Tensor, allowed: tuple[int, ...] | range) -> None:
@@ -52,16 +89,56 @@ def check_dim(op: str, name: str, t: torch.Tensor, allowed: tuple[int, ...] | ra
         )
 
 
+def check_real(op: str, name: str, value: object) -> None:
+    """Raise TypeError unless ``value`` is a real number (a Python or NumPy number, or a Tensor)."""
+    if not isinstance(value, (float, int)) and not isinstance(value, (numbers.Real, torch.Tensor)):
+        raise TypeError(f"{op}: {name} must be a real number, got {value!r}")
+
+
+def check_unit_interval(op: str, name: str, value: float | torch.Tensor) -> None:
+    """Raise unless ``value`` is a real number in [0, 1] (a probability, a momentum); a Tensor's value
+    is not read (that would be a host sync)."""
+    check_real(op, name, value)
+    if not isinstance(value, torch.Tensor) and not 0.0 <= value <= 1.0:
+        raise ValueError(f"{op}: {name} has to be between 0 and 1, but got {value}")
+
+
+def check_non_negative(op: str, name: str, value: float) -> None:
+    """Raise unless ``value`` is a real number >= 0 (an eps); a Tensor's value is not read."""
+    check_real(op, name, value)
+    if not isinstance(value, torch.Tensor) and not value >= 0:
+        raise ValueError(f"{op}: {name} must be non-negative, got {value}")
+
+
+def is_int(value: object) -> bool:
+    """Whether ``value`` is an int or another integral number (a NumPy integer), and not a bool."""
+    return type(value) is int or (isinstance(value, numbers.Integral) and not isinstance(value, bool))
+
+
+def check_int(op: str, name: str, value: object, minimum: int | None = None) -> None:
+    """Raise TypeError unless ``value`` is an integer (not a bool), ValueError if it is below ``minimum``."""
+    if not is_int(value):
+        raise TypeError(f"{op}: {name} must be an int, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{op}: {name} must be at least {minimum}, got {value}")
+
+
 def resolve_reduction(op: str, size_average: bool | None, reduce: bool | None, reduction: str) -> str:
     """The reduction string, with torch's legacy ``size_average``/``reduce`` pair (and its warning) honoured."""
     if size_average is not None or reduce is not None:
         reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"{op}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    check_choice(op, "reduction", reduction, REDUCTIONS)
     return reduction
 
 
+def check_choice(op: str, name: str, value: object, choices: tuple[object, ...]) -> None:
+    """Raise ValueError unless ``value`` is one of ``choices`` (a reduction, an approximation, ...)."""
+    if value not in choices:
+        raise ValueError(f"{op}: {name} must be one of {choices}, got {value!r}")
+
+
 def reject_inplace(op: str, inplace: bool) -> None:
+    """Raise NotImplementedError for ``inplace=True``, which a hand-written backward cannot honour."""
     if inplace:
         raise NotImplementedError(
             f"{op}: inplace=True is not supported; the hand-written backward keeps its input, "
@@ -69,8 +146,11 @@ def reject_inplace(op: str, inplace: bool) -> None:
         )
 
 
-def normalize_dim(op: str, dim: int, ndim: int) -> int:
+def normalize_dim(op: str, dim: int, ndim: int, name: str = "dim") -> int:
     """Wrap a possibly negative ``dim`` into ``[0, ndim)``; a 0-d tensor accepts 0 and -1."""
+    if type(dim) is not int:
+        check_int(op, name, dim)
+        dim = int(dim)
     size = max(ndim, 1)
     if not -size <= dim < size:
         raise IndexError(
@@ -81,9 +161,12 @@ def normalize_dim(op: str, dim: int, ndim: int) -> int:
 
 def int_pair(op: str, name: str, value: int | tuple[int, ...], minimum: int) -> tuple[int, int]:
     """An int or a pair of ints (torch's ``_pair`` arguments: kernel_size, stride, ...) as a pair,
-    each at least ``minimum``."""
-    pair = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, (tuple, list)) else ()
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
+    each at least ``minimum``. TypeError for something other than ints, ValueError for a wrong length
+    or a value below ``minimum``."""
+    pair = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, (tuple, list)) else None
+    if pair is None or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+    if len(pair) != 2:
         raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
     if min(pair) < minimum:
         raise ValueError(f"{op}: {name} must be at least {minimum}, got {value!r}")

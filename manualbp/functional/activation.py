@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from manualbp.functional._dispatch import apply, compile_twin
-from manualbp.functional._validation import check_floating, normalize_dim, reject_inplace
+from manualbp.functional._validation import check_choice, check_floating, check_real, normalize_dim, reject_inplace
 
 
 @compile_twin
@@ -332,6 +332,7 @@ def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
 def leaky_relu(input: torch.Tensor, negative_slope: float = 0.01, inplace: bool = False) -> torch.Tensor:
     """Hand-differentiated ``torch.nn.functional.leaky_relu``."""
     check_floating("leaky_relu", input=input)
+    check_real("leaky_relu", "negative_slope", negative_slope)
     reject_inplace("leaky_relu", inplace)
     return apply(LeakyReLUFunction, input, float(negative_slope))
 
@@ -339,6 +340,7 @@ def leaky_relu(input: torch.Tensor, negative_slope: float = 0.01, inplace: bool 
 def elu(input: torch.Tensor, alpha: float = 1.0, inplace: bool = False) -> torch.Tensor:
     """Hand-differentiated ``torch.nn.functional.elu``."""
     check_floating("elu", input=input)
+    check_real("elu", "alpha", alpha)
     reject_inplace("elu", inplace)
     return apply(ELUFunction, input, float(alpha))
 
@@ -355,11 +357,13 @@ def tanh(input: torch.Tensor) -> torch.Tensor:
     return apply(TanhFunction, input)
 
 
+GELU_APPROXIMATIONS = ("none", "tanh")
+
+
 def gelu(input: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     """Hand-differentiated ``torch.nn.functional.gelu``; ``approximate`` is "none" or "tanh"."""
     check_floating("gelu", input=input)
-    if approximate not in ("none", "tanh"):
-        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    check_choice("gelu", "approximate", approximate, GELU_APPROXIMATIONS)
     return apply(GELUFunction, input, approximate)
 
 

@@ -18,7 +18,14 @@ import torch.nn.functional as F
 
 from manualbp.functional._dispatch import apply, compile_twin
 from manualbp.functional._tangents import tangent_sum
-from manualbp.functional._validation import check_dim, check_floating, check_same_dtype, int_pair, shape_str
+from manualbp.functional._validation import (
+    check_dim,
+    check_floating,
+    check_same_device,
+    check_same_dtype,
+    int_pair,
+    shape_str,
+)
 
 Pair = tuple[int, int]
 
@@ -169,11 +176,17 @@ def conv2d(
     op = "conv2d"
     check_floating(op, input=input, weight=weight, bias=bias)
     check_same_dtype(op, input=input, weight=weight, bias=bias)
+    check_same_device(op, input=input, weight=weight, bias=bias)
     check_dim(op, "input", input, (3, 4))
     check_dim(op, "weight", weight, (4,))
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
         raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
     out_channels, per_group, kh, kw = weight.shape
+    if kh < 1 or kw < 1:
+        raise ValueError(
+            f"{op}: weight of shape {shape_str(weight)} has an empty kernel of size {(kh, kw)}; "
+            "kernel_size must be at least 1"
+        )
     if out_channels % groups != 0:
         raise ValueError(
             f"{op}: groups={groups} does not divide the {out_channels} output channels of weight of shape "

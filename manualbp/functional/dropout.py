@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from manualbp.functional._dispatch import apply, compile_twin
-from manualbp.functional._validation import check_floating, reject_inplace
+from manualbp.functional._validation import check_floating, check_unit_interval, reject_inplace
 
 
 @compile_twin
@@ -57,8 +57,7 @@ def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace:
     """Hand-differentiated ``torch.nn.functional.dropout``; identity when not ``training`` or p == 0."""
     check_floating("dropout", input=input)
     reject_inplace("dropout", inplace)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout: probability has to be between 0 and 1, but got {p}")
+    check_unit_interval("dropout", "probability", p)
     if not training or p == 0.0 or input.numel() == 0:
         return input
     return apply(DropoutFunction, input, dropout_mask(input, p))

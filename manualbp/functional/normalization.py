@@ -28,7 +28,6 @@ torch does: r ← (1 - m) r + m s, with s the batch mean and the unbiased batch 
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import torch
@@ -36,7 +35,16 @@ import torch.nn.functional as F
 
 from manualbp.functional._dispatch import apply, compile_twin
 from manualbp.functional._tangents import tangent_sum
-from manualbp.functional._validation import check_dim, check_floating, check_same_dtype, shape_str
+from manualbp.functional._validation import (
+    check_dim,
+    check_floating,
+    check_non_negative,
+    check_same_device,
+    check_same_dtype,
+    check_unit_interval,
+    is_int,
+    shape_str,
+)
 
 
 def _channel_shape(x: torch.Tensor) -> list[int]:
@@ -283,11 +291,16 @@ def batch_norm(
     op = "batch_norm"
     check_floating(op, input=input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     check_same_dtype(op, input=input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
+    check_same_device(op, input=input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     check_dim(op, "input", input, range(2, 1 << 30))
     _check_channel_vectors(op, input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{op}: running_mean and running_var must be given together (or both be None)")
+    check_non_negative(op, "eps", eps)
+    check_unit_interval(op, "momentum", momentum)
     if training:
+        if eps == 0:  # as torch: the variance of a constant channel would divide by zero
+            raise ValueError(f"{op}: eps must be positive during training, got {eps}")
         values_per_channel = input.numel() // input.shape[1] if input.shape[1] else 0
         if values_per_channel == 1:
             raise ValueError(
@@ -301,12 +314,19 @@ def batch_norm(
     return apply(BatchNormFunction, input, weight, bias, running_mean, running_var, float(eps))
 
 
-def _normalized_shape(op: str, normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
-    if isinstance(normalized_shape, numbers.Integral):
-        return (int(normalized_shape),)
-    shape = tuple(int(s) for s in normalized_shape)
+def normalized_shape_tuple(op: str, normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
+    """layer_norm's ``normalized_shape`` (an int, or a sequence of ints such as a torch.Size) as a checked
+    tuple of one or more sizes >= 0; shared with the LayerNorm layer's constructor."""
+    if is_int(normalized_shape):
+        shape = (int(normalized_shape),)
+    elif isinstance(normalized_shape, (tuple, list)) and all(is_int(s) for s in normalized_shape):
+        shape = tuple(int(s) for s in normalized_shape)
+    else:
+        raise TypeError(f"{op}: normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}")
     if not shape:
         raise ValueError(f"{op}: normalized_shape must name at least one dimension, got {tuple(normalized_shape)}")
+    if min(shape) < 0:
+        raise ValueError(f"{op}: normalized_shape must hold sizes >= 0, got {shape}")
     return shape
 
 
@@ -324,7 +344,9 @@ def layer_norm(
     op = "layer_norm"
     check_floating(op, input=input, weight=weight, bias=bias)
     check_same_dtype(op, input=input, weight=weight, bias=bias)
-    shape = _normalized_shape(op, normalized_shape)
+    check_same_device(op, input=input, weight=weight, bias=bias)
+    check_non_negative(op, "eps", eps)
+    shape = normalized_shape_tuple(op, normalized_shape)
     if input.dim() < len(shape) or tuple(input.shape[input.dim() - len(shape) :]) != shape:
         raise ValueError(
             f"{op}: input of shape {shape_str(input)} does not end in normalized_shape {shape}: "

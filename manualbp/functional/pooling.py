@@ -215,6 +215,25 @@ class AdaptiveAvgPool2dFunction(torch.autograd.Function):
 
 
 
+def pool_window(
+    op: str,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None,
+    padding: int | tuple[int, int],
+    dilation: int | tuple[int, int] = 1,
+) -> tuple[Pair, Pair, Pair, Pair]:
+    """Checked (kernel, stride, padding, dilation) pairs of a pooling window, as torch's pools require
+    them; stride None (or empty) means kernel_size. Shared by the functional pools and the pool layers'
+    constructors."""
+    kernel = int_pair(op, "kernel_size", kernel_size, 1)
+    stride = kernel if stride is None or stride in ((), []) else int_pair(op, "stride", stride, 1)
+    pad = int_pair(op, "padding", padding, 0)
+    dil = int_pair(op, "dilation", dilation, 1)
+    if any(p > k // 2 for p, k in zip(pad, kernel)):
+        raise ValueError(f"{op}: padding {pad} must be at most half of kernel_size {kernel}")
+    return kernel, stride, pad, dil
+
+
 def _pool_geometry(
     op: str,
     input: torch.Tensor,
@@ -223,15 +242,10 @@ def _pool_geometry(
     padding: int | tuple[int, int],
     dilation: int | tuple[int, int] = 1,
 ) -> tuple[Pair, Pair, Pair, Pair]:
-    """Checked (kernel, stride, padding, dilation) pairs; stride None (or empty) means kernel_size."""
+    """The checked ``pool_window`` of a pool over ``input``, whose (padded) planes must hold a window."""
     check_floating(op, input=input)
     check_dim(op, "input", input, (3, 4))
-    kernel = int_pair(op, "kernel_size", kernel_size, 1)
-    stride = kernel if stride is None or stride in ((), []) else int_pair(op, "stride", stride, 1)
-    pad = int_pair(op, "padding", padding, 0)
-    dil = int_pair(op, "dilation", dilation, 1)
-    if any(p > k // 2 for p, k in zip(pad, kernel)):
-        raise ValueError(f"{op}: padding {pad} must be at most half of kernel_size {kernel}")
+    kernel, stride, pad, dil = pool_window(op, kernel_size, stride, padding, dilation)
     size = tuple(input.shape[-2:])
     padded = tuple(s + 2 * p for s, p in zip(size, pad))
     effective = tuple(d * (k - 1) + 1 for d, k in zip(dil, kernel))
@@ -242,6 +256,29 @@ def _pool_geometry(
             f"(input of shape {shape_str(input)}, padding {pad})"
         )
     return kernel, stride, pad, dil
+
+
+def check_divisor_override(op: str, divisor_override: int | None) -> None:
+    """Raise ValueError unless ``divisor_override`` (avg_pool2d's) is None or a non-zero int."""
+    if divisor_override is not None and (
+        not isinstance(divisor_override, int) or isinstance(divisor_override, bool) or divisor_override == 0
+    ):
+        raise ValueError(f"{op}: divisor_override must be a non-zero int or None, got {divisor_override!r}")
+
+
+def adaptive_output_size(
+    op: str, output_size: int | None | tuple[int | None, int | None]
+) -> tuple[int | None, int | None]:
+    """adaptive_avg_pool2d's ``output_size`` as a checked pair of positive ints or None (keep that dimension)."""
+    if output_size is None or isinstance(output_size, int):
+        sizes = (output_size, output_size)
+    elif isinstance(output_size, (tuple, list)) and len(output_size) == 2:
+        sizes = tuple(output_size)
+    else:
+        raise ValueError(f"{op}: output_size must be an int, None or a pair of them, got {output_size!r}")
+    if not all(o is None or (isinstance(o, int) and not isinstance(o, bool) and o >= 1) for o in sizes):
+        raise ValueError(f"{op}: output_size must hold positive ints or None, got {output_size!r}")
+    return sizes  # type: ignore[return-value]
 
 
 def max_pool2d(
@@ -271,10 +308,7 @@ def avg_pool2d(
 ) -> torch.Tensor:
     """Hand-differentiated ``torch.nn.functional.avg_pool2d``."""
     kernel, stride, pad, _ = _pool_geometry("avg_pool2d", input, kernel_size, stride, padding)
-    if divisor_override is not None and (
-        not isinstance(divisor_override, int) or isinstance(divisor_override, bool) or divisor_override == 0
-    ):
-        raise ValueError(f"avg_pool2d: divisor_override must be a non-zero int or None, got {divisor_override!r}")
+    check_divisor_override("avg_pool2d", divisor_override)
     return apply(
         AvgPool2dFunction, input, kernel, stride, pad, bool(ceil_mode), bool(count_include_pad), divisor_override
     )
@@ -286,12 +320,8 @@ def adaptive_avg_pool2d(input: torch.Tensor, output_size: int | None | tuple[int
     op = "adaptive_avg_pool2d"
     check_floating(op, input=input)
     check_dim(op, "input", input, (3, 4))
-    sizes = (output_size, output_size) if output_size is None or isinstance(output_size, int) else tuple(output_size)
-    if len(sizes) != 2:
-        raise ValueError(f"{op}: output_size must be an int, None or a pair of them, got {output_size!r}")
+    sizes = adaptive_output_size(op, output_size)
     resolved = tuple(s if o is None else o for s, o in zip(input.shape[-2:], sizes))
-    if not all(isinstance(o, int) and not isinstance(o, bool) and o >= 1 for o in resolved):
-        raise ValueError(f"{op}: output_size must hold positive ints or None, got {output_size!r}")
     if min(input.shape[-2:]) < 1:
         raise ValueError(f"{op}: input of shape {shape_str(input)} has an empty spatial dimension")
     return apply(AdaptiveAvgPool2dFunction, input, resolved)

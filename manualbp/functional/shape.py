@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from manualbp.functional._dispatch import apply, compile_twin
-from manualbp.functional._validation import normalize_dim
+from manualbp.functional._validation import check_tensor, normalize_dim
 
 
 @compile_twin
@@ -40,10 +40,9 @@ class FlattenFunction(torch.autograd.Function):
 
 def flatten(input: torch.Tensor, start_dim: int = 0, end_dim: int = -1) -> torch.Tensor:
     """Hand-differentiated ``torch.flatten``: merge dims ``start_dim`` to ``end_dim`` (inclusive)."""
-    if not isinstance(input, torch.Tensor):
-        raise TypeError(f"flatten: input must be a Tensor, got {type(input).__name__}")
-    start = normalize_dim("flatten", start_dim, input.dim())
-    end = normalize_dim("flatten", end_dim, input.dim())
+    check_tensor("flatten", "input", input)
+    start = normalize_dim("flatten", start_dim, input.dim(), "start_dim")
+    end = normalize_dim("flatten", end_dim, input.dim(), "end_dim")
     if start > end:
         raise ValueError(
             f"flatten: start_dim ({start_dim}) comes after end_dim ({end_dim}) for an input of shape "

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -19,9 +20,16 @@ class ManualModule:
     A manual layer subclasses its ``torch.nn`` twin, so the constructor, parameter and buffer names,
     default initialisation and ``extra_repr`` are the twin's own; it overrides ``forward`` to call
     ``manualbp.functional``, whose Functions carry the hand-written backward passes.
-    Arguments of the twin that the manual layer cannot honour are rejected in
-    ``check_supported`` with ``NotImplementedError``; it runs at the end of construction (the twin's
-    constructor, wrapped) and in ``from_torch``.
+
+    A layer is checked where it is built, so a bad hyper-parameter fails there, naming the layer and
+    the value, rather than at the first forward or never. Two hooks:
+
+    * ``check_arguments`` runs before the twin's constructor, on the bound constructor arguments, for
+      values that constructor would crash on with an unclear message (a negative size reaching
+      ``torch.empty``, a ``p`` it cannot compare);
+    * ``check_supported`` runs at the end of construction and in ``from_torch``, on the attributes:
+      ``ValueError``/``TypeError`` for an invalid hyper-parameter (a zero kernel, a negative eps),
+      ``NotImplementedError`` for a configuration of the twin the manual forward cannot honour.
     """
 
     torch_twin: ClassVar[type[torch.nn.Module]]
@@ -36,8 +44,13 @@ class ManualModule:
         if "__init__" not in cls.__dict__:
             cls.__init__ = _construct_then_check(cls.torch_twin.__init__)
 
+    def check_arguments(self, arguments: Mapping[str, Any]) -> None:
+        """Raise ``ValueError``/``TypeError`` for a constructor argument (by name, defaults filled in) that
+        the twin's constructor would reject unclearly; runs before that constructor."""
+
     def check_supported(self) -> None:
-        """Raise ``NotImplementedError`` naming any configuration the manual forward cannot honour."""
+        """Raise ``ValueError``/``TypeError`` for an invalid hyper-parameter and ``NotImplementedError`` for
+        any configuration the manual forward cannot honour."""
 
     def _get_name(self) -> str:
         return "manualbp." + type(self).__name__
@@ -47,10 +60,7 @@ class ManualModule:
         """A manual layer sharing ``module``'s Parameters, buffers, hooks and mode (nothing is copied)."""
         if type(module) is not cls.torch_twin:
             raise TypeError(f"{cls.__name__}.from_torch expects a {cls.torch_twin.__name__}, got {type(module).__name__}")
-        manual = cls.__new__(cls)
-        manual.__dict__.update(
-            {key: value.copy() if isinstance(value, dict) else value for key, value in module.__dict__.items()}
-        )
+        manual = share_state(module, cls)
         manual.check_supported()
         return manual
 
@@ -59,18 +69,34 @@ class ManualModule:
 
         The inverse of ``from_torch``: the same configuration, computed by torch's own forward (autograd's backward).
         """
-        twin = self.torch_twin.__new__(self.torch_twin)
-        twin.__dict__.update(
-            {key: value.copy() if isinstance(value, dict) else value for key, value in self.__dict__.items()}
-        )
-        return twin
+        return share_state(self, self.torch_twin)
+
+
+_Layer = TypeVar("_Layer", bound=torch.nn.Module)
+
+
+def share_state(module: torch.nn.Module, cls: type[_Layer]) -> _Layer:
+    """An instance of ``cls`` made from ``module``'s attributes, without calling a constructor: the same
+    configuration and the same Parameter and buffer objects, hooks and train/eval mode (the registries
+    are copied dicts of the same objects, so adding a hook to one later does not affect the other)."""
+    layer = cls.__new__(cls)
+    layer.__dict__.update({key: value.copy() if isinstance(value, dict) else value for key, value in module.__dict__.items()})
+    return layer
 
 
 def _construct_then_check(torch_init: Callable[..., None]) -> Callable[..., None]:
-    """The twin's constructor (signature and docs kept) followed by ``check_supported``."""
+    """The twin's constructor (signature and docs kept) between ``check_arguments`` and ``check_supported``."""
+    signature = inspect.signature(torch_init)
 
     @functools.wraps(torch_init)
     def __init__(self: ManualModule, *args: Any, **kwargs: Any) -> None:
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError:  # a wrong call: the twin's constructor reports it in torch's words
+            pass
+        else:
+            bound.apply_defaults()
+            self.check_arguments(bound.arguments)
         torch_init(self, *args, **kwargs)
         self.check_supported()
 
@@ -82,9 +108,15 @@ def manual_twin(torch_class: type[torch.nn.Module]) -> type[ManualModule] | None
     return _TWINS.get(torch_class)
 
 
+def layer_name(module: torch.nn.Module) -> str:
+    """How error messages name a layer: ``manualbp.nn.Conv2d``."""
+    return f"manualbp.nn.{type(module).__name__}"
+
+
 def reject_inplace(module: torch.nn.Module) -> None:
+    """Raise ``NotImplementedError`` for a layer built with ``inplace=True``."""
     if getattr(module, "inplace", False):
         raise NotImplementedError(
-            f"manualbp.nn.{type(module).__name__}: inplace=True is not supported; the hand-written backward "
+            f"{layer_name(module)}: inplace=True is not supported; the hand-written backward "
             "keeps its input, so the layer always returns a new tensor"
         )

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 from manualbp import functional as MF
-from manualbp.nn._base import ManualModule, reject_inplace
+from manualbp.functional._validation import check_choice, check_real
+from manualbp.functional.activation import GELU_APPROXIMATIONS
+from manualbp.nn._base import ManualModule, layer_name, reject_inplace
 
 
 class ReLU(ManualModule, torch.nn.ReLU):
@@ -20,7 +22,9 @@ class ReLU(ManualModule, torch.nn.ReLU):
 class LeakyReLU(ManualModule, torch.nn.LeakyReLU):
     """x or negative_slope·x as ``torch.nn.LeakyReLU``; ``inplace=True`` is not supported."""
 
-    check_supported = reject_inplace
+    def check_supported(self) -> None:
+        reject_inplace(self)
+        check_real(layer_name(self), "negative_slope", self.negative_slope)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return MF.leaky_relu(input, self.negative_slope)
@@ -29,7 +33,9 @@ class LeakyReLU(ManualModule, torch.nn.LeakyReLU):
 class ELU(ManualModule, torch.nn.ELU):
     """x or α(e^x - 1) as ``torch.nn.ELU``; ``inplace=True`` is not supported."""
 
-    check_supported = reject_inplace
+    def check_supported(self) -> None:
+        reject_inplace(self)
+        check_real(layer_name(self), "alpha", self.alpha)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return MF.elu(input, self.alpha)
@@ -51,6 +57,9 @@ class Tanh(ManualModule, torch.nn.Tanh):
 
 class GELU(ManualModule, torch.nn.GELU):
     """x Φ(x) (or its tanh approximation) as ``torch.nn.GELU``."""
+
+    def check_supported(self) -> None:
+        check_choice(layer_name(self), "approximate", self.approximate, GELU_APPROXIMATIONS)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return MF.gelu(input, self.approximate)

@@ -5,7 +5,36 @@ from __future__ import annotations
 import torch
 
 from manualbp import functional as MF
+from manualbp.functional._validation import check_int, int_pair
 from manualbp.nn._base import ManualModule
+
+_OP = "manualbp.nn.Conv2d"
+
+
+def _check_arguments(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int],
+    padding: str | int | tuple[int, int],
+    dilation: int | tuple[int, int],
+    groups: int,
+) -> None:
+    """Sizes, window and groups of a Conv2d, checked before torch's constructor, which accepts a zero
+    kernel or stride silently and crashes on a negative size with a message naming neither the layer
+    nor the argument."""
+    check_int(_OP, "in_channels", in_channels, 0)
+    check_int(_OP, "out_channels", out_channels, 0)
+    int_pair(_OP, "kernel_size", kernel_size, 1)
+    int_pair(_OP, "stride", stride, 1)
+    int_pair(_OP, "dilation", dilation, 1)
+    if not isinstance(padding, str):  # "valid" and "same" are checked by torch's constructor
+        int_pair(_OP, "padding", padding, 0)
+    check_int(_OP, "groups", groups, 1)
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(
+            f"{_OP}: groups={groups} must divide both in_channels={in_channels} and out_channels={out_channels}"
+        )
 
 
 class Conv2d(ManualModule, torch.nn.Conv2d):
@@ -29,11 +58,7 @@ class Conv2d(ManualModule, torch.nn.Conv2d):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        if isinstance(groups, int) and groups > 0 and (in_channels % groups or out_channels % groups):
-            raise ValueError(
-                f"manualbp.nn.Conv2d: groups={groups} must divide both in_channels={in_channels} and "
-                f"out_channels={out_channels}"
-            )
+        _check_arguments(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         super().__init__(
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, device, dtype
         )
@@ -42,7 +67,7 @@ class Conv2d(ManualModule, torch.nn.Conv2d):
     def check_supported(self) -> None:
         if self.padding_mode != "zeros":
             raise NotImplementedError(
-                f"manualbp.nn.Conv2d: padding_mode={self.padding_mode!r} is not supported; only 'zeros' is"
+                f"{_OP}: padding_mode={self.padding_mode!r} is not supported; only 'zeros' is"
             )
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from collections.abc import Mapping
+from typing import Any
+
 from manualbp import functional as MF
-from manualbp.nn._base import ManualModule, reject_inplace
+from manualbp.functional._validation import check_unit_interval
+from manualbp.nn._base import ManualModule, layer_name, reject_inplace
 
 
 class Dropout(ManualModule, torch.nn.Dropout):
@@ -14,6 +18,9 @@ class Dropout(ManualModule, torch.nn.Dropout):
     is not supported."""
 
     check_supported = reject_inplace
+
+    def check_arguments(self, arguments: Mapping[str, Any]) -> None:
+        check_unit_interval(layer_name(self), "p", arguments["p"])
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return MF.dropout(input, self.p, self.training)

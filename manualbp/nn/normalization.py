@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
 from manualbp import functional as MF
-from manualbp.functional._validation import check_dim
-from manualbp.nn._base import ManualModule
+from manualbp.functional._validation import check_dim, check_int, check_non_negative, check_unit_interval
+from manualbp.functional.normalization import normalized_shape_tuple
+from manualbp.nn._base import ManualModule, layer_name
 
 
 def _batch_norm_forward(module: torch.nn.modules.batchnorm._BatchNorm, input: torch.Tensor) -> torch.Tensor:
@@ -38,10 +42,25 @@ def _batch_norm_forward(module: torch.nn.modules.batchnorm._BatchNorm, input: to
     )
 
 
+def _check_num_features(module: torch.nn.Module, arguments: Mapping[str, Any]) -> None:
+    """A batch-norm layer's ``num_features``, before torch's constructor sizes its buffers with it."""
+    check_int(layer_name(module), "num_features", arguments["num_features"], 0)
+
+
+def _check_batch_norm(module: torch.nn.modules.batchnorm._BatchNorm) -> None:
+    """A batch-norm layer's eps (>= 0) and momentum (in [0, 1], or None for a cumulative average)."""
+    check_non_negative(layer_name(module), "eps", module.eps)
+    if module.momentum is not None:
+        check_unit_interval(layer_name(module), "momentum", module.momentum)
+
+
 class BatchNorm1d(ManualModule, torch.nn.BatchNorm1d):
     """Batch normalisation of (N, C) or (N, C, L) as ``torch.nn.BatchNorm1d`` (eps, momentum or None,
     affine, bias, track_running_stats; same buffers and running-statistics updates).
     Backward in ``manualbp.functional.BatchNormFunction``."""
+
+    check_arguments = _check_num_features
+    check_supported = _check_batch_norm
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         check_dim("manualbp.nn.BatchNorm1d", "input", input, (2, 3))
@@ -55,6 +74,9 @@ class BatchNorm2d(ManualModule, torch.nn.BatchNorm2d):
     affine, bias, track_running_stats; same buffers and running-statistics updates).
     Backward in ``manualbp.functional.BatchNormFunction``."""
 
+    check_arguments = _check_num_features
+    check_supported = _check_batch_norm
+
     def _check_input_dim(self, input: torch.Tensor) -> None:
         check_dim("manualbp.nn.BatchNorm2d", "input", input, (4,))
 
@@ -65,6 +87,12 @@ class BatchNorm2d(ManualModule, torch.nn.BatchNorm2d):
 class LayerNorm(ManualModule, torch.nn.LayerNorm):
     """Normalisation over the trailing ``normalized_shape`` dims as ``torch.nn.LayerNorm`` (eps,
     elementwise_affine, bias). Backward in ``manualbp.functional.LayerNormFunction``."""
+
+    def check_arguments(self, arguments: Mapping[str, Any]) -> None:
+        normalized_shape_tuple(layer_name(self), arguments["normalized_shape"])
+
+    def check_supported(self) -> None:
+        check_non_negative(layer_name(self), "eps", self.eps)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return MF.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)

@@ -21,7 +21,7 @@ BAD_CALLS = [
     ("linear-integer-input", lambda: MF.linear(torch.ones(2, 4, dtype=torch.int64), W), TypeError, r"linear: expected a floating-point input, got dtype torch.int64 with shape \(2, 4\)"),
     ("relu-integer-input", lambda: MF.relu(torch.ones(3, dtype=torch.int32)), TypeError, r"relu: expected a floating-point input, got dtype torch.int32"),
     ("sigmoid-not-a-tensor", lambda: MF.sigmoid([1.0, 2.0]), TypeError, r"sigmoid: input must be a Tensor, got list"),
-    ("gelu-approximate", lambda: MF.gelu(torch.randn(3), approximate="fast"), ValueError, r"gelu: approximate must be 'none' or 'tanh', got 'fast'"),
+    ("gelu-approximate", lambda: MF.gelu(torch.randn(3), approximate="fast"), ValueError, r"gelu: approximate must be one of \('none', 'tanh'\), got 'fast'"),
     ("softmax-dim-out-of-range", lambda: MF.softmax(torch.randn(2, 3), dim=2), IndexError, r"softmax: dimension out of range \(expected to be in range of \[-2, 1\], but got 2\)"),
     ("log_softmax-integer-input", lambda: MF.log_softmax(torch.ones(2, 3, dtype=torch.int64), dim=1), TypeError, r"log_softmax: expected a floating-point input"),
     ("flatten-dims-reversed", lambda: MF.flatten(torch.randn(2, 3, 4), 2, 1), ValueError, r"flatten: start_dim \(2\) comes after end_dim \(1\).*\(2, 3, 4\)"),
@@ -33,7 +33,7 @@ BAD_CALLS = [
     ("cross_entropy-integer-logits", lambda: MF.cross_entropy(torch.ones(4, 5, dtype=torch.int64), torch.zeros(4, dtype=torch.long)), TypeError, r"cross_entropy: expected a floating-point input, got dtype torch.int64"),
     ("cross_entropy-weight-shape", lambda: MF.cross_entropy(torch.randn(4, 5), torch.zeros(4, dtype=torch.long), weight=torch.ones(4)), ValueError, r"cross_entropy: expected weight of shape \(5,\).*got \(4,\)"),
     ("cross_entropy-probability-shape", lambda: MF.cross_entropy(torch.randn(4, 5), torch.rand(4, 4)), ValueError, r"cross_entropy: probability targets must have the input's shape \(4, 5\), got \(4, 4\)"),
-    ("cross_entropy-label-smoothing", lambda: MF.cross_entropy(torch.randn(4, 5), torch.zeros(4, dtype=torch.long), label_smoothing=1.5), ValueError, r"label_smoothing must be between 0.0 and 1.0"),
+    ("cross_entropy-label-smoothing", lambda: MF.cross_entropy(torch.randn(4, 5), torch.zeros(4, dtype=torch.long), label_smoothing=1.5), ValueError, r"cross_entropy: label_smoothing has to be between 0 and 1, but got 1.5"),
     ("cross_entropy-reduction", lambda: MF.cross_entropy(torch.randn(4, 5), torch.zeros(4, dtype=torch.long), reduction="avg"), ValueError, r"cross_entropy: reduction must be one of \('none', 'mean', 'sum'\), got 'avg'"),
     ("cross_entropy-module-target-out-of-range", lambda: mnn.CrossEntropyLoss()(torch.randn(2, 3), torch.tensor([3, 0])), IndexError, r"cross_entropy: target 3 is out of bounds"),
     ("nll_loss-target-out-of-range", lambda: MF.nll_loss(torch.randn(4, 5), torch.tensor([0, 1, 7, 2])), IndexError, r"nll_loss: target 7 is out of bounds"),
@@ -41,6 +41,51 @@ BAD_CALLS = [
     ("mse_loss-not-broadcastable", lambda: MF.mse_loss(torch.randn(3, 4), torch.randn(3, 5)), ValueError, r"mse_loss: input of shape \(3, 4\) and target of shape \(3, 5\) cannot be broadcast"),
     ("mse_loss-dtype-mismatch", lambda: MF.mse_loss(torch.randn(3), torch.randn(3, dtype=torch.float64)), TypeError, r"mse_loss: .*same dtype.*input torch.float32, target torch.float64"),
     ("mse_loss-integer-target", lambda: MF.mse_loss(torch.randn(3), torch.ones(3, dtype=torch.int64)), TypeError, r"mse_loss: expected a floating-point target"),
+    # hyper-parameters of the wrong type or out of range
+    ("leaky_relu-slope-type", lambda: MF.leaky_relu(torch.randn(3), "0.1"), TypeError, r"leaky_relu: negative_slope must be a real number, got '0.1'"),
+    ("elu-alpha-type", lambda: MF.elu(torch.randn(3), None), TypeError, r"elu: alpha must be a real number, got None"),
+    ("softmax-dim-type", lambda: MF.softmax(torch.randn(2, 3), dim=1.0), TypeError, r"softmax: dim must be an int, got 1.0"),
+    ("log_softmax-dim-type", lambda: MF.log_softmax(torch.randn(2, 3), dim="1"), TypeError, r"log_softmax: dim must be an int, got '1'"),
+    ("flatten-start-dim-type", lambda: MF.flatten(torch.randn(2, 3), 0.0), TypeError, r"flatten: start_dim must be an int, got 0.0"),
+    ("flatten-not-a-tensor", lambda: MF.flatten([[1.0]]), TypeError, r"flatten: input must be a Tensor, got list"),
+    ("dropout-negative-probability", lambda: MF.dropout(torch.randn(3), p=-0.1), ValueError, r"dropout: probability has to be between 0 and 1, but got -0.1"),
+    ("dropout-probability-type", lambda: MF.dropout(torch.randn(3), p="0.5"), TypeError, r"dropout: probability must be a real number, got '0.5'"),
+    ("dropout-probability-nan", lambda: MF.dropout(torch.randn(3), p=float("nan")), ValueError, r"dropout: probability has to be between 0 and 1, but got nan"),
+    ("cross_entropy-negative-label-smoothing", lambda: MF.cross_entropy(torch.randn(4, 5), torch.zeros(4, dtype=torch.long), label_smoothing=-0.1), ValueError, r"cross_entropy: label_smoothing has to be between 0 and 1, but got -0.1"),
+    ("cross_entropy-label-smoothing-type", lambda: MF.cross_entropy(torch.randn(4, 5), torch.zeros(4, dtype=torch.long), label_smoothing="0.1"), TypeError, r"cross_entropy: label_smoothing must be a real number, got '0.1'"),
+    ("cross_entropy-ignore-index-type", lambda: MF.cross_entropy(torch.randn(4, 5), torch.zeros(4, dtype=torch.long), ignore_index=1.5), TypeError, r"cross_entropy: ignore_index must be an int, got 1.5"),
+    ("cross_entropy-target-not-a-tensor", lambda: MF.cross_entropy(torch.randn(4, 5), [0, 1, 2, 3]), TypeError, r"cross_entropy: target must be a Tensor, got list"),
+    ("nll_loss-target-not-a-tensor", lambda: MF.nll_loss(torch.randn(4, 5), (0, 1, 2, 3)), TypeError, r"nll_loss: target must be a Tensor, got tuple"),
+    ("mse_loss-target-not-a-tensor", lambda: MF.mse_loss(torch.randn(3), [1.0, 2.0, 3.0]), TypeError, r"mse_loss: target must be a Tensor, got list"),
+    ("mse_loss-reduction", lambda: MF.mse_loss(torch.randn(3), torch.randn(3), reduction="avg"), ValueError, r"mse_loss: reduction must be one of \('none', 'mean', 'sum'\), got 'avg'"),
+    ("batch_norm-negative-eps", lambda: MF.batch_norm(torch.randn(4, 3), torch.zeros(3), torch.ones(3), eps=-1e-5), ValueError, r"batch_norm: eps must be non-negative, got -1e-05"),
+    ("batch_norm-zero-eps-training", lambda: MF.batch_norm(torch.randn(4, 3), None, None, training=True, eps=0.0), ValueError, r"batch_norm: eps must be positive during training, got 0.0"),
+    ("batch_norm-eps-type", lambda: MF.batch_norm(torch.randn(4, 3), torch.zeros(3), torch.ones(3), eps="1e-5"), TypeError, r"batch_norm: eps must be a real number, got '1e-5'"),
+    ("batch_norm-momentum-above-one", lambda: MF.batch_norm(torch.randn(4, 3), torch.zeros(3), torch.ones(3), training=True, momentum=1.5), ValueError, r"batch_norm: momentum has to be between 0 and 1, but got 1.5"),
+    ("batch_norm-negative-momentum", lambda: MF.batch_norm(torch.randn(4, 3), torch.zeros(3), torch.ones(3), training=True, momentum=-0.1), ValueError, r"batch_norm: momentum has to be between 0 and 1, but got -0.1"),
+    ("layer_norm-negative-eps", lambda: MF.layer_norm(torch.randn(2, 4), (4,), eps=-1.0), ValueError, r"layer_norm: eps must be non-negative, got -1.0"),
+    ("layer_norm-shape-string", lambda: MF.layer_norm(torch.randn(2, 8), "8"), TypeError, r"layer_norm: normalized_shape must be an int or a sequence of ints, got '8'"),
+    ("layer_norm-shape-float", lambda: MF.layer_norm(torch.randn(2, 8), (8.5,)), TypeError, r"layer_norm: normalized_shape must be an int or a sequence of ints, got \(8.5,\)"),
+    ("layer_norm-shape-negative", lambda: MF.layer_norm(torch.randn(2, 8), (-8,)), ValueError, r"layer_norm: normalized_shape must hold sizes >= 0, got \(-8,\)"),
+    ("layer_norm-shape-mismatch", lambda: MF.layer_norm(torch.randn(2, 8), (4,)), ValueError, r"layer_norm: input of shape \(2, 8\) does not end in normalized_shape \(4,\)"),
+    ("layer_norm-weight-shape", lambda: MF.layer_norm(torch.randn(2, 8), (8,), torch.ones(4)), ValueError, r"layer_norm: weight of shape \(4,\) does not match normalized_shape \(8,\)"),
+    ("batch_norm-not-a-tensor", lambda: MF.batch_norm([[1.0, 2.0]], None, None, training=True), TypeError, r"batch_norm: input must be a Tensor, got list"),
+]
+
+# Tensors on two devices: "meta" stands in for an accelerator, so this runs on any machine, and the
+# check must fire before the forward (a meta tensor cannot meet a CPU one in any kernel).
+META = "meta"
+DEVICE_CALLS = [
+    ("linear-weight", lambda: MF.linear(torch.randn(2, 4), torch.randn(3, 4, device=META)), r"linear: expected all tensors to be on the same device, got input on cpu, weight on meta"),
+    ("linear-bias", lambda: MF.linear(torch.randn(2, 4), W, torch.zeros(3, device=META)), r"linear: .*input on cpu, weight on cpu, bias on meta"),
+    ("linear-module-input", lambda: mnn.Linear(4, 3)(torch.randn(2, 4, device=META)), r"linear: .*input on meta, weight on cpu, bias on cpu"),
+    ("batch_norm-running-stats", lambda: MF.batch_norm(torch.randn(4, 3), torch.zeros(3, device=META), torch.ones(3, device=META)), r"batch_norm: .*input on cpu, running_mean on meta, running_var on meta"),
+    ("batch_norm-module-input", lambda: mnn.BatchNorm1d(3)(torch.randn(4, 3, device=META)), r"batch_norm: .*input on meta, running_mean on cpu"),
+    ("layer_norm-weight", lambda: MF.layer_norm(torch.randn(2, 4), (4,), torch.ones(4, device=META)), r"layer_norm: .*input on cpu, weight on meta"),
+    ("cross_entropy-target", lambda: MF.cross_entropy(torch.randn(4, 5), torch.zeros(4, dtype=torch.long, device=META)), r"cross_entropy: .*input on cpu, target on meta"),
+    ("cross_entropy-weight", lambda: MF.cross_entropy(torch.randn(4, 5), torch.zeros(4, dtype=torch.long), torch.ones(5, device=META)), r"cross_entropy: .*target on cpu, weight on meta"),
+    ("nll_loss-target", lambda: MF.nll_loss(torch.randn(4, 5), torch.zeros(4, dtype=torch.long, device=META)), r"nll_loss: .*input on cpu, target on meta"),
+    ("mse_loss-target", lambda: MF.mse_loss(torch.randn(3), torch.randn(3, device=META)), r"mse_loss: .*input on cpu, target on meta"),
 ]
 
 
@@ -48,6 +93,39 @@ BAD_CALLS = [
 def test_bad_input_names_op_and_shapes(call, exception, pattern):
     with pytest.raises(exception, match=pattern):
         call()
+
+
+@pytest.mark.parametrize("call, pattern", [pytest.param(*c[1:], id=c[0]) for c in DEVICE_CALLS])
+def test_tensors_on_two_devices_name_op_and_devices(call, pattern):
+    with pytest.raises(RuntimeError, match=pattern):
+        call()
+
+
+def test_same_device_check_accepts_one_device_and_absent_tensors():
+    """The check compares devices only: all-meta tensors pass it (and the op runs on meta)."""
+    x, w = torch.randn(2, 4, device=META), torch.randn(3, 4, device=META)
+    assert MF.linear(x, w).device.type == META
+    assert MF.linear(x, w, None).shape == (2, 3)
+
+
+def test_hyper_parameters_accept_what_torch_accepts():
+    """Python and NumPy numbers, ints for floats and 0-d tensors pass the new type checks, as in torch."""
+    import numpy as np
+
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(MF.leaky_relu(x, np.float32(0.2)), torch.nn.functional.leaky_relu(x, 0.2))
+    torch.testing.assert_close(MF.elu(x, 1), torch.nn.functional.elu(x, 1.0))
+    torch.testing.assert_close(MF.softmax(x, np.int64(1)), torch.softmax(x, 1))
+    assert MF.flatten(torch.randn(2, 3, 4), np.int32(1)).shape == (2, 12)
+    torch.testing.assert_close(MF.layer_norm(x, torch.Size([3])), torch.nn.functional.layer_norm(x, (3,)))
+    torch.testing.assert_close(MF.layer_norm(x, [np.int64(3)]), torch.nn.functional.layer_norm(x, (3,)))
+    assert MF.dropout(x, torch.tensor(0.0)).shape == x.shape
+    running_mean, running_var = torch.zeros(3), torch.ones(3)
+    MF.batch_norm(x, running_mean, running_var, training=True, momentum=torch.tensor(0.5))
+    torch.testing.assert_close(running_mean, 0.5 * x.mean(0))
+    torch.testing.assert_close(
+        MF.batch_norm(x, torch.zeros(3), torch.ones(3), eps=0.0), torch.nn.functional.batch_norm(x, torch.zeros(3), torch.ones(3), eps=0.0)
+    )
 
 
 def test_ignored_targets_may_lie_outside_the_class_range():
