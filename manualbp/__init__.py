@@ -4,12 +4,23 @@
 ``manualbp.nn`` the ``torch.nn``-compatible layers built on them, and ``manualbp.convert`` swaps the
 layers of an existing torch model for manual ones (``manualbp.to_torch``, a copy back to torch.nn).
 ``manualbp.trace(model)`` records each layer's activation, error signal ∂L/∂y and parameter gradients
-during a forward and backward.
+during a forward and backward. ``manualbp.detect_nonfinite()`` makes every manual backward raise
+``NonFiniteGradientError`` at the first gradient holding nan or inf, naming the op and the input.
 """
 
 from manualbp import functional, nn
 from manualbp.convert import convert, to_torch
+from manualbp.functional._nonfinite import NonFiniteGradientError, detect_nonfinite, is_nonfinite_detection_enabled
 from manualbp.trace import trace
 
-__all__ = ["convert", "functional", "nn", "to_torch", "trace"]
+__all__ = [
+    "NonFiniteGradientError",
+    "convert",
+    "detect_nonfinite",
+    "functional",
+    "is_nonfinite_detection_enabled",
+    "nn",
+    "to_torch",
+    "trace",
+]
 __version__ = "0.1.0"

@@ -26,6 +26,10 @@ instead of rebuilding it. Measured on 2 CPU threads: ``linear`` on tiny tensors 
 ``cross_entropy`` 118 -> 97 µs. The cached signature is the one ``inspect`` would compute, so binding
 behaves as before.
 
+The decorator is also the one place that gives every Function the opt-in non-finite gradient check
+(``manualbp.detect_nonfinite``): it wraps ``backward`` before the twin is made, so the twin inherits
+the checked backward (``manualbp.functional._nonfinite``).
+
 The twin is created eagerly rather than on first use so that Dynamo never has to trace the class
 creation, and it belongs to the decorated class only: a subclass of a decorated Function must be
 decorated itself to get its own twin.
@@ -38,13 +42,17 @@ from typing import Any, TypeVar
 
 import torch
 
+from manualbp.functional._nonfinite import check_backward
+
 FunctionType = TypeVar("FunctionType", bound=type[torch.autograd.Function])
 
 
 def compile_twin(cls: FunctionType) -> FunctionType:
     """Class decorator: attach ``cls.compile_twin``, a subclass of ``cls`` without ``jvp``, and
-    ``cls.apply_compile_twin``, a staticmethod that applies it; cache ``forward``'s signature."""
+    ``cls.apply_compile_twin``, a staticmethod that applies it; cache ``forward``'s signature; wrap
+    ``backward`` with the ``detect_nonfinite`` check."""
     cls.forward.__signature__ = inspect.signature(cls.forward)  # see the module docstring
+    check_backward(cls)
     twin = type(
         cls.__name__,
         (cls,),
