@@ -80,7 +80,7 @@ class ManualbpCLI(LightningCLI):
         checkpoint = self.trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint is not None else ""
         results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
-        if results and "test_acc" in results[0]:
+        if results and "test_acc" in results[0] and self.trainer.is_global_zero:
             source = f"best checkpoint {best}" if best else "final weights"
             print(f"test_acc = {results[0]['test_acc']:.4f} ({source})")
 

@@ -4,18 +4,26 @@
 ``MNISTDataModule``: torchvision's MNIST, FashionMNIST or KMNIST (28x28) read from ``data_dir``.
 
 Both hold their splits as tensors (N, 1, H, W) float32, standardised with the training split's mean
-and standard deviation, and split with a seeded generator, so a run is reproducible.
+and standard deviation, and split with a seeded generator, so a run is reproducible. The training order of
+each epoch is a function of (seed, epoch) alone, so a run resumed from a checkpoint sees the same batches as
+one that never stopped, and under DDP the ranks share each epoch's order out among them.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset, random_split
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset, random_split
+
+from manualbp.functional._validation import check_int
 
 DatasetName = Literal["mnist", "fashion_mnist", "kmnist"]
 
@@ -25,6 +33,20 @@ IDX_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
+
+
+class EpochShuffler(DistributedSampler):
+    """A ``DistributedSampler`` (its order a function of ``seed + epoch``, shared out among the ranks) that
+    moves on to the next epoch after each pass, so that a plain loop over the loader that never calls
+    ``set_epoch`` still gets a new order every epoch.
+
+    Being a ``DistributedSampler``, Lightning keeps it under DDP rather than wrapping it in its own.
+    """
+
+    def __iter__(self) -> Iterator[int]:
+        indices = super().__iter__()
+        self.epoch += 1
+        return indices
 
 
 class TensorDataModule(pl.LightningDataModule):
@@ -38,8 +60,10 @@ class TensorDataModule(pl.LightningDataModule):
 
     def __init__(self, batch_size: int, num_workers: int, seed: int) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        name = type(self).__name__
+        check_int(name, "batch_size", batch_size, 1)
+        check_int(name, "num_workers", num_workers, 0)
+        check_int(name, "seed", seed, 0)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
@@ -55,17 +79,40 @@ class TensorDataModule(pl.LightningDataModule):
         )
 
     def _loader(self, dataset: TensorDataset | None, shuffle: bool) -> DataLoader:
+        """A loader over ``dataset``, in the order of ``_shuffler`` when ``shuffle``, else in index order.
+
+        Its own generator (it seeds the worker processes) keeps the loader from drawing on the global RNG,
+        so iterating the data does not move the random stream that dropout draws from.
+        """
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for a dataloader")
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=self._shuffler(dataset) if shuffle else None,
             num_workers=self.num_workers,
-            generator=generator,
+            generator=torch.Generator().manual_seed(self.seed),
             persistent_workers=self.num_workers > 0,
         )
+
+    def _shuffler(self, dataset: TensorDataset) -> EpochShuffler:
+        """This process's share of a random order of ``dataset`` drawn from ``seed + epoch`` alone.
+
+        Given the trainer's world size and rank (1 and 0 in a single process or with no trainer), so every
+        rank cuts its share from the same order. Lightning calls ``set_epoch`` before each epoch, but a loader
+        with workers draws its first indices when its iterator is made, before that call (Lightning issue
+        #21938); so the sampler starts at the epoch the fit loop is about to run, after a restart the
+        checkpoint's next one.
+        """
+        trainer = self.trainer
+        world_size, rank, epoch = (
+            (trainer.world_size, trainer.global_rank, trainer.fit_loop.epoch_progress.current.processed)
+            if trainer is not None
+            else (1, 0, 0)
+        )
+        sampler = EpochShuffler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed)
+        sampler.set_epoch(epoch)
+        return sampler
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
@@ -161,32 +208,60 @@ class MNISTDataModule(TensorDataModule):
     def raw_folder(self) -> Path:
         return Path(self.data_dir) / _TORCHVISION_CLASSES[self.dataset] / "raw"
 
-    def _torchvision_dataset(self, train: bool, download: bool):
+    def _torchvision_dataset(self, root: str | Path, train: bool, download: bool):
         import torchvision
 
         cls = getattr(torchvision.datasets, _TORCHVISION_CLASSES[self.dataset])
-        return cls(self.data_dir, train=train, download=download)
+        return cls(root, train=train, download=download)
+
+    def _missing_files(self) -> list[str]:
+        return [name for name in IDX_FILES if not (self.raw_folder / name).exists()]
 
     def _missing_error(self, cause: BaseException | None) -> FileNotFoundError:
-        missing = [name for name in IDX_FILES if not (self.raw_folder / name).exists()]
-        why = "downloading was not allowed (download=False)" if not self.download else f"the download failed ({cause})"
+        if not self.download:
+            why = "downloading was not allowed (download=False)"
+        elif cause is not None:
+            why = f"the download failed ({cause})"
+        else:
+            why = "they have not been downloaded (prepare_data() downloads them)"
         return FileNotFoundError(
-            f"MNISTDataModule: {self.dataset} not found in {self.raw_folder.resolve()}: missing {', '.join(missing)}; "
-            f"{why}. Point --data.data_dir at a folder holding {_TORCHVISION_CLASSES[self.dataset]}/raw/ with the four "
-            "IDX files (torchvision's layout), or allow the download with --data.download=true on a machine with "
-            "internet access."
+            f"MNISTDataModule: {self.dataset} not found in {self.raw_folder.resolve()}: missing "
+            f"{', '.join(self._missing_files())}; {why}. Point --data.data_dir at a folder holding "
+            f"{_TORCHVISION_CLASSES[self.dataset]}/raw/ with the four IDX files (torchvision's layout), or allow the "
+            "download with --data.download=true on a machine with internet access."
         )
 
     def prepare_data(self) -> None:
-        if all((self.raw_folder / name).exists() for name in IDX_FILES):
+        """Download the IDX files missing from ``raw_folder``, when ``download`` allows it.
+
+        torchvision downloads into a temporary folder inside ``data_dir``; the missing files move into
+        ``raw_folder`` (each an atomic rename) only once all four have arrived and pass ``check_idx_file``,
+        and the temporary folder is removed whatever happens, so a failed download leaves no partial file.
+        """
+        missing = self._missing_files()
+        if not missing:
             return
         if not self.download:
             raise self._missing_error(None)
+        Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=self.data_dir))
         try:
-            for train in (True, False):
-                self._torchvision_dataset(train, download=True)
+            staged = self._download_checked(staging)
+            self.raw_folder.mkdir(parents=True, exist_ok=True)
+            for name in missing:
+                os.replace(staged / name, self.raw_folder / name)
         except Exception as error:  # torchvision raises several kinds on a failed download
             raise self._missing_error(error) from error
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _download_checked(self, root: Path) -> Path:
+        """Download the four IDX files with torchvision into ``root`` and check each; return their folder."""
+        self._torchvision_dataset(root, train=False, download=True)  # fetches all four files, whatever train says
+        folder = root / _TORCHVISION_CLASSES[self.dataset] / "raw"
+        for name in IDX_FILES:
+            check_idx_file(folder / name)
+        return folder
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -207,7 +282,7 @@ class MNISTDataModule(TensorDataModule):
         )
 
     def _load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        data = self._torchvision_dataset(train, download=False)
+        data = self._torchvision_dataset(self.data_dir, train, download=False)
         return data.data.unsqueeze(1).float() / 255.0, data.targets.long()
 
     def _validation_count(self, n_train: int) -> int:

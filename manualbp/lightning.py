@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 import torchmetrics
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.trainer.states import TrainerFn
 
+from manualbp.functional._validation import check_int
 from manualbp.models import Activation, Backend, cross_entropy, lenet5, mlp
 
 
@@ -38,15 +40,16 @@ class ClassifierModule(pl.LightningModule):
         num_classes: int = 10,
     ) -> None:
         super().__init__()
+        _check_hyperparameters(lr, momentum, weight_decay, dropout, num_classes)
         self.save_hyperparameters()
         if arch == "mlp":
             self.net = mlp(hidden, activation, dropout, in_shape, num_classes, backend)
         elif arch == "lenet5":
             self.net = lenet5(in_shape, num_classes, activation, backend)
         else:
-            raise ValueError(f"arch must be 'mlp' or 'lenet5', got {arch!r}")
+            raise ValueError(f"ClassifierModule: arch must be 'mlp' or 'lenet5', got {arch!r}")
         if optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+            raise ValueError(f"ClassifierModule: optimizer must be 'sgd' or 'adam', got {optimizer!r}")
         self.loss_fn = cross_entropy(backend)
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
         self.test_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
@@ -64,7 +67,8 @@ class ClassifierModule(pl.LightningModule):
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, accuracy: torchmetrics.Metric) -> None:
         images, labels = batch
         logits = self(images)
-        self.log(f"{stage}_loss", self.loss_fn(logits, labels), prog_bar=True)
+        # sync_dist: under DDP, the mean over every rank's share of the data (accuracy syncs by itself)
+        self.log(f"{stage}_loss", self.loss_fn(logits, labels), prog_bar=True, sync_dist=True)
         accuracy(logits, labels)
         self.log(f"{stage}_acc", accuracy, prog_bar=True)
 
@@ -83,6 +87,49 @@ class ClassifierModule(pl.LightningModule):
             return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
         return torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Save the state of the random generator of the model's device type, so that a fit resumed from this
+        checkpoint draws the same dropout masks as one that never stopped."""
+        checkpoint["rng_state"] = {self.device.type: _rng_state(self.device)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """When a fit resumes from ``checkpoint`` on the same device type, restore its random generator state;
+        loading the weights to test, predict or with ``load_from_checkpoint`` leaves the random generators alone."""
+        resuming_fit = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        state = checkpoint.get("rng_state", {}).get(self.device.type)
+        if resuming_fit and state is not None:
+            _set_rng_state(state, self.device)
+
     def configure_callbacks(self) -> list[pl.Callback]:
-        """Keep the checkpoint with the best validation accuracy (``ckpt_path="best"`` then means it)."""
-        return [ModelCheckpoint(monitor="val_acc", mode="max", filename="{epoch}-{val_acc:.4f}")]
+        """Keep the checkpoint with the best validation accuracy (``ckpt_path="best"`` then means it) and
+        ``last.ckpt``, the end of the latest epoch, to resume from (``--ckpt_path=.../last.ckpt``); none when
+        the trainer's checkpointing is off (``enable_checkpointing=False``)."""
+        if not self.trainer.checkpoint_callbacks:
+            return []
+        return [ModelCheckpoint(monitor="val_acc", mode="max", filename="{epoch}-{val_acc:.4f}", save_last=True)]
+
+
+def _check_hyperparameters(lr: float, momentum: float, weight_decay: float, dropout: float, num_classes: int) -> None:
+    """Reject values the optimizer or the network would only fail on (or silently misuse) later."""
+    name = "ClassifierModule"
+    if not lr > 0:
+        raise ValueError(f"{name}: lr must be positive, got {lr}")
+    if not 0 <= momentum < 1:
+        raise ValueError(f"{name}: momentum must lie in [0, 1), got {momentum}")
+    if not weight_decay >= 0:
+        raise ValueError(f"{name}: weight_decay must be non-negative, got {weight_decay}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"{name}: dropout must lie in [0, 1), got {dropout}")
+    check_int(name, "num_classes", num_classes, 2)
+
+
+def _rng_state(device: torch.device) -> torch.Tensor:
+    """The state of the generator that random ops on ``device`` (dropout) draw from."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(state: torch.Tensor, device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)

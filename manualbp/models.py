@@ -76,6 +76,10 @@ def mlp(
     """
     nn = layers(backend)
     c, h, w = _check_in_shape(in_shape)
+    if not all(isinstance(size, int) and size >= 1 for size in hidden):
+        raise ValueError(f"mlp: hidden widths must be positive ints, got {list(hidden)}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"mlp: dropout must lie in [0, 1), got {dropout}")
     modules: list[tuple[str, torch.nn.Module]] = [("flatten", nn.Flatten())]
     width = c * h * w
     for i, size in enumerate(hidden, start=1):

@@ -17,9 +17,13 @@ def _in_tmp_path(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "option, message",
     [
-        pytest.param("--data.batch_size=0", "batch_size must be positive, got 0", id="data-batch-size"),
+        pytest.param("--data.batch_size=0", "DigitsDataModule: batch_size must be at least 1, got 0", id="data-batch-size"),
+        pytest.param("--data.num_workers=-1", "DigitsDataModule: num_workers must be at least 0, got -1", id="data-workers"),
         pytest.param("--trainer.max_epochs=-5", "`max_epochs` must be a non-negative integer or -1", id="trainer-max-epochs"),
-        pytest.param("--model.dropout=2", "manualbp.nn.Dropout: p has to be between 0 and 1, but got 2.0", id="model-dropout"),
+        pytest.param("--model.dropout=2", "ClassifierModule: dropout must lie in [0, 1), got 2.0", id="model-dropout"),
+        pytest.param("--model.lr=-1", "ClassifierModule: lr must be positive, got -1.0", id="model-lr"),
+        pytest.param("--model.momentum=2", "ClassifierModule: momentum must lie in [0, 1), got 2.0", id="model-momentum"),
+        pytest.param("--model.hidden=[-3]", "mlp: hidden widths must be positive ints, got [-3]", id="model-hidden"),
     ],
 )
 def test_a_value_rejected_while_building_is_one_line_and_status_2(option, message, capsys):

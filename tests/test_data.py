@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from manualbp.data import DigitsDataModule, MNISTDataModule, check_idx_file
+from manualbp.data import IDX_FILES, DigitsDataModule, EpochShuffler, MNISTDataModule, check_idx_file
 
 
 def write_idx(path: Path, array: torch.Tensor) -> None:
@@ -81,6 +81,64 @@ def test_corrupt_idx_file_is_named(tmp_path, damage):
         dm.setup()
 
 
+def _fake_download(fail_with: BaseException | None):
+    """A stand-in for torchvision's MNIST.download (no network): writes the four IDX files into the dataset's
+    raw folder, or, with ``fail_with``, one whole file and half of the next, then raises it."""
+
+    def download(dataset) -> None:
+        raw = Path(dataset.raw_folder)
+        if fail_with is None:
+            make_mnist(Path(dataset.root))
+            return
+        raw.mkdir(parents=True)
+        write_idx(raw / "train-images-idx3-ubyte", torch.zeros(12, 28, 28))
+        (raw / "train-labels-idx1-ubyte").write_bytes(b"\0\0\x08\x01\0\0\0\x0c\0\0")  # 2 of 12 labels
+        raise fail_with
+
+    return download
+
+
+@pytest.mark.parametrize(
+    "failure", [RuntimeError("connection reset by peer"), KeyboardInterrupt()], ids=["error", "interrupt"]
+)
+def test_failed_download_leaves_nothing_in_the_data_folder(tmp_path, monkeypatch, failure):
+    import torchvision
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", _fake_download(failure))
+    data_dir = tmp_path / "data"
+    dm = MNISTDataModule(data_dir=str(data_dir))
+    with pytest.raises(FileNotFoundError if isinstance(failure, Exception) else KeyboardInterrupt) as error:
+        dm.prepare_data()
+    assert list(data_dir.rglob("*")) == []
+    if isinstance(failure, Exception):
+        message = str(error.value)
+        assert "the download failed (connection reset by peer)" in message
+        assert all(name in message for name in IDX_FILES) and str(dm.raw_folder.resolve()) in message
+
+
+def test_download_adds_only_the_missing_files_once_all_are_checked(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", _fake_download(None))
+    raw = make_mnist(tmp_path)
+    (raw / "t10k-images-idx3-ubyte").unlink()
+    kept = {name: (raw / name).stat().st_ino for name in IDX_FILES if (raw / name).exists()}
+    dm = MNISTDataModule(data_dir=str(tmp_path), batch_size=16)
+    dm.prepare_data()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MNIST"]  # the download folder is gone
+    assert sorted(p.name for p in raw.iterdir()) == sorted(IDX_FILES)
+    assert {name: (raw / name).stat().st_ino for name in kept} == kept  # the files that were there stay
+    dm.setup()
+    assert len(dm.test_set) == 30
+
+
+def test_missing_file_without_prepare_data_says_so(tmp_path):
+    raw = make_mnist(tmp_path)
+    (raw / "train-labels-idx1-ubyte").unlink()
+    with pytest.raises(FileNotFoundError, match="missing train-labels-idx1-ubyte; they have not been downloaded"):
+        MNISTDataModule(data_dir=str(tmp_path)).setup()
+
+
 def test_check_idx_file_returns_the_declared_shape(tmp_path):
     raw = make_mnist(tmp_path, n_train=7)
     assert check_idx_file(raw / "train-images-idx3-ubyte") == (7, 28, 28)
@@ -98,6 +156,24 @@ def test_digits_splits_shapes_and_normalisation():
     other = DigitsDataModule(seed=1)
     other.setup()
     assert not torch.equal(dm.test_set.tensors[1], other.test_set.tensors[1])
+
+
+def test_training_order_is_a_function_of_seed_and_epoch():
+    dm = DigitsDataModule()
+    dm.setup()
+    n = len(dm.train_set)
+    sampler = dm.train_dataloader().sampler
+    epoch0, epoch1 = list(sampler), list(sampler)  # a plain loop that never calls set_epoch
+    assert sorted(epoch0) == sorted(epoch1) == list(range(n)) and epoch0 != epoch1
+    restarted = DigitsDataModule()
+    restarted.setup()
+    resumed = restarted.train_dataloader().sampler
+    resumed.set_epoch(1)  # what Lightning does when a fit resumes at epoch 1
+    assert list(resumed) == epoch1
+    shares = [EpochShuffler(dm.train_set, num_replicas=2, rank=rank, seed=0) for rank in (0, 1)]
+    for share in shares:
+        share.set_epoch(1)
+    assert [i for pair in zip(*map(list, shares)) for i in pair] == epoch1  # DDP ranks split one order
 
 
 def test_bad_arguments_are_rejected():
