@@ -1,0 +1,479 @@
+"""Hypothesis strategies: one valid call of each ``manualbp.functional`` op, beside its torch reference.
+
+``FAMILIES`` maps every public functional op to a strategy of ``FuzzCase``; the fuzz test draws from
+each and compares values, first and second derivatives with torch. Adding an op (a new fused op, say)
+is one entry there: a strategy that draws the configuration and returns ``op_case(...)``.
+
+Hypothesis draws the configuration (shapes, strides, reductions, flags), constructively, so that every
+draw is a call torch accepts; the tensor values come from a drawn seed through a ``torch.Generator``,
+float64 normal samples (no ties, so max and ReLU kinks are never hit). Drawing values element by element
+would be slow and would not find more: the bugs of hand-written backward passes hide in geometry and
+options, which is what hypothesis explores and shrinks. Sizes start at 1: the empty tensors on which
+manualbp still differs from torch are listed in ``test_ops_match_torch.KNOWN_DIFFERENCES``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from hypothesis import strategies as st
+from hypothesis.strategies import DrawFn, SearchStrategy
+from torch.nn.modules.utils import _pair as as_pair
+
+import manualbp.functional as MF
+from manualbp.verify.case import seeded
+
+Pair = tuple[int, int]
+
+sides = st.integers(1, 4)
+seeds = st.integers(0, 2**32 - 1)
+#: input magnitudes: ordinary values, and ones that saturate sigmoid, tanh, softmax and friends
+scales = st.sampled_from([1.0, 1e3])
+reductions = st.sampled_from(["none", "mean", "sum"])
+epsilons = st.sampled_from([1e-5, 1e-3, 0.5])
+
+
+@dataclass(frozen=True)
+class FuzzCase:
+    """One drawn call: ``manual(**inputs, **constants)`` must agree with ``reference(**inputs, **constants)``.
+
+    ``inputs``: the float64 tensors to differentiate with respect to.  ``constants``: every other
+    keyword argument (class targets, class weights, running statistics, options); the test gives each
+    side its own copy of the tensors among them, so in-place updates (running statistics) can be compared.
+    ``seed``: the seed of the values, reused for dL/dy and the double-backward probe.
+    """
+
+    op: str
+    manual: Callable[..., Any]
+    reference: Callable[..., Any]
+    inputs: dict[str, torch.Tensor]
+    constants: dict[str, Any]
+    seed: int
+
+    def __repr__(self) -> str:
+        arguments = [f"{k}={_describe(v)}" for k, v in {**self.inputs, **self.constants}.items()]
+        return f"{self.op}({', '.join(arguments)}; seed={self.seed})"
+
+
+def _describe(value: Any) -> str:
+    """A tensor as its shape (and its values when it holds a few integers), anything else as its repr."""
+    if not isinstance(value, torch.Tensor):
+        return repr(value)
+    if not value.is_floating_point() and value.numel() <= 16:
+        return f"tensor({value.tolist()})"
+    return f"<{str(value.dtype).removeprefix('torch.')} {tuple(value.shape)}>"
+
+
+def op_case(
+    op: str,
+    seed: int,
+    inputs: dict[str, torch.Tensor],
+    reference: Callable[..., Any] | None = None,
+    manual: Callable[..., Any] | None = None,
+    **constants: Any,
+) -> FuzzCase:
+    """The case for ``manual`` (by default ``manualbp.functional.<op>``) against ``reference`` (by
+    default the function of the same name in ``torch.nn.functional``)."""
+    return FuzzCase(op, manual or getattr(MF, op), reference or getattr(F, op), inputs, constants, seed)
+
+
+def _generator(draw: DrawFn) -> tuple[int, torch.Generator]:
+    seed = draw(seeds)
+    return seed, torch.Generator().manual_seed(seed)
+
+
+def randn(g: torch.Generator, shape: tuple[int, ...], scale: float = 1.0) -> torch.Tensor:
+    """A float64 normal sample of ``shape`` times ``scale``."""
+    return torch.randn(shape, generator=g, dtype=torch.float64) * scale
+
+
+def shapes(min_dims: int = 0, max_dims: int = 4) -> SearchStrategy[tuple[int, ...]]:
+    """Tensor shapes of ``min_dims`` to ``max_dims`` dims, each of size 1 to 4."""
+    return st.lists(sides, min_size=min_dims, max_size=max_dims).map(tuple)
+
+
+def _given_as(draw: DrawFn, pair: Pair) -> int | Pair:
+    """A pair argument as a caller may write it: an int when both entries agree (sometimes), else the pair."""
+    return pair[0] if pair[0] == pair[1] and draw(st.booleans()) else pair
+
+
+def _pairs(low: int, high: int) -> SearchStrategy[Pair]:
+    return st.tuples(st.integers(low, high), st.integers(low, high))
+
+
+def _batch(draw: DrawFn, channels: int, spatial: list[int], max_batch: int = 3) -> tuple[int, ...]:
+    """(N, C, H, W), or the unbatched (C, H, W)."""
+    batch = draw(st.one_of(st.none(), st.integers(1, max_batch)))
+    return ((batch,) if batch else ()) + (channels, *spatial)
+
+
+# ---------------------------------------------------------------------------------------------------
+# linear, activations, shape, dropout
+
+
+def affine(op: str, reference: Callable[..., Any] | None = None) -> SearchStrategy:
+    """An op that starts with y = x Wᵀ + b (``linear`` or a fused op), on 0 to 3 leading dims, bias optional."""
+
+    @st.composite
+    def draw_case(draw: DrawFn) -> FuzzCase:
+        seed, g = _generator(draw)
+        lead, in_features, out_features = draw(shapes(0, 3)), draw(sides), draw(sides)
+        inputs = {"input": randn(g, (*lead, in_features)), "weight": randn(g, (out_features, in_features))}
+        if draw(st.booleans()):
+            inputs["bias"] = randn(g, (out_features,))
+        return op_case(op, seed, inputs, reference)
+
+    return draw_case()
+
+
+def elementwise(op: str, reference: Callable[..., Any] | None = None, **options: SearchStrategy) -> SearchStrategy:
+    """An elementwise activation on a tensor of 0 to 4 dims, with its keyword ``options`` drawn."""
+
+    @st.composite
+    def draw_case(draw: DrawFn) -> FuzzCase:
+        seed, g = _generator(draw)
+        x = randn(g, draw(shapes()), draw(scales))
+        return op_case(op, seed, {"input": x}, reference, **{k: draw(s) for k, s in options.items()})
+
+    return draw_case()
+
+
+def softmax_like(op: str) -> SearchStrategy:
+    """softmax / log_softmax along a drawn dim (negative or not), on logits spread widely or shifted far."""
+
+    @st.composite
+    def draw_case(draw: DrawFn) -> FuzzCase:
+        seed, g = _generator(draw)
+        shape = draw(shapes(1))
+        dim = draw(st.integers(-len(shape), len(shape) - 1))
+        offset = draw(st.sampled_from([0.0, 1e4, -1e4]))
+        return op_case(op, seed, {"input": randn(g, shape, draw(scales)) + offset}, dim=dim)
+
+    return draw_case()
+
+
+@st.composite
+def flatten(draw: DrawFn) -> FuzzCase:
+    seed, g = _generator(draw)
+    shape = draw(shapes())
+    ndim = max(len(shape), 1)  # a 0-d tensor takes dims 0 and -1
+    start = draw(st.integers(0, ndim - 1))
+    end = draw(st.integers(start, ndim - 1))
+    start_dim, end_dim = (draw(st.sampled_from([d, d - ndim])) for d in (start, end))
+    return op_case("flatten", seed, {"input": randn(g, shape)}, torch.flatten, start_dim=start_dim, end_dim=end_dim)
+
+
+@st.composite
+def dropout(draw: DrawFn) -> FuzzCase:
+    """Both sides run under the same seed, so that on the CPU they drop the same elements."""
+    seed, g = _generator(draw)
+    x = randn(g, draw(shapes()))
+    p = draw(st.one_of(st.sampled_from([0.0, 0.5, 1.0]), st.floats(0.0, 1.0)))
+    training = draw(st.booleans())
+    manual, reference = seeded(MF.dropout, seed), seeded(F.dropout, seed)
+    return op_case("dropout", seed, {"input": x}, reference, manual, p=p, training=training)
+
+
+# ---------------------------------------------------------------------------------------------------
+# losses
+
+
+def _class_layout(draw: DrawFn) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shapes of class scores and of class-index targets: (C,) and (), or (N, C, d1, ...) and (N, d1, ...)."""
+    classes = draw(st.integers(1, 5))
+    if draw(st.booleans()):
+        return (classes,), ()
+    batch, extra = draw(st.integers(1, 4)), draw(st.lists(st.integers(1, 3), max_size=2))
+    return (batch, classes, *extra), (batch, *extra)
+
+
+def _num_classes(scores: tuple[int, ...]) -> int:
+    return scores[1] if len(scores) > 1 else scores[0]
+
+
+def _class_targets(
+    draw: DrawFn, g: torch.Generator, scores: tuple[int, ...], shape: tuple[int, ...], reduction: str
+) -> dict:
+    """Class indices and an ignore_index (torch's default, a negative one, or a real class) that a drawn
+    share of the targets carry. With reduction="mean" one target at least still counts: the mean over
+    no target is a known difference from torch (``test_known_differences_from_torch``)."""
+    classes = _num_classes(scores)
+    real_classes = range(classes) if classes > 1 or reduction != "mean" else range(0)
+    ignore_index = draw(st.sampled_from([-100, -1, *real_classes]))
+    target = torch.randint(0, classes, shape, generator=g)
+    ignored = torch.rand(shape, generator=g, dtype=torch.float64) < draw(st.sampled_from([0.0, 0.3, 1.0]))
+    target = torch.where(ignored, ignore_index, target)
+    if reduction == "mean" and bool((target == ignore_index).all()):
+        target.view(-1)[0] = 1 if ignore_index == 0 else 0
+    return {"target": target, "ignore_index": ignore_index}
+
+
+def _class_weight(draw: DrawFn, g: torch.Generator, classes: int) -> dict:
+    if not draw(st.booleans()):
+        return {}
+    return {"weight": torch.rand(classes, generator=g, dtype=torch.float64) + 0.5}
+
+
+@st.composite
+def cross_entropy(draw: DrawFn) -> FuzzCase:
+    """Class-index targets (with ignore_index) or class-probability targets (differentiable, like the logits)."""
+    seed, g = _generator(draw)
+    scores, target_shape = _class_layout(draw)
+    inputs = {"input": randn(g, scores, draw(st.sampled_from([1.0, 1e4])))}
+    reduction = draw(reductions)
+    constants = {
+        "reduction": reduction,
+        "label_smoothing": draw(st.one_of(st.just(0.0), st.floats(0.0, 1.0))),
+        **_class_weight(draw, g, _num_classes(scores)),
+    }
+    if draw(st.booleans()):
+        inputs["target"] = torch.softmax(randn(g, scores), 1 if len(scores) > 1 else 0)
+    else:
+        constants.update(_class_targets(draw, g, scores, target_shape, reduction))
+    return op_case("cross_entropy", seed, inputs, **constants)
+
+
+@st.composite
+def nll_loss(draw: DrawFn) -> FuzzCase:
+    seed, g = _generator(draw)
+    scores, target_shape = _class_layout(draw)
+    reduction = draw(reductions)
+    constants = {
+        "reduction": reduction,
+        **_class_weight(draw, g, _num_classes(scores)),
+        **_class_targets(draw, g, scores, target_shape, reduction),
+    }
+    return op_case("nll_loss", seed, {"input": randn(g, scores)}, **constants)
+
+
+@st.composite
+def mse_loss(draw: DrawFn) -> FuzzCase:
+    """Target of the input's shape or one that broadcasts to it (torch warns then, and so does manualbp);
+    an optional elementwise weight; input, target and weight all differentiable."""
+    seed, g = _generator(draw)
+    shape = draw(shapes())
+    target_shape = tuple(draw(st.sampled_from([s, 1])) for s in shape)[draw(st.integers(0, len(shape))) :]
+    inputs = {"input": randn(g, shape), "target": randn(g, target_shape)}
+    if draw(st.booleans()):
+        inputs["weight"] = torch.rand(shape, generator=g, dtype=torch.float64) + 0.5
+    return op_case("mse_loss", seed, inputs, reduction=draw(reductions))
+
+
+# ---------------------------------------------------------------------------------------------------
+# convolution and pooling
+
+
+def _conv_padding(draw: DrawFn, stride: Pair) -> tuple[str | int | Pair, Pair]:
+    """conv2d's padding argument (an int, a pair, "valid", or "same" when the stride is 1) and the
+    explicit (rows, columns) it stands for, 0 for "same" (which never empties the output)."""
+    kind = draw(st.sampled_from(["int", "pair", "valid"] + (["same"] if stride == (1, 1) else [])))
+    if kind == "int":
+        pad = draw(st.integers(0, 2))
+        return pad, (pad, pad)
+    if kind == "pair":
+        pads = draw(_pairs(0, 2))
+        return pads, pads
+    return kind, (0, 0)
+
+
+@st.composite
+def conv2d(draw: DrawFn) -> FuzzCase:
+    """Any valid geometry: groups, stride, dilation, int/pair/"valid"/"same" padding (same: stride 1 only),
+    an input as small as the dilated kernel allows."""
+    seed, g = _generator(draw)
+    groups = draw(st.integers(1, 3))
+    in_channels, out_channels = groups * draw(st.integers(1, 2)), groups * draw(st.integers(1, 2))
+    kernel, stride, dilation = draw(_pairs(1, 4)), draw(_pairs(1, 3)), draw(_pairs(1, 3))
+    padding, pads = _conv_padding(draw, stride)
+    # the smallest input with a non-empty output
+    low = [1 if padding == "same" else max(1, d * (k - 1) + 1 - 2 * p) for d, k, p in zip(dilation, kernel, pads)]
+    spatial = [draw(st.integers(m, m + 5)) for m in low]
+    inputs = {
+        "input": randn(g, _batch(draw, in_channels, spatial)),
+        "weight": randn(g, (out_channels, in_channels // groups, *kernel)),
+    }
+    if draw(st.booleans()):
+        inputs["bias"] = randn(g, (out_channels,))
+    options = dict(stride=_given_as(draw, stride), padding=padding, dilation=_given_as(draw, dilation), groups=groups)
+    return op_case("conv2d", seed, inputs, **options)
+
+
+def _pool_geometry(draw: DrawFn, dilated: bool) -> tuple[tuple[int, ...], dict[str, Any]]:
+    """An input shape and pooling arguments torch accepts: padding at most half the kernel, an input
+    at least as large as the padded, dilated kernel; stride None (= the kernel) sometimes."""
+    kernel = draw(_pairs(1, 4))
+    stride = draw(st.one_of(st.none(), _pairs(1, 4)))
+    padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)
+    dilation = draw(_pairs(1, 3)) if dilated else (1, 1)
+    low = [max(1, d * (k - 1) + 1 - 2 * p) for d, k, p in zip(dilation, kernel, padding)]
+    shape = _batch(draw, draw(st.integers(1, 2)), [draw(st.integers(m, m + 5)) for m in low], max_batch=2)
+    args = dict(
+        kernel_size=_given_as(draw, kernel),
+        stride=None if stride is None else _given_as(draw, stride),
+        padding=_given_as(draw, padding),
+        ceil_mode=draw(st.booleans()),
+    )
+    if dilated:
+        args["dilation"] = _given_as(draw, dilation)
+    return shape, args
+
+
+def max_pool2d_by_explicit_padding(
+    input: torch.Tensor,
+    kernel_size: int | Pair,
+    stride: int | Pair | None = None,
+    padding: int | Pair = 0,
+    dilation: int | Pair = 1,
+    ceil_mode: bool = False,
+) -> torch.Tensor:
+    """torch's max_pool2d where some window holds padding only (its value -inf): torch's own backward
+    writes out of bounds there, so this reference pools the input padded with -inf (and enough -inf on
+    the far side for ceil_mode windows) without implicit padding, cropped to torch's output size."""
+    kernel, step, dil = as_pair(kernel_size), as_pair(stride or kernel_size), as_pair(dilation)
+    ph, pw = as_pair(padding)
+    out_h, out_w = F.max_pool2d(input.detach(), kernel_size, stride, padding, dilation, ceil_mode).shape[-2:]
+    far_h, far_w = ph + dil[0] * (kernel[0] - 1) + step[0], pw + dil[1] * (kernel[1] - 1) + step[1]
+    padded = F.pad(input, (pw, far_w, ph, far_h), value=float("-inf"))
+    return F.max_pool2d(padded, kernel, step, 0, dil)[..., :out_h, :out_w]
+
+
+@st.composite
+def max_pool2d(draw: DrawFn) -> FuzzCase:
+    """Padding, dilation and ceil_mode together leave windows that hold padding only: those compare with
+    ``max_pool2d_by_explicit_padding``; the others with torch's own, indices included."""
+    seed, g = _generator(draw)
+    shape, args = _pool_geometry(draw, dilated=True)
+    if F.max_pool2d(torch.zeros(shape), **args).isinf().any():
+        return op_case("max_pool2d", seed, {"input": randn(g, shape)}, max_pool2d_by_explicit_padding, **args)
+    return op_case("max_pool2d", seed, {"input": randn(g, shape)}, return_indices=draw(st.booleans()), **args)
+
+
+@st.composite
+def avg_pool2d(draw: DrawFn) -> FuzzCase:
+    seed, g = _generator(draw)
+    shape, args = _pool_geometry(draw, dilated=False)
+    args.update(
+        count_include_pad=draw(st.booleans()), divisor_override=draw(st.one_of(st.none(), st.integers(1, 7)))
+    )
+    return op_case("avg_pool2d", seed, {"input": randn(g, shape)}, **args)
+
+
+@st.composite
+def adaptive_avg_pool2d(draw: DrawFn) -> FuzzCase:
+    """Output sizes below, equal to and above the input's; None keeps that input dimension."""
+    seed, g = _generator(draw)
+    shape = _batch(draw, draw(st.integers(1, 2)), [draw(st.integers(1, 9)), draw(st.integers(1, 9))], max_batch=2)
+    size = st.one_of(st.none(), st.integers(1, 9))
+    output_size = draw(st.one_of(st.integers(1, 9), st.tuples(size, size)))
+    return op_case("adaptive_avg_pool2d", seed, {"input": randn(g, shape)}, output_size=output_size)
+
+
+# ---------------------------------------------------------------------------------------------------
+# normalization
+
+
+def torch_batch_norm(
+    input: torch.Tensor, *args: Any, weight: torch.Tensor | None = None, **kwargs: Any
+) -> torch.Tensor:
+    """torch's batch_norm, with a constant weight of ones for a bias without a weight: there torch 2.14's
+    double backward fails ("Expected a proper Tensor but got None ... for argument #1 'other'")."""
+    if weight is None and kwargs.get("bias") is not None:
+        weight = input.new_ones(input.shape[1])
+    return F.batch_norm(input, *args, weight=weight, **kwargs)
+
+
+def torch_layer_norm(
+    input: torch.Tensor, normalized_shape: tuple[int, ...], weight: torch.Tensor | None = None, **kwargs: Any
+) -> torch.Tensor:
+    """torch's layer_norm, with a constant weight of ones for a bias without a weight (as ``torch_batch_norm``)."""
+    if weight is None and kwargs.get("bias") is not None:
+        weight = input.new_ones(normalized_shape)
+    return F.layer_norm(input, normalized_shape, weight=weight, **kwargs)
+
+
+@st.composite
+def batch_norm(draw: DrawFn) -> FuzzCase:
+    """Training (batch statistics, running estimates updated when given) or evaluation (running estimates),
+    on (N, C) or (N, C, d1, ...); weight and bias optional, each on its own."""
+    seed, g = _generator(draw)
+    training = draw(st.booleans())
+    channels, spatial = draw(st.integers(1, 3)), draw(st.lists(st.integers(1, 3), max_size=2))
+    one_per_channel = training and all(s == 1 for s in spatial)  # training needs 2+ values per channel
+    shape = (draw(st.integers(2 if one_per_channel else 1, 4)), channels, *spatial)
+    inputs = {"input": randn(g, shape, draw(st.sampled_from([1.0, 1e3])))}
+    for name in ("weight", "bias"):
+        if draw(st.booleans()):
+            inputs[name] = randn(g, (channels,))
+    running = not training or draw(st.booleans())
+    constants = dict(
+        running_mean=randn(g, (channels,)) if running else None,
+        running_var=torch.rand(channels, generator=g, dtype=torch.float64) + 0.5 if running else None,
+        training=training,
+        momentum=draw(st.floats(0.0, 1.0)),
+        eps=draw(epsilons),
+    )
+    return op_case("batch_norm", seed, inputs, torch_batch_norm, **constants)
+
+
+@st.composite
+def layer_norm(draw: DrawFn) -> FuzzCase:
+    seed, g = _generator(draw)
+    shape = draw(shapes(1))
+    normalized_shape = shape[len(shape) - draw(st.integers(1, len(shape))) :]
+    inputs = {"input": randn(g, shape, draw(st.sampled_from([1.0, 1e3])))}
+    for name in ("weight", "bias"):
+        if draw(st.booleans()):
+            inputs[name] = randn(g, normalized_shape)
+    constants = dict(normalized_shape=normalized_shape, eps=draw(epsilons))
+    return op_case("layer_norm", seed, inputs, torch_layer_norm, **constants)
+
+
+# ---------------------------------------------------------------------------------------------------
+# fused ops: compared with the torch ops they fuse
+
+
+def relu_then_max_pool2d(input: torch.Tensor, **args: Any) -> torch.Tensor:
+    return F.max_pool2d(F.relu(input), **args)
+
+
+def linear_then_relu(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    return F.relu(F.linear(input, weight, bias))
+
+
+@st.composite
+def relu_max_pool2d(draw: DrawFn) -> FuzzCase:
+    seed, g = _generator(draw)
+    shape, args = _pool_geometry(draw, dilated=False)
+    return op_case("relu_max_pool2d", seed, {"input": randn(g, shape)}, relu_then_max_pool2d, **args)
+
+
+#: one strategy per public op of manualbp.functional (the test checks that none is missing)
+FAMILIES: dict[str, SearchStrategy[FuzzCase]] = {
+    "linear": affine("linear"),
+    "relu": elementwise("relu"),
+    "leaky_relu": elementwise("leaky_relu", negative_slope=st.floats(-2.0, 2.0)),
+    "elu": elementwise("elu", alpha=st.floats(0.0, 3.0)),
+    "sigmoid": elementwise("sigmoid", torch.sigmoid),
+    "tanh": elementwise("tanh", torch.tanh),
+    "gelu": elementwise("gelu", approximate=st.sampled_from(["none", "tanh"])),
+    "silu": elementwise("silu"),
+    "softmax": softmax_like("softmax"),
+    "log_softmax": softmax_like("log_softmax"),
+    "flatten": flatten(),
+    "dropout": dropout(),
+    "cross_entropy": cross_entropy(),
+    "nll_loss": nll_loss(),
+    "mse_loss": mse_loss(),
+    "conv2d": conv2d(),
+    "max_pool2d": max_pool2d(),
+    "avg_pool2d": avg_pool2d(),
+    "adaptive_avg_pool2d": adaptive_avg_pool2d(),
+    "batch_norm": batch_norm(),
+    "layer_norm": layer_norm(),
+    "relu_max_pool2d": relu_max_pool2d(),
+    "linear_relu": affine("linear_relu", linear_then_relu),
+}
