@@ -88,37 +88,18 @@ class Conv2dFunction(torch.autograd.Function):
             return None, None, None, None, None, None, None
         x, weight = ctx.saved_tensors
         x, weight = x.to(grad_out.dtype), weight.to(grad_out.dtype)  # autocast: same precision as the forward
-        stride, padding, dilation, groups = ctx.geometry
         unbatched = x.dim() == 3
         if unbatched:
             x, grad_out = x.unsqueeze(0), grad_out.unsqueeze(0)
-        (top, bottom), (left, right) = padding
-        n, _, h, w = x.shape
-        o, cg, kh, kw = weight.shape
-        ho, wo = grad_out.shape[2:]
         grad_x = grad_w = grad_b = None
+        empty = x.numel() == 0  # no products to differentiate (an empty batch or no input channels)
         if ctx.needs_input_grad[0]:
-            # Rows (columns) of the padded input past the last window: (out - 1)·s + d·(k - 1) + 1 is
-            # what conv_transpose2d covers, so output_padding makes up the rest of H + bottom - top.
-            output_padding = tuple(
-                size + hi - lo - ((out - 1) * s - 2 * lo + d * (k - 1) + 1)
-                for size, (lo, hi), s, d, k, out in zip((h, w), padding, stride, dilation, (kh, kw), (ho, wo))
-            )
-            grad_x = F.conv_transpose2d(grad_out, weight, None, stride, (top, left), output_padding, groups, dilation)
-            if bottom != top or right != left:
-                grad_x = grad_x[..., :h, :w]
+            grad_x = torch.zeros_like(x) if empty else _input_grad(x, weight, grad_out, *ctx.geometry)
+            grad_x = grad_x.squeeze(0) if unbatched else grad_x
         if ctx.needs_input_grad[1]:
-            xp = _pad_far_side(x, padding)
-            hp, wp = xp.shape[2:]
-            # batch <-> channels, group-major, so that conv2d's groups pair x's and dL/dy's groups
-            xg = xp.reshape(n, groups, cg, hp, wp).permute(2, 1, 0, 3, 4).reshape(cg, groups * n, hp, wp)
-            gg = grad_out.reshape(n, groups, o // groups, ho, wo).permute(1, 2, 0, 3, 4).reshape(o, n, ho, wo)
-            grad_w = F.conv2d(xg, gg, None, dilation, (top, left), stride, groups)
-            grad_w = grad_w[..., :kh, :kw].transpose(0, 1)
+            grad_w = torch.zeros_like(weight) if empty else _weight_grad(x, weight, grad_out, *ctx.geometry)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.sum((0, 2, 3))
-        if unbatched and grad_x is not None:
-            grad_x = grad_x.squeeze(0)
         return grad_x, grad_w, grad_b, None, None, None, None
 
     @staticmethod
@@ -133,6 +114,37 @@ class Conv2dFunction(torch.autograd.Function):
         bias_dot = bias_dot.reshape(-1, 1, 1)
         # a fresh tensor, not an expanded view: a tangent must have the output's own layout
         return bias_dot.expand(ctx.output_shape).contiguous() if y_dot is None else y_dot + bias_dot
+
+
+def _input_grad(x, weight, grad_out, stride, padding, dilation, groups):
+    """dL/dx of a batched conv: the transposed convolution of dL/dy (see Conv2dFunction)."""
+    (top, bottom), (left, right) = padding
+    h, w = x.shape[2:]
+    kh, kw = weight.shape[2:]
+    ho, wo = grad_out.shape[2:]
+    # Rows (columns) of the padded input past the last window: (out - 1)·s + d·(k - 1) + 1 is
+    # what conv_transpose2d covers, so output_padding makes up the rest of H + bottom - top.
+    output_padding = tuple(
+        size + hi - lo - ((out - 1) * s - 2 * lo + d * (k - 1) + 1)
+        for size, (lo, hi), s, d, k, out in zip((h, w), padding, stride, dilation, (kh, kw), (ho, wo))
+    )
+    grad_x = F.conv_transpose2d(grad_out, weight, None, stride, (top, left), output_padding, groups, dilation)
+    return grad_x[..., :h, :w] if bottom != top or right != left else grad_x
+
+
+def _weight_grad(x, weight, grad_out, stride, padding, dilation, groups):
+    """dL/dW of a batched conv: x correlated with dL/dy, batch and channels swapped (see Conv2dFunction)."""
+    (top, _), (left, _) = padding
+    n = x.shape[0]
+    o, cg, kh, kw = weight.shape
+    ho, wo = grad_out.shape[2:]
+    xp = _pad_far_side(x, padding)
+    hp, wp = xp.shape[2:]
+    # batch <-> channels, group-major, so that conv2d's groups pair x's and dL/dy's groups
+    xg = xp.reshape(n, groups, cg, hp, wp).permute(2, 1, 0, 3, 4).reshape(cg, groups * n, hp, wp)
+    gg = grad_out.reshape(n, groups, o // groups, ho, wo).permute(1, 2, 0, 3, 4).reshape(o, n, ho, wo)
+    grad_w = F.conv2d(xg, gg, None, dilation, (top, left), stride, groups)
+    return grad_w[..., :kh, :kw].transpose(0, 1)
 
 
 def _conv2d(x, weight, bias, stride, padding, dilation, groups):

@@ -159,7 +159,7 @@ class ReLUMaxPool2dFunction(torch.autograd.Function):
         kernel_size, stride, padding = ctx.geometry
         tables = _tables(shape[-2:], code.shape[-2:], kernel_size, stride, padding, code.device)
         flat, live = _argmax_positions(code, tables, shape[-2] * shape[-1], padding != (0, 0))
-        planes = code.shape[:-2] + (-1,)
+        planes = code.shape[:-2] + (code.shape[-2] * code.shape[-1],)  # not -1: the batch may be empty
         grad = (grad_out * live).reshape(planes)
         # in place into a fresh zeros tensor: the out-of-place scatter_add would copy the zeros first
         grad_x = grad_out.new_zeros(shape[:-2] + (shape[-2] * shape[-1],)).scatter_add_(-1, flat.reshape(planes), grad)
@@ -172,8 +172,8 @@ class ReLUMaxPool2dFunction(torch.autograd.Function):
         shape = ctx.input_shape
         tables = _tables(shape[-2:], code.shape[-2:], kernel_size, stride, padding, code.device)
         flat, live = _argmax_positions(code, tables, shape[-2] * shape[-1], padding != (0, 0))
-        planes = code.shape[:-2] + (-1,)
-        y_dot = x_dot.reshape(x_dot.shape[:-2] + (-1,)).gather(-1, flat.reshape(planes)).reshape(code.shape)
+        planes = code.shape[:-2] + (code.shape[-2] * code.shape[-1],)
+        y_dot = x_dot.reshape(x_dot.shape[:-2] + (shape[-2] * shape[-1],)).gather(-1, flat.reshape(planes)).reshape(code.shape)
         return y_dot * live, None
 
 

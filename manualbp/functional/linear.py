@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from manualbp.functional._dispatch import apply, compile_twin
@@ -62,9 +64,10 @@ def linear_grads(ctx, grad_out, x, weight):
     if ctx.needs_input_grad[0]:
         grad_x = grad_out.matmul(weight)
     if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
-        g2d = grad_out.reshape(-1, weight.shape[0])
+        rows = math.prod(grad_out.shape[:-1])  # not -1: a size-0 dim would make it ambiguous
+        g2d = grad_out.reshape(rows, weight.shape[0])
         if ctx.needs_input_grad[1]:
-            grad_w = g2d.t().matmul(x.reshape(-1, weight.shape[1]))
+            grad_w = g2d.t().matmul(x.reshape(rows, weight.shape[1]))
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g2d.sum(0)
     return grad_x, grad_w, grad_b

@@ -98,7 +98,14 @@ def _per_sample_grad_scale(grad_out: torch.Tensor, reduction: str, denom: torch.
         return grad_out.unsqueeze(cd)
     if reduction == "sum":
         return grad_out
-    return grad_out / denom
+    return grad_out / _nonzero(denom)
+
+
+def _nonzero(denom: torch.Tensor) -> torch.Tensor:
+    """The mean's denominator D, with 1 in place of 0. D = 0 means no sample counts (every target ignored,
+    or no samples): then every coefficient D divides is 0 and the loss is 0/0 = nan, as in torch, while
+    the gradient is 0, as torch's is, instead of 0 · (1/0) = nan."""
+    return denom.masked_fill(denom == 0, 1)
 
 
 def _is_plain_class_target(target: torch.Tensor, weight: torch.Tensor | None, label_smoothing: float) -> bool:
@@ -122,7 +129,7 @@ def _plain_class_target_grad(
     cd = _class_dim(x)
     valid = target != ignore_index
     if reduction == "mean":
-        grad_out = grad_out / valid.sum()
+        grad_out = grad_out / _nonzero(valid.sum())
     per_sample = (grad_out * valid).unsqueeze(cd)
     safe_target = torch.where(valid, target, 0).unsqueeze(cd)
     return (torch.softmax(x, cd) * per_sample).scatter_add(cd, safe_target, -per_sample)
@@ -284,7 +291,8 @@ class MSELossFunction(torch.autograd.Function):
             return None, None, None, None
         x, target, weight = ctx.saved_tensors
         err = x - target
-        denom = (err.numel() if weight is None else weight.sum()) if ctx.reduction == "mean" else 1
+        # an empty mean: torch's loss is nan (0/0) but its gradient 0, hence max(numel, 1)
+        denom = (max(err.numel(), 1) if weight is None else weight.sum()) if ctx.reduction == "mean" else 1
         grad_loss = grad_out / denom
         grad_x = grad_target = grad_weight = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:

@@ -66,8 +66,9 @@ class MaxPool2dFunction(torch.autograd.Function):
         (indices,) = ctx.saved_tensors
         shape = ctx.input_shape
         planes = shape[:-2] + (shape[-2] * shape[-1],)
-        flat_indices = indices.reshape(indices.shape[:-2] + (-1,))
-        flat_grad = grad_out.reshape(indices.shape[:-2] + (-1,))
+        windows = (indices.shape[-2] * indices.shape[-1],)  # not -1: the batch may be empty
+        flat_indices = indices.reshape(indices.shape[:-2] + windows)
+        flat_grad = grad_out.reshape(indices.shape[:-2] + windows)
         live = _live_windows(ctx.live_windows, indices.device)
         if live is not None:
             flat_indices = torch.where(live, flat_indices, 0)
@@ -79,11 +80,11 @@ class MaxPool2dFunction(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, x_dot, *_):
         (indices,) = ctx.saved_tensors
-        flat_indices = indices.reshape(indices.shape[:-2] + (-1,))
+        flat_indices = indices.reshape(indices.shape[:-2] + (indices.shape[-2] * indices.shape[-1],))
         live = _live_windows(ctx.live_windows, indices.device)
         if live is not None:
             flat_indices = torch.where(live, flat_indices, 0)
-        y_dot = x_dot.reshape(x_dot.shape[:-2] + (-1,)).gather(-1, flat_indices)
+        y_dot = x_dot.reshape(x_dot.shape[:-2] + (x_dot.shape[-2] * x_dot.shape[-1],)).gather(-1, flat_indices)
         if live is not None:
             y_dot = torch.where(live, y_dot, 0.0)
         return y_dot.reshape(indices.shape), None

@@ -9,7 +9,7 @@ draw is a call torch accepts; the tensor values come from a drawn seed through a
 float64 normal samples (no ties, so max and ReLU kinks are never hit). Drawing values element by element
 would be slow and would not find more: the bugs of hand-written backward passes hide in geometry and
 options, which is what hypothesis explores and shrinks. Sizes start at 1: the empty tensors on which
-manualbp still differs from torch are listed in ``test_ops_match_torch.KNOWN_DIFFERENCES``.
+manualbp once differed from torch are regression cases in ``test_ops_match_torch.EDGE_CASES``.
 """
 
 from __future__ import annotations
