@@ -60,7 +60,7 @@ def train_side_by_side(
     """Train both models on the same batches in the same order; return every step's loss per backend.
 
     The loader is iterated once per epoch and each batch is given to both models, so the shuffling
-    (the loader's seeded generator) is shared by construction.
+    (the data module's epoch-seeded sampler) is shared by construction.
     """
     optimizers = {b: make_optimizer(models[b], optimizer, lr) for b in BACKENDS}
     losses: dict[str, list[float]] = {b: [] for b in BACKENDS}
