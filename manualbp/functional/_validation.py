@@ -44,17 +44,24 @@ def check_floating(op: str, **tensors: torch.Tensor | None) -> None:
             )
 
 
+def _differ(tensors: dict[str, torch.Tensor | None], attribute: str) -> bool:
+    """Whether the given tensors (None entries skipped) disagree on ``attribute``: attribute reads only."""
+    first = None
+    for t in tensors.values():
+        if t is not None:
+            value = getattr(t, attribute)
+            if first is None:
+                first = value
+            elif value != first:
+                return True
+    return False
+
+
 def check_same_dtype(op: str, **tensors: torch.Tensor | None) -> None:
     """Raise TypeError unless all given tensors share one dtype."""
-    dtype = None
-    for t in tensors.values():
-        if t is None:
-            continue
-        if dtype is None:
-            dtype = t.dtype
-        elif t.dtype != dtype:
-            listing = ", ".join(f"{name} {t.dtype}" for name, t in tensors.items() if t is not None)
-            raise TypeError(f"{op}: expected all tensors to have the same dtype, got {listing}")
+    if _differ(tensors, "dtype"):
+        listing = ", ".join(f"{name} {t.dtype}" for name, t in tensors.items() if t is not None)
+        raise TypeError(f"{op}: expected all tensors to have the same dtype, got {listing}")
 
 
 def check_same_device(op: str, **tensors: torch.Tensor | None) -> None:
@@ -63,17 +70,11 @@ def check_same_device(op: str, **tensors: torch.Tensor | None) -> None:
     Compares the ``device`` attributes only, so it costs no transfer and no sync; without it a mixed
     call fails deep inside the forward with a message that names neither the op nor the tensors.
     """
-    device = None
-    for t in tensors.values():
-        if t is None:
-            continue
-        if device is None:
-            device = t.device
-        elif t.device != device:
-            listing = ", ".join(f"{name} on {t.device}" for name, t in tensors.items() if t is not None)
-            raise RuntimeError(
-                f"{op}: expected all tensors to be on the same device, got {listing}; move them with .to(device)"
-            )
+    if _differ(tensors, "device"):
+        listing = ", ".join(f"{name} on {t.device}" for name, t in tensors.items() if t is not None)
+        raise RuntimeError(
+            f"{op}: expected all tensors to be on the same device, got {listing}; move them with .to(device)"
+        )
 
 
 def check_dim(op: str, name: str, t: torch.Tensor, allowed: tuple[int, ...] | range) -> None:
