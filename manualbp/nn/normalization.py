@@ -54,34 +54,34 @@ def _check_batch_norm(module: torch.nn.modules.batchnorm._BatchNorm) -> None:
         check_unit_interval(layer_name(module), "momentum", module.momentum)
 
 
-class BatchNorm1d(ManualModule, torch.nn.BatchNorm1d):
+class _ManualBatchNorm:
+    """What the batch-norm layers share: argument checks, the input check and the forward."""
+
+    input_dims: tuple[int, ...]
+    check_arguments = _check_num_features
+    check_supported = _check_batch_norm
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        check_dim(layer_name(self), "input", input, self.input_dims)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return _batch_norm_forward(self, input)
+
+
+class BatchNorm1d(_ManualBatchNorm, ManualModule, torch.nn.BatchNorm1d):
     """Batch normalisation of (N, C) or (N, C, L) as ``torch.nn.BatchNorm1d`` (eps, momentum or None,
     affine, bias, track_running_stats; same buffers and running-statistics updates).
     Backward in ``manualbp.functional.BatchNormFunction``."""
 
-    check_arguments = _check_num_features
-    check_supported = _check_batch_norm
-
-    def _check_input_dim(self, input: torch.Tensor) -> None:
-        check_dim("manualbp.nn.BatchNorm1d", "input", input, (2, 3))
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return _batch_norm_forward(self, input)
+    input_dims = (2, 3)
 
 
-class BatchNorm2d(ManualModule, torch.nn.BatchNorm2d):
+class BatchNorm2d(_ManualBatchNorm, ManualModule, torch.nn.BatchNorm2d):
     """Batch normalisation of (N, C, H, W) as ``torch.nn.BatchNorm2d`` (eps, momentum or None,
     affine, bias, track_running_stats; same buffers and running-statistics updates).
     Backward in ``manualbp.functional.BatchNormFunction``."""
 
-    check_arguments = _check_num_features
-    check_supported = _check_batch_norm
-
-    def _check_input_dim(self, input: torch.Tensor) -> None:
-        check_dim("manualbp.nn.BatchNorm2d", "input", input, (4,))
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return _batch_norm_forward(self, input)
+    input_dims = (4,)
 
 
 class LayerNorm(ManualModule, torch.nn.LayerNorm):
