@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from manualbp.functional._dispatch import apply, compile_twin
-from manualbp.functional.pooling import _pool_geometry
+from manualbp.functional.pooling import _pool_geometry, pool_layout
 
 Pair = tuple[int, int]
 
@@ -136,9 +136,10 @@ class ReLUMaxPool2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x, kernel_size, stride, padding, ceil_mode):
-        y, flat = F.max_pool2d(torch.relu(x), kernel_size, stride, padding, 1, ceil_mode=ceil_mode, return_indices=True)
+        y, flat = F.max_pool2d(pool_layout(x, relu=True), kernel_size, stride, padding, 1, ceil_mode=ceil_mode, return_indices=True)
         tables = _tables(x.shape[-2:], flat.shape[-2:], kernel_size, stride, padding, x.device)
-        return y, _window_code(flat, y > 0, tables)
+        # the code is computed in the pool's layout and copied to the standard one: 1 byte, not 8
+        return y.contiguous(), _window_code(flat, y > 0, tables).contiguous()
 
     @staticmethod
     def setup_context(ctx, inputs, output):
