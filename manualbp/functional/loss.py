@@ -108,6 +108,24 @@ def _nonzero(denom: torch.Tensor) -> torch.Tensor:
     return denom.masked_fill(denom == 0, 1)
 
 
+#: From this many rows on, (N, C) logits are normalised along dim 0 of their transpose (see class_softmax).
+TRANSPOSED_SOFTMAX_MIN_ROWS = 128
+
+
+def class_softmax(x: torch.Tensor, cd: int, log: bool = False) -> torch.Tensor:
+    """softmax (``log``: log_softmax) of x along the class dim ``cd``.
+
+    For (N, C) logits with few classes, torch's CPU kernel along dim 1 works row by row over C values;
+    along dim 0 of the transpose the same numbers come out several times faster (measured on 2 threads,
+    (512, 10): softmax 50 -> 18 µs, log_softmax 41 -> 20 µs; (128, 10): 14 -> 7 µs; no gain below about
+    128 rows). The result is a transposed view, which the callers only read.
+    """
+    normalise = torch.log_softmax if log else torch.softmax
+    if x.dim() == 2 and x.shape[0] >= TRANSPOSED_SOFTMAX_MIN_ROWS:
+        return normalise(x.t(), 0).t()
+    return normalise(x, cd)
+
+
 def _is_plain_class_target(target: torch.Tensor, weight: torch.Tensor | None, label_smoothing: float) -> bool:
     """Class-index targets without class weights or label smoothing: the case a classifier trains with."""
     return not target.is_floating_point() and weight is None and label_smoothing == 0.0
@@ -123,16 +141,17 @@ def _plain_class_target_grad(
 
         dL/dx_i = s_i v_i (softmax(x_i) - e_{t_i}),   s_i = dL/dℓ_i
 
-    computed as softmax(x) scaled by s v, with s_i v_i scatter-subtracted at each target class: six
+    computed as softmax(x) scaled by s v, with s_i v_i scatter-subtracted at each target class: a few
     kernels on (N, C) or (N,), against about twenty for the general form with its one-hot coefficients.
+    An ignored target is clamped into [0, C) only to be a valid index: its s_i v_i is 0.
     """
     cd = _class_dim(x)
     valid = target != ignore_index
     if reduction == "mean":
-        grad_out = grad_out / _nonzero(valid.sum())
+        grad_out = grad_out / valid.sum().clamp(min=1)  # D = 0: no counted sample, gradient 0 (see _nonzero)
     per_sample = (grad_out * valid).unsqueeze(cd)
-    safe_target = torch.where(valid, target, 0).unsqueeze(cd)
-    return (torch.softmax(x, cd) * per_sample).scatter_add(cd, safe_target, -per_sample)
+    safe_target = target.clamp(0, x.shape[cd] - 1).unsqueeze(cd)
+    return (class_softmax(x, cd) * per_sample).scatter_add(cd, safe_target, -per_sample)
 
 
 @compile_twin
@@ -154,7 +173,10 @@ class CrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x, target, weight, ignore_index, reduction, label_smoothing):
-        # The value is torch's (log-softmax and NLL in two kernels); the derivatives below are ours.
+        # The value is torch's (log-softmax and NLL); the derivatives below are ours.
+        if _is_plain_class_target(target, weight, label_smoothing):
+            log_p = class_softmax(x, _class_dim(x), log=True)
+            return torch.nn.functional.nll_loss(log_p, target, ignore_index=ignore_index, reduction=reduction)
         return torch.nn.functional.cross_entropy(
             x, target, weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing
         )
@@ -182,7 +204,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         scale = _per_sample_grad_scale(grad_out, ctx.reduction, denom, cd)
         grad_x = grad_target = None
         if ctx.needs_input_grad[0]:
-            p = torch.softmax(x, cd)
+            p = class_softmax(x, cd)
             grad_x = scale * (p * a.sum(cd, keepdim=True) - a)
         if ctx.needs_input_grad[1]:
             w = _broadcast_weight(weight, x)

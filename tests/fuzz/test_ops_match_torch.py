@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from torch.testing import assert_close
 
 import manualbp.functional as MF
+from manualbp.functional.loss import TRANSPOSED_SOFTMAX_MIN_ROWS
 from tests.fuzz.strategies import FAMILIES, FuzzCase, op_case, relu_then_max_pool2d
 
 
@@ -99,9 +100,23 @@ def _randn(*shape: int) -> torch.Tensor:
     return torch.randn(shape, dtype=torch.float64)
 
 
+def _classes_with_ignored(n: int, num_classes: int) -> torch.Tensor:
+    """n class indices cycling through 0 .. num_classes - 1, with every (num_classes + 1)-th one ignored (-100)."""
+    target = torch.arange(n) % (num_classes + 1)
+    return target.masked_fill(target == num_classes, -100)
+
+
 #: Differences from torch that fuzzing found, now fixed (minimal examples; the strategies do not draw
 #: them: sizes start at 1, and reduction="mean" keeps one target), kept as regression cases.
 EDGE_CASES = {
+    # (N, C) logits with N >= TRANSPOSED_SOFTMAX_MIN_ROWS take the transposed softmax path, and some targets are ignored
+    "cross_entropy-many-rows": lambda: op_case(
+        "cross_entropy",
+        0,
+        {"input": _randn(TRANSPOSED_SOFTMAX_MIN_ROWS, 4)},
+        target=_classes_with_ignored(TRANSPOSED_SOFTMAX_MIN_ROWS, num_classes=4),
+        reduction="mean",
+    ),
     # torch: loss nan, d²/d(dL/dy) 0; manualbp: nan
     "mse_loss-mean-empty": lambda: op_case("mse_loss", 0, {"input": _randn(0), "target": _randn(0)}),
     "cross_entropy-probabilities-mean-empty-batch": lambda: op_case(
