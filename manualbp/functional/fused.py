@@ -174,8 +174,18 @@ class ReLUMaxPool2dFunction(torch.autograd.Function):
         tables = _tables(shape[-2:], code.shape[-2:], kernel_size, stride, padding, code.device)
         flat, live = _argmax_positions(code, tables, shape[-2] * shape[-1], padding != (0, 0))
         planes = code.shape[:-2] + (code.shape[-2] * code.shape[-1],)
-        y_dot = x_dot.reshape(x_dot.shape[:-2] + (shape[-2] * shape[-1],)).gather(-1, flat.reshape(planes)).reshape(code.shape)
+        x_planes = x_dot.reshape(x_dot.shape[:-2] + (shape[-2] * shape[-1],))
+        y_dot = x_planes.gather(-1, flat.reshape(planes)).reshape(code.shape)
         return y_dot * live, None
+
+
+def check_window_code_fits(op: str, kernel: tuple[int, int]) -> None:
+    """Raise NotImplementedError unless a window of ``kernel`` has at most 255 positions (one byte of code)."""
+    if kernel[0] * kernel[1] > MAX_POSITIONS:
+        raise NotImplementedError(
+            f"{op}: kernel_size {kernel} has {kernel[0] * kernel[1]} positions; the one-byte window code "
+            f"holds at most {MAX_POSITIONS} (use relu followed by max_pool2d)"
+        )
 
 
 def relu_max_pool2d(
@@ -190,10 +200,6 @@ def relu_max_pool2d(
     255 positions."""
     op = "relu_max_pool2d"
     kernel, stride, pad, _ = _pool_geometry(op, input, kernel_size, stride, padding)
-    if kernel[0] * kernel[1] > MAX_POSITIONS:
-        raise NotImplementedError(
-            f"{op}: kernel_size {kernel} has {kernel[0] * kernel[1]} positions; the one-byte window code "
-            f"holds at most {MAX_POSITIONS} (use relu followed by max_pool2d)"
-        )
+    check_window_code_fits(op, kernel)
     y, _ = apply(ReLUMaxPool2dFunction, input, kernel, stride, pad, bool(ceil_mode))
     return y

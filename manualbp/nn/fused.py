@@ -8,7 +8,7 @@ import torch
 
 from manualbp import functional as MF
 from manualbp.functional._validation import check_int
-from manualbp.functional.fused import MAX_POSITIONS
+from manualbp.functional.fused import check_window_code_fits
 from manualbp.functional.pooling import pool_window
 from manualbp.nn._base import layer_name, share_state
 
@@ -37,11 +37,7 @@ class ReLUMaxPool2d(torch.nn.Module):
         kernel, _, _, dilation_pair = pool_window(name, kernel_size, stride, padding, dilation)
         if dilation_pair != (1, 1):
             raise NotImplementedError(f"{name}: dilation={dilation!r} is not supported (only 1)")
-        if kernel[0] * kernel[1] > MAX_POSITIONS:
-            raise NotImplementedError(
-                f"{name}: kernel_size={kernel_size!r} has {kernel[0] * kernel[1]} positions; "
-                f"the one-byte window code holds at most {MAX_POSITIONS}"
-            )
+        check_window_code_fits(name, kernel)
         if return_indices:
             raise NotImplementedError(
                 f"{name}: return_indices=True is not supported (the layer keeps window "

@@ -50,7 +50,7 @@ def test_ties_and_non_positive_windows_match_torch():
         (lambda: MF.relu_max_pool2d(torch.randn(6, 6), 2), ValueError, "relu_max_pool2d"),
         (lambda: mnn.ReLUMaxPool2d(2, dilation=2), NotImplementedError, r"ReLUMaxPool2d: dilation=2"),
         (lambda: mnn.ReLUMaxPool2d(2, return_indices=True), NotImplementedError, r"ReLUMaxPool2d: return_indices"),
-        (lambda: mnn.ReLUMaxPool2d(16), NotImplementedError, r"ReLUMaxPool2d: kernel_size=16 has 256 positions"),
+        (lambda: mnn.ReLUMaxPool2d(16), NotImplementedError, r"ReLUMaxPool2d: kernel_size \(16, 16\) has 256 positions"),
         (lambda: mnn.ReLUMaxPool2d(0), ValueError, r"ReLUMaxPool2d: kernel_size must be at least 1, got 0"),
         (lambda: mnn.LinearReLU(-1, 3), ValueError, r"LinearReLU: in_features must be at least 0, got -1"),
         (lambda: MF.linear_relu(torch.randn(2, 3), torch.randn(4, 5)), ValueError, r"linear_relu: input of shape \(2, 3\)"),
