@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import warnings
 
 import pytest
@@ -25,10 +26,10 @@ class _Recorder(pl.Callback):
         compare = check.compare
 
         def recording_compare(*args):
-            worst, max_abs, max_rel = compare(*args)
-            self.abs_errs.append(max_abs)
-            self.rel_errs.append(max_rel)
-            return worst, max_abs, max_rel
+            result = compare(*args)  # worst, max_abs, max_rel, max_rel_param
+            self.abs_errs.append(result[1])
+            self.rel_errs.append(result[2])
+            return result
 
         check.compare = recording_compare
 
@@ -36,9 +37,8 @@ class _Recorder(pl.Callback):
 def _fit(check: GradientCheckCallback, max_steps: int = 4, arch: str = "mlp", dropout: float = 0.0, **trainer_args):
     pl.seed_everything(0)
     data = DigitsDataModule(batch_size=32)
-    model = ClassifierModule(
-        arch=arch, backend="manual", hidden=(32,), dropout=dropout, in_shape=data.in_shape, lr=1e-2
-    )
+    model = ClassifierModule(arch=arch, backend="manual", hidden=(32,), dropout=dropout, in_shape=data.in_shape)
+    model.configure_optimizers = lambda: torch.optim.Adam(model.parameters(), lr=1e-2)
     model.configure_callbacks = lambda: []  # no checkpointing
     recorder = _Recorder(check)
     args = dict(
@@ -74,6 +74,16 @@ def test_dropout_masks_must_match_for_the_check_to_pass():
     )
     with pytest.raises(GradientMismatchError):
         _fit(check, max_steps=1, dropout=0.5)
+
+
+def test_prints_one_line_at_the_end_of_fit(capsys):
+    check = GradientCheckCallback(every_n_steps=2)
+    trainer, recorder = _fit(check, max_steps=4)
+    line = capsys.readouterr().out.splitlines()[-1]
+    match = re.fullmatch(r"GradientCheckCallback: 2 steps checked, worst relative error (\S+) \((net\.\S+)\)", line)
+    assert match, line
+    assert float(match[1]) == pytest.approx(max(recorder.rel_errs), rel=0.05) and float(match[1]) < 1e-4
+    assert match[2] in dict(trainer.lightning_module.named_parameters())
 
 
 def test_checks_every_nth_step_and_logs_to_csv(tmp_path):

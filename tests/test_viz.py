@@ -28,7 +28,8 @@ def _n_frames(path: Path) -> int:
 def _fit(callback: LearningAnimation, arch: str = "mlp", max_steps: int = 10) -> pl.Trainer:
     pl.seed_everything(0, verbose=False)
     data = DigitsDataModule(batch_size=32)
-    model = ClassifierModule(arch=arch, backend="manual", hidden=(16,), in_shape=data.in_shape, lr=1e-2)
+    model = ClassifierModule(arch=arch, backend="manual", hidden=(16,), in_shape=data.in_shape)
+    model.configure_optimizers = lambda: torch.optim.Adam(model.parameters(), lr=1e-2)
     model.configure_callbacks = lambda: []
     trainer = pl.Trainer(
         max_steps=max_steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -67,6 +68,13 @@ def test_animation_does_not_change_training(tmp_path):
     trainer = _fit(pl.Callback(), max_steps=4)
     for a, b in zip(with_animation, trainer.lightning_module.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_animation_prints_the_path_it_wrote(tmp_path, capsys):
+    path = tmp_path / "learning.gif"
+    _fit(LearningAnimation(path=str(path), every_n_steps=1, dpi=30), max_steps=2)
+    assert capsys.readouterr().out.splitlines()[-1] == f"LearningAnimation: wrote {path}"
+    assert _n_frames(path) == 3
 
 
 def test_animation_thins_frames_and_films_lenet5_from_the_validation_set(tmp_path):

@@ -1,0 +1,14 @@
+"""Lightning callbacks, one file each.
+
+* ``GradientCheckCallback`` (``gradient_check.py``): checks the hand-written backward against autograd while
+  a model trains.
+* ``LearningAnimation`` (``learning_animation.py``): films backpropagation on one digit (a GIF at the end of fit).
+* ``GradientFlow`` (``gradient_flow.py``): logs per layer the norms of the error signal, of each parameter's
+  gradient and of its update, and draws the gradient-flow figure at the end of fit.
+"""
+
+from manualbp.callbacks.gradient_check import GradientCheckCallback, GradientMismatchError
+from manualbp.callbacks.gradient_flow import GradientFlow
+from manualbp.callbacks.learning_animation import LearningAnimation
+
+__all__ = ["GradientCheckCallback", "GradientFlow", "GradientMismatchError", "LearningAnimation"]
