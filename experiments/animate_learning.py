@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 
 from manualbp.callbacks import LearningAnimation
 from manualbp.data import DigitsDataModule
@@ -42,9 +43,8 @@ def main(argv: list[str] | None = None) -> Path:
 
     pl.seed_everything(args.seed, verbose=False)
     data = DigitsDataModule(seed=args.seed)
-    model = ClassifierModule(
-        arch="mlp", backend=args.backend, hidden=tuple(args.hidden), lr=args.lr, in_shape=data.in_shape
-    )
+    model = ClassifierModule(arch="mlp", backend=args.backend, hidden=tuple(args.hidden), in_shape=data.in_shape)
+    model.configure_optimizers = lambda: torch.optim.Adam(model.parameters(), lr=args.lr)
     model.configure_callbacks = lambda: []  # no checkpoints
     animation = LearningAnimation(
         path=str(args.out), every_n_steps=args.every, max_frames=args.frames, digit=args.digit, fps=args.fps

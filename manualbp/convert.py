@@ -185,3 +185,17 @@ def _apply(
             module._modules[child_name] = replacements[id(child)]
         else:
             _apply(child, replacements, fused, seen)
+
+
+def layer_summary(model: torch.nn.Module) -> dict[str, Counter[str]]:
+    """How many layers of each type in ``model`` run a hand-written backward (``"manual"``) and how many
+    stay torch.nn with autograd's backward (``"torch"``); plain containers and ``Identity`` are not layers."""
+    summary: dict[str, Counter[str]] = {"manual": Counter(), "torch": Counter()}
+    for module in model.modules():
+        if isinstance(module, (ManualModule, *_FUSED)):
+            summary["manual"][type(module).__name__] += 1
+        elif not isinstance(module, _PASS_THROUGH):
+            owns_state = any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False))
+            if owns_state or not any(True for _ in module.children()):
+                summary["torch"][type(module).__name__] += 1
+    return summary

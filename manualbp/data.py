@@ -11,6 +11,8 @@ one that never stopped, and under DDP the ranks share each epoch's order out amo
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 import shutil
@@ -57,10 +59,14 @@ class TensorDataModule(pl.LightningDataModule):
 
     in_shape: tuple[int, int, int]
     num_classes: int = 10
+    default_batch_size: int
 
-    def __init__(self, batch_size: int, num_workers: int, seed: int) -> None:
+    def __init__(self, batch_size: int | None, num_workers: int, seed: int) -> None:
         super().__init__()
         name = type(self).__name__
+        # None stands for the module's own default: jsonargparse would carry the digits' batch size over
+        # to --data=MNISTDataModule (jsonargparse issue #460) if it were a number in the signature.
+        batch_size = self.default_batch_size if batch_size is None else batch_size
         check_int(name, "batch_size", batch_size, 1)
         check_int(name, "num_workers", num_workers, 0)
         check_int(name, "seed", seed, 0)
@@ -132,13 +138,21 @@ class DigitsDataModule(TensorDataModule):
 
     Split with a seeded permutation into test (``test_fraction``), validation (``val_fraction``) and
     training sets. Works offline: the data ships with scikit-learn.
+
+    Args:
+        batch_size: Images per batch (None: 64).
+        val_fraction: Fraction of the images held out for validation.
+        test_fraction: Fraction of the images held out for testing.
+        num_workers: Worker processes per data loader (0: load in the main process).
+        seed: Seed of the split and of the shuffling of each epoch.
     """
 
     in_shape = (1, 8, 8)
+    default_batch_size = 64
 
     def __init__(
         self,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         num_workers: int = 0,
@@ -177,9 +191,19 @@ class MNISTDataModule(TensorDataModule):
     set is the test split; the validation split is taken from the training images with a seeded split:
     ``val_size`` images (an int, capped at a twelfth of the training images, which is 5,000 of 60,000), or a
     fraction of them (a float below 1).
+
+    Args:
+        data_dir: Folder holding <Dataset>/raw/ with the four IDX files, in torchvision's layout.
+        dataset: Which of the three 28x28 datasets to read.
+        val_size: Training images held out for validation: a count, or a fraction below 1.
+        download: Download the IDX files when they are missing from data_dir.
+        batch_size: Images per batch (None: 128).
+        num_workers: Worker processes per data loader (0: load in the main process).
+        seed: Seed of the validation split and of the shuffling of each epoch.
     """
 
     in_shape = (1, 28, 28)
+    default_batch_size = 128
 
     def __init__(
         self,
@@ -187,7 +211,7 @@ class MNISTDataModule(TensorDataModule):
         dataset: DatasetName = "mnist",
         val_size: int | float = 5000,
         download: bool = True,
-        batch_size: int = 128,
+        batch_size: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
@@ -217,18 +241,17 @@ class MNISTDataModule(TensorDataModule):
     def _missing_files(self) -> list[str]:
         return [name for name in IDX_FILES if not (self.raw_folder / name).exists()]
 
-    def _missing_error(self, cause: BaseException | None) -> FileNotFoundError:
+    def _missing_error(self, cause: BaseException | None) -> DataNotFoundError:
         if not self.download:
-            why = "downloading was not allowed (download=False)"
+            why, other_way = "downloading was not allowed (download=False)", "allow the download with --data.download=true"
         elif cause is not None:
-            why = f"the download failed ({cause})"
+            why, other_way = f"the download failed ({' '.join(str(cause).split())})", "download on a machine with internet access"
         else:
-            why = "they have not been downloaded (prepare_data() downloads them)"
-        return FileNotFoundError(
+            why, other_way = "they have not been downloaded (prepare_data() downloads them)", "call prepare_data() first"
+        return DataNotFoundError(
             f"MNISTDataModule: {self.dataset} not found in {self.raw_folder.resolve()}: missing "
             f"{', '.join(self._missing_files())}; {why}. Point --data.data_dir at a folder holding "
-            f"{_TORCHVISION_CLASSES[self.dataset]}/raw/ with the four IDX files (torchvision's layout), or allow the "
-            "download with --data.download=true on a machine with internet access."
+            f"{_TORCHVISION_CLASSES[self.dataset]}/raw/ with the four IDX files (torchvision's layout), or {other_way}."
         )
 
     def prepare_data(self) -> None:
@@ -236,21 +259,27 @@ class MNISTDataModule(TensorDataModule):
 
         torchvision downloads into a temporary folder inside ``data_dir``; the missing files move into
         ``raw_folder`` (each an atomic rename) only once all four have arrived and pass ``check_idx_file``,
-        and the temporary folder is removed whatever happens, so a failed download leaves no partial file.
+        and the temporary folder is removed whatever happens, so a failed download leaves no partial file, and
+        no ``data_dir`` either when it did not exist before. torchvision's messages on the way (each URL
+        tried) are kept back; what went wrong is in the error.
         """
         missing = self._missing_files()
         if not missing:
             return
         if not self.download:
             raise self._missing_error(None)
+        created = _first_missing_folder(Path(self.data_dir))
         Path(self.data_dir).mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=self.data_dir))
         try:
-            staged = self._download_checked(staging)
+            with contextlib.redirect_stdout(io.StringIO()):
+                staged = self._download_checked(staging)
             self.raw_folder.mkdir(parents=True, exist_ok=True)
             for name in missing:
                 os.replace(staged / name, self.raw_folder / name)
         except Exception as error:  # torchvision raises several kinds on a failed download
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
             raise self._missing_error(error) from error
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -289,6 +318,20 @@ class MNISTDataModule(TensorDataModule):
         if isinstance(self.val_size, float):
             return max(1, math.floor(n_train * self.val_size))
         return max(1, min(int(self.val_size), n_train // 12))
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The data a data module needs is not where it looks, and could not be downloaded there."""
+
+
+def _first_missing_folder(path: Path) -> Path | None:
+    """The outermost folder of ``path`` (itself included) that does not exist yet, or None if ``path`` exists."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
 
 
 _TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}

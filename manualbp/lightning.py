@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -10,50 +11,77 @@ import torch
 import torchmetrics
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from manualbp.checkpoints import check_checkpoint_fits
+from manualbp.convert import convert, layer_summary
 from manualbp.functional._validation import check_int
-from manualbp.models import Activation, Backend, cross_entropy, lenet5, mlp
+from manualbp.models import Activation, Backend, cross_entropy, layers, lenet5, mlp
 
 
 class ClassifierModule(pl.LightningModule):
     """Cross-entropy classification of images (N, C, H, W) into ``num_classes`` classes.
 
-    ``backend="manual"`` builds the network from manualbp.nn and takes the loss from manualbp's
-    cross entropy, so every gradient of a step comes from a hand-written backward; ``"autograd"``
-    builds the identical network (same layer names, same initial weights for the same seed) from
-    torch.nn. Logs ``train_loss``, ``val_loss``, ``val_acc``, ``test_loss``, ``test_acc``.
-    ``in_shape`` and ``num_classes`` are linked from the data module by the ``manualbp`` command.
+    ``backend="manual"`` builds the network from manualbp.nn (or converts ``net`` with ``manualbp.convert``)
+    and takes the loss from manualbp's cross entropy, so every gradient of a step comes from a hand-written
+    backward; ``"autograd"`` builds the identical network (same layer names, same initial weights for the
+    same seed) from torch.nn. Logs ``train_loss``, ``val_loss``, ``val_acc``, ``test_loss``, ``test_acc``.
+    ``predict_step`` returns the class probabilities (N, num_classes).
+
+    The optimizer is Adam (lr 1e-3) unless chosen otherwise: on the command line with LightningCLI's
+    ``--optimizer`` and ``--lr_scheduler`` (any torch optimizer and scheduler), in Python by overriding
+    ``configure_optimizers``.
+
+    Args:
+        arch: built-in network: ``mlp`` (Flatten, Linear+activation per hidden width, Linear) or ``lenet5``.
+        net: your own network (any torch.nn.Module mapping (N, *in_shape) to (N, num_classes) logits),
+            used instead of ``arch``; on the manual backend its layers are swapped by ``manualbp.convert``.
+        backend: ``manual`` (hand-written backward) or ``autograd`` (torch.nn and autograd).
+        hidden: widths of the MLP's hidden layers.
+        activation: activation after each hidden layer of the built-in networks.
+        dropout: dropout probability after each hidden layer of the MLP (0 for none).
+        in_shape: shape (C, H, W) of one image; linked from the data module by the ``manualbp`` command.
+        num_classes: number of classes; linked from the data module by the ``manualbp`` command.
     """
 
     def __init__(
         self,
         arch: Literal["mlp", "lenet5"] = "mlp",
+        net: torch.nn.Module | None = None,
         backend: Backend = "manual",
         hidden: Sequence[int] = (800,),
         activation: Activation = "relu",
         dropout: float = 0.0,
-        optimizer: Literal["sgd", "adam"] = "adam",
-        lr: float = 1e-3,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
         in_shape: Sequence[int] = (1, 28, 28),
         num_classes: int = 10,
     ) -> None:
         super().__init__()
-        _check_hyperparameters(lr, momentum, weight_decay, dropout, num_classes)
-        self.save_hyperparameters()
-        if arch == "mlp":
+        if not 0 <= dropout < 1:
+            raise ValueError(f"ClassifierModule: dropout must lie in [0, 1), got {dropout}")
+        check_int("ClassifierModule", "num_classes", num_classes, 2)
+        self._save_hyperparameters_without_modules()
+        if net is not None:
+            self.net = _own_network(net, backend)
+        elif arch == "mlp":
             self.net = mlp(hidden, activation, dropout, in_shape, num_classes, backend)
         elif arch == "lenet5":
             self.net = lenet5(in_shape, num_classes, activation, backend)
         else:
             raise ValueError(f"ClassifierModule: arch must be 'mlp' or 'lenet5', got {arch!r}")
-        if optimizer not in ("sgd", "adam"):
-            raise ValueError(f"ClassifierModule: optimizer must be 'sgd' or 'adam', got {optimizer!r}")
         self.loss_fn = cross_entropy(backend)
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
         self.test_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
         self.example_input_array = torch.zeros(2, *in_shape)
+
+    def _save_hyperparameters_without_modules(self) -> None:
+        """``save_hyperparameters()``, except a ``net`` given as a module object in Python: its weights are in
+        the state dict already (pass it again to ``load_from_checkpoint``). Through the ``manualbp`` command
+        ``net`` is saved as its class path and arguments, from which ``load_from_checkpoint`` rebuilds it."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        if isinstance(self.hparams.get("net"), torch.nn.Module):
+            self.save_hyperparameters(ignore=["net"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -79,13 +107,13 @@ class ClassifierModule(pl.LightningModule):
         self._evaluate(batch, "test", self.test_acc)
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self(batch[0]).argmax(dim=1)
+        """The class probabilities softmax(logits), (N, num_classes), of the batch's images."""
+        return torch.softmax(self(batch[0]), dim=1)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        hp = self.hparams
-        if hp.optimizer == "sgd":
-            return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        return torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        """Adam with lr 1e-3: the default when nothing else chooses (the ``manualbp`` command's ``--optimizer``
+        replaces this method, as LightningCLI does)."""
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Save the state of the random generator of the model's device type, so that a fit resumed from this
@@ -93,34 +121,61 @@ class ClassifierModule(pl.LightningModule):
         checkpoint["rng_state"] = {self.device.type: _rng_state(self.device)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """When a fit resumes from ``checkpoint`` on the same device type, restore its random generator state;
-        loading the weights to test, predict or with ``load_from_checkpoint`` leaves the random generators alone."""
+        """Check that ``checkpoint`` was made by this network (``CheckpointMismatchError`` naming the option
+        that differs, or the first parameter that does not fit, instead of torch's state-dict traceback).
+
+        When a fit resumes from it on the same device type, restore its random generator state; loading the
+        weights to test, predict or with ``load_from_checkpoint`` leaves the random generators alone."""
+        path = self._trainer.ckpt_path if self._trainer is not None else None
+        check_checkpoint_fits(checkpoint, dict(self.hparams), self.state_dict(), path)
         resuming_fit = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
         state = checkpoint.get("rng_state", {}).get(self.device.type)
         if resuming_fit and state is not None:
             _set_rng_state(state, self.device)
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        """Keep the checkpoint with the best validation accuracy (``ckpt_path="best"`` then means it) and
-        ``last.ckpt``, the end of the latest epoch, to resume from (``--ckpt_path=.../last.ckpt``); none when
-        the trainer's checkpointing is off (``enable_checkpointing=False``)."""
-        if not self.trainer.checkpoint_callbacks:
+        """Checkpoints, unless the trainer has checkpoint callbacks of the user's own (they win) or checkpointing
+        is off (``enable_checkpointing=False``): the one with the best validation accuracy (``ckpt_path="best"``
+        then means it) and ``last.ckpt``, written at the end of every epoch, to resume from
+        (``--ckpt_path=.../last.ckpt``). They replace the plain ``ModelCheckpoint()`` Lightning adds by default
+        (a ``ModelCheckpoint`` given with every setting at its default cannot be told apart from that one)."""
+        checkpoints = self.trainer.checkpoint_callbacks
+        if not checkpoints or not all(_is_lightning_default(c) for c in checkpoints):
             return []
-        return [ModelCheckpoint(monitor="val_acc", mode="max", filename="{epoch}-{val_acc:.4f}", save_last=True)]
+        best = ModelCheckpoint(monitor="val_acc", mode="max", filename="{epoch}-{val_acc:.4f}")
+        return [best, ModelCheckpoint(filename="last")]
 
 
-def _check_hyperparameters(lr: float, momentum: float, weight_decay: float, dropout: float, num_classes: int) -> None:
-    """Reject values the optimizer or the network would only fail on (or silently misuse) later."""
-    name = "ClassifierModule"
-    if not lr > 0:
-        raise ValueError(f"{name}: lr must be positive, got {lr}")
-    if not 0 <= momentum < 1:
-        raise ValueError(f"{name}: momentum must lie in [0, 1), got {momentum}")
-    if not weight_decay >= 0:
-        raise ValueError(f"{name}: weight_decay must be non-negative, got {weight_decay}")
-    if not 0 <= dropout < 1:
-        raise ValueError(f"{name}: dropout must lie in [0, 1), got {dropout}")
-    check_int(name, "num_classes", num_classes, 2)
+def _is_lightning_default(callback: pl.Callback) -> bool:
+    """Whether ``callback`` is configured as the ``ModelCheckpoint()`` that Lightning adds when none is given."""
+    default = ModelCheckpoint()
+    settings = ("state_key", "dirpath", "filename", "save_last", "save_top_k", "save_weights_only")
+    return type(callback) is ModelCheckpoint and all(getattr(callback, s) == getattr(default, s) for s in settings)
+
+
+def _own_network(net: torch.nn.Module, backend: Backend) -> torch.nn.Module:
+    """``net`` as it is (autograd) or converted to manual layers, printing which layers became manual and which
+    stayed torch.nn, one line each."""
+    if backend == "autograd":
+        return net
+    layers(backend)  # validates the name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # convert's warning lists every layer; the summary counts them
+        net = convert(net)
+    summary = layer_summary(net)
+    lines = {
+        "manual (hand-written backward)": summary["manual"],
+        "stayed torch.nn (autograd backward)": summary["torch"],
+    }
+    for kind, counts in lines.items():
+        if counts:
+            _print_rank_zero(f"ClassifierModule: {kind}: " + ", ".join(f"{n} {name}" for name, n in counts.items()))
+    return net
+
+
+@rank_zero_only
+def _print_rank_zero(message: str) -> None:
+    print(message)
 
 
 def _rng_state(device: torch.device) -> torch.Tensor:

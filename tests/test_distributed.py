@@ -34,7 +34,7 @@ def _ddp_first_step(out: Path) -> list[dict]:
         "--trainer.max_steps=1", "--trainer.limit_val_batches=0", "--test_after_fit=false",
         "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
         f"--trainer.default_root_dir={out}",
-        "--model.hidden=[16]", "--model.optimizer=sgd", "--model.lr=0.1", "--data.batch_size=8",
+        "--model.hidden=[16]", "--optimizer=SGD", "--optimizer.lr=0.1", "--data.batch_size=8",
         "--trainer.callbacks+=tests.ddp_step.RecordFirstStep", f"--trainer.callbacks.out_dir={out}",
     ]  # fmt: skip
     env = {
@@ -51,9 +51,9 @@ def _ddp_first_step(out: Path) -> list[dict]:
 
 def _single_process_step(start: dict[str, torch.Tensor], images: torch.Tensor, labels: torch.Tensor) -> dict:
     """The same SGD step in this process on the whole global batch (both ranks' batches together)."""
-    model = ClassifierModule(hidden=(16,), optimizer="sgd", lr=0.1, in_shape=(1, 8, 8))
+    model = ClassifierModule(hidden=(16,), in_shape=(1, 8, 8))
     model.load_state_dict(start)
-    optimizer = model.configure_optimizers()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     model.loss_fn(model(images), labels).backward()
     optimizer.step()
     return {name: p.detach() for name, p in model.named_parameters()}

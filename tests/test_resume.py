@@ -41,3 +41,15 @@ def test_two_epochs_equal_one_epoch_and_a_resumed_one(tmp_path):
     for index, state in straight_adam["state"].items():
         for key, value in state.items():
             assert torch.equal(resumed_adam["state"][index][key], value), (index, key)
+
+
+def test_last_ckpt_is_the_latest_epoch_when_that_epoch_is_not_the_best(tmp_path):
+    """With lr 0 no epoch improves on the first, so the best checkpoint stays at epoch 0 while last.ckpt must
+    move on to every later epoch; resuming from it then continues after the last epoch, not the best."""
+    root = tmp_path / "run"
+    last = _fit(root, 3, "--optimizer.lr=0")
+    (best,) = [p.name for p in (root / "checkpoints").glob("epoch=*.ckpt")]
+    assert best.startswith("epoch=0-")
+    assert (last["epoch"], last["global_step"]) == (2, 12)
+    resumed = _fit(tmp_path / "resumed", 4, "--optimizer.lr=0", f"--ckpt_path={root / 'checkpoints' / 'last.ckpt'}")
+    assert (resumed["epoch"], resumed["global_step"]) == (3, 16)

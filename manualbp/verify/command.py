@@ -9,12 +9,14 @@ from pathlib import Path
 from manualbp.verify.battery import CHECKS, available_checks, verify_cases
 from manualbp.verify.builtin_cases import BUILTIN_CASES
 
+DESCRIPTION = "Check every built-in manualbp op against its PyTorch twin and print the ops x checks matrix."
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the battery on the built-in op cases; print the matrix; exit 1 when any check failed."""
     parser = argparse.ArgumentParser(
         prog="manualbp verify",
-        description="Check every built-in manualbp op against its PyTorch twin and print the ops x checks matrix.",
+        description=DESCRIPTION,
     )
     parser.add_argument("--op", action="append", metavar="NAME", help="only cases whose id starts with NAME (repeatable)")
     parser.add_argument("--check", action="append", metavar="CHECK", choices=list(CHECKS), help="only this check (repeatable)")
