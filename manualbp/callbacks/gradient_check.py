@@ -48,7 +48,7 @@ class GradientCheckCallback(pl.Callback):
     LightningModule names it (``net.fc1.weight``): the one with the largest max(e / (tol + tol·|r|)).
     A parameter whose ``grad`` is None counts as a zero gradient; parameters not requiring grad are skipped.
 
-    At the end of training (``on_train_end``) the global-zero process prints one line, e.g.
+    At the end of fit (``on_fit_end``, after the progress bar closes) the global-zero process prints one line, e.g.
     ``GradientCheckCallback: 4 steps checked, worst relative error 3.1e-07 (net.fc1.weight)``: the number of
     checked steps (``steps_checked``) and the largest ``gradcheck/max_rel_err`` over them (``max_rel_err``)
     with the parameter it came from (``max_rel_param``).
@@ -161,7 +161,7 @@ class GradientCheckCallback(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._batch, self._rng = None, None  # a skipped step (training_step returned None) keeps nothing
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
             print(self.summary())
 

@@ -42,7 +42,7 @@ class GradientFlow(pl.Callback):
     per recorded step). With gradient accumulation, ∂L/∂W and ΔW are those of the optimizer step, δ that of
     its last micro-batch; under AMP with a loss scaler δ is divided by the scale, as the gradients are.
 
-    When training ends the global-zero process writes, with ``figure=True``, ``<trainer.log_dir>/gradient_flow.png``
+    When fit ends (``on_fit_end``) the global-zero process writes, with ``figure=True``, ``<trainer.log_dir>/gradient_flow.png``
     (the run folder: ``lightning_logs/version_0`` with the CSV logger): ``manualbp.viz.plot_gradient_flow`` of
     ``grad_norm`` over the recorded steps for each weight matrix or kernel (parameters with two dimensions or
     more), and prints one line: ``GradientFlow: logged 5 steps; figure lightning_logs/version_0/gradient_flow.png``.
@@ -112,7 +112,7 @@ class GradientFlow(pl.Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._close()
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         log_dir = trainer.log_dir  # a broadcast from rank 0: every process asks
         if not trainer.is_global_zero:
             return

@@ -42,7 +42,7 @@ class LearningAnimation(pl.Callback):
     manual cross entropy on the manual backend) and ``F.cross_entropy`` otherwise. The backward is
     ``torch.autograd.grad``, which leaves every ``.grad`` untouched, so training is not changed.
 
-    The GIF (matplotlib's ``PillowWriter``) is written in ``on_train_end`` on the global-zero process, which
+    The GIF (matplotlib's ``PillowWriter``) is written in ``on_fit_end`` on the global-zero process, which
     prints its path (``LearningAnimation: wrote learning.gif``); more frames than ``max_frames`` are thinned
     evenly (first and last kept). ``frames`` keeps the recorded frame
     data (plain numpy arrays, see ``manualbp.viz.draw_learning_frame``).
@@ -146,7 +146,7 @@ class LearningAnimation(pl.Callback):
             self._before = None
             self._record(trainer, pl_module, updates)
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero and self.frames:
             print(f"LearningAnimation: wrote {self.write(self.path)}")
 
