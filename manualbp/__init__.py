@@ -8,6 +8,7 @@ during a forward and backward. ``manualbp.detect_nonfinite()`` makes every manua
 ``NonFiniteGradientError`` at the first gradient holding nan or inf, naming the op and the input.
 """
 
+from manualbp import _requirements  # noqa: F401 (first: on an older torch, import fails here with the fix)
 from manualbp import functional, nn
 from manualbp.convert import convert, to_torch
 from manualbp.functional._nonfinite import NonFiniteGradientError, detect_nonfinite, is_nonfinite_detection_enabled
