@@ -15,6 +15,10 @@ import torch
 REDUCTIONS = ("none", "mean", "sum")
 
 
+class DtypeError(TypeError, RuntimeError):
+    """A tensor of a dtype the op does not take, where torch raises ``RuntimeError``: catchable as either."""
+
+
 def shape_str(t: torch.Tensor) -> str:
     """A shape as a Python tuple reads: (2, 3), (4,), ()."""
     return str(tuple(t.shape))

@@ -35,6 +35,7 @@ import torch
 from manualbp.functional._dispatch import apply, compile_twin
 from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import (
+    DtypeError,
     check_floating,
     check_int,
     check_same_device,
@@ -350,6 +351,10 @@ class MSELossFunction(torch.autograd.Function):
         return loss_dot.sum() / (loss_dot.numel() if weight is None else weight.sum())
 
 
+#: The dtypes torch takes for class-index targets (others: "expected target dtype to be Long or Byte").
+_CLASS_TARGET_DTYPES = (torch.int64, torch.uint8)
+
+
 def _check_class_target(op: str, input: torch.Tensor, target: torch.Tensor, ignore_index: int) -> None:
     """Shape, dtype and range of a class-index target; the range check reads data, so it is skipped
     while tracing (torch.compile) or under vmap, where it cannot be evaluated."""
@@ -360,8 +365,11 @@ def _check_class_target(op: str, input: torch.Tensor, target: torch.Tensor, igno
             f"{op}: expected target of shape {expected} for input of shape {shape_str(input)}, "
             f"got target of shape {shape_str(target)}"
         )
-    if target.dtype == torch.bool or target.is_complex():
-        raise TypeError(f"{op}: expected an integer (class index) target, got dtype {target.dtype}")
+    if target.dtype not in _CLASS_TARGET_DTYPES:
+        raise DtypeError(
+            f"{op}: expected a class-index target of dtype torch.int64 (or torch.uint8), as torch does, "
+            f"got dtype {target.dtype}"
+        )
     if torch.compiler.is_compiling() or torch._C._functorch.is_batchedtensor(target):
         return
     num_classes = input.shape[cd]
@@ -451,8 +459,6 @@ def nll_loss(
     op = "nll_loss"
     reduction = resolve_reduction(op, size_average, reduce, reduction)
     _check_class_loss_args(op, input, target, weight, ignore_index)
-    if target.is_floating_point():
-        raise TypeError(f"{op}: expected an integer (class index) target, got dtype {target.dtype}")
     _check_class_target(op, input, target, ignore_index)
     return apply(NLLLossFunction, input, target.long(), weight, ignore_index, reduction)
 

@@ -37,7 +37,10 @@ BAD_CALLS = [
     ("cross_entropy-reduction", lambda: MF.cross_entropy(torch.randn(4, 5), torch.zeros(4, dtype=torch.long), reduction="avg"), ValueError, r"cross_entropy: reduction must be one of \('none', 'mean', 'sum'\), got 'avg'"),
     ("cross_entropy-module-target-out-of-range", lambda: mnn.CrossEntropyLoss()(torch.randn(2, 3), torch.tensor([3, 0])), IndexError, r"cross_entropy: target 3 is out of bounds"),
     ("nll_loss-target-out-of-range", lambda: MF.nll_loss(torch.randn(4, 5), torch.tensor([0, 1, 7, 2])), IndexError, r"nll_loss: target 7 is out of bounds"),
-    ("nll_loss-float-target", lambda: MF.nll_loss(torch.randn(4, 5), torch.zeros(4)), TypeError, r"nll_loss: expected an integer \(class index\) target, got dtype torch.float32"),
+    ("nll_loss-float-target", lambda: MF.nll_loss(torch.randn(4, 5), torch.zeros(4)), RuntimeError, r"nll_loss: expected a class-index target of dtype torch.int64 \(or torch.uint8\), as torch does, got dtype torch.float32"),
+    ("nll_loss-int32-target", lambda: MF.nll_loss(torch.randn(4, 5), torch.zeros(4, dtype=torch.int32)), TypeError, r"nll_loss: expected a class-index target of dtype torch.int64 \(or torch.uint8\).*got dtype torch.int32"),
+    ("cross_entropy-int32-target", lambda: MF.cross_entropy(torch.randn(4, 5), torch.zeros(4, dtype=torch.int32)), RuntimeError, r"cross_entropy: expected a class-index target of dtype torch.int64 \(or torch.uint8\).*got dtype torch.int32"),
+    ("cross_entropy-module-bool-target", lambda: mnn.CrossEntropyLoss()(torch.randn(2, 3), torch.tensor([True, False])), TypeError, r"cross_entropy: expected a class-index target.*got dtype torch.bool"),
     ("mse_loss-not-broadcastable", lambda: MF.mse_loss(torch.randn(3, 4), torch.randn(3, 5)), ValueError, r"mse_loss: input of shape \(3, 4\) and target of shape \(3, 5\) cannot be broadcast"),
     ("mse_loss-dtype-mismatch", lambda: MF.mse_loss(torch.randn(3), torch.randn(3, dtype=torch.float64)), TypeError, r"mse_loss: .*same dtype.*input torch.float32, target torch.float64"),
     ("mse_loss-integer-target", lambda: MF.mse_loss(torch.randn(3), torch.ones(3, dtype=torch.int64)), TypeError, r"mse_loss: expected a floating-point target"),
@@ -126,6 +129,21 @@ def test_hyper_parameters_accept_what_torch_accepts():
     torch.testing.assert_close(
         MF.batch_norm(x, torch.zeros(3), torch.ones(3), eps=0.0), torch.nn.functional.batch_norm(x, torch.zeros(3), torch.ones(3), eps=0.0)
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.int8])
+def test_class_targets_of_a_dtype_torch_refuses_are_refused_as_torch_does(dtype):
+    logits, target = torch.randn(4, 5), torch.tensor([0, 1, 2, 3], dtype=dtype)
+    with pytest.raises(RuntimeError, match="expected target dtype to be Long or Byte"):
+        torch.nn.functional.cross_entropy(logits, target)
+    for loss in (MF.cross_entropy, MF.nll_loss):
+        with pytest.raises(RuntimeError, match=f"expected a class-index target .* got dtype {dtype}"):
+            loss(logits, target)
+
+
+def test_byte_class_targets_are_taken_as_torch_takes_them():
+    logits, target = torch.randn(4, 5), torch.tensor([0, 1, 2, 4], dtype=torch.uint8)
+    torch.testing.assert_close(MF.cross_entropy(logits, target), torch.nn.functional.cross_entropy(logits, target))
 
 
 def test_ignored_targets_may_lie_outside_the_class_range():
