@@ -6,7 +6,13 @@ layers of an existing torch model for manual ones (``manualbp.to_torch``, a copy
 ``manualbp.trace(model)`` records each layer's activation, error signal ∂L/∂y and parameter gradients
 during a forward and backward. ``manualbp.detect_nonfinite()`` makes every manual backward raise
 ``NonFiniteGradientError`` at the first gradient holding nan or inf, naming the op and the input.
+
+``manualbp.models``, ``manualbp.verify``, ``manualbp.data``, ``manualbp.lightning`` and ``manualbp.callbacks``
+are attributes too, imported on first use: the last three bring in Lightning, which takes seconds to import.
 """
+
+import importlib
+from types import ModuleType
 
 from manualbp import _requirements  # noqa: F401 (first: on an older torch, import fails here with the fix)
 from manualbp import functional, nn
@@ -25,3 +31,17 @@ __all__ = [
     "trace",
 ]
 __version__ = "0.1.0"
+
+# Submodules imported when first read as attributes of the package (PEP 562), so that ``import manualbp``
+# does not pay for Lightning, torchvision and matplotlib.
+_LAZY_SUBMODULES = ("callbacks", "data", "lightning", "models", "verify")
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f"manualbp.{name}")
+    raise AttributeError(f"module 'manualbp' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY_SUBMODULES])
