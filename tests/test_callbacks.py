@@ -13,7 +13,7 @@ from pytorch_lightning.loggers import CSVLogger
 
 from manualbp.callbacks import GradientCheckCallback, GradientMismatchError
 from manualbp.data import DigitsDataModule
-from manualbp.functional.linear_relu import LinearReLUFunction
+from manualbp.functional.fused import LinearReLUFunction
 from manualbp.lightning import ClassifierModule
 
 

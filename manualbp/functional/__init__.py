@@ -26,9 +26,8 @@ from manualbp.functional.activation import (
 )
 from manualbp.functional.conv import Conv2dFunction, conv2d
 from manualbp.functional.dropout import DropoutFunction, dropout
-from manualbp.functional.fused import ReLUMaxPool2dFunction, relu_max_pool2d
+from manualbp.functional.fused import LinearReLUFunction, ReLUMaxPool2dFunction, linear_relu, relu_max_pool2d
 from manualbp.functional.linear import LinearFunction, linear
-from manualbp.functional.linear_relu import LinearReLUFunction, linear_relu
 from manualbp.functional.loss import (
     CrossEntropyFunction,
     MSELossFunction,

@@ -15,8 +15,8 @@ from manualbp import functional as MF
 def function_classes() -> list[type[torch.autograd.Function]]:
     """Every Function class defined in a module of manualbp.functional (exported or not), without twins."""
     found = []
-    for info in pkgutil.iter_modules(MF.__path__):
-        module = importlib.import_module(f"{MF.__name__}.{info.name}")
+    for info in pkgutil.walk_packages(MF.__path__, prefix=f"{MF.__name__}."):
+        module = importlib.import_module(info.name)
         for obj in vars(module).values():
             if inspect.isclass(obj) and issubclass(obj, torch.autograd.Function) and obj.__module__ == module.__name__:
                 found.append(obj)

@@ -1,6 +1,6 @@
-"""Fused ops: two layers in one Function, so that backward keeps less than the two would apart.
+"""ReLU then 2-D max pooling as one Function, keeping one byte per output for backward.
 
-ReLU followed by 2-D max pooling. Index conventions as in ``manualbp.functional.pooling``: x: (N, C, H, W)
+Index conventions as in ``manualbp.functional.pooling``: x: (N, C, H, W)
 or (C, H, W), y: (N, C, Ho, Wo) or (C, Ho, Wo); window (i, j) of a pool with kernel (kh, kw), stride
 (sh, sw) and padding (ph, pw) covers the rows i·sh - ph + u (u < kh) and the columns j·sw - pw + v
 (v < kw) of x; position (u, v) of the window is numbered u·kw + v, in [0, kh·kw).
