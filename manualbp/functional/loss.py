@@ -356,8 +356,11 @@ _CLASS_TARGET_DTYPES = (torch.int64, torch.uint8)
 
 
 def _check_class_target(op: str, input: torch.Tensor, target: torch.Tensor, ignore_index: int) -> None:
-    """Shape, dtype and range of a class-index target; the range check reads data, so it is skipped
-    while tracing (torch.compile) or under vmap, where it cannot be evaluated."""
+    """Shape, dtype and range of a class-index target. The range check reads values, so it runs only where
+    they are at hand without waiting for a device: in eager mode on the CPU. It is skipped while tracing
+    (torch.compile), under torch.func transforms (vmap, grad, ...) and on the meta device, where there are no
+    values to read; on an accelerator it is an asynchronous device-side assertion, which does not stall
+    the host (a bad target fails the next synchronising call, as in torch's own kernel)."""
     cd = _class_dim(input)
     expected = (input.shape[0],) + tuple(input.shape[2:]) if input.dim() >= 2 else ()
     if tuple(target.shape) != expected:
@@ -370,10 +373,14 @@ def _check_class_target(op: str, input: torch.Tensor, target: torch.Tensor, igno
             f"{op}: expected a class-index target of dtype torch.int64 (or torch.uint8), as torch does, "
             f"got dtype {target.dtype}"
         )
-    if torch.compiler.is_compiling() or torch._C._functorch.is_batchedtensor(target):
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active() or target.is_meta:
         return
     num_classes = input.shape[cd]
     if target.numel() == 0:
+        return
+    if target.device.type != "cpu":
+        in_range = ((target >= 0) & (target < num_classes)) | (target == ignore_index)
+        torch._assert_async(in_range.all(), f"{op}: a target is out of bounds for {num_classes} classes")
         return
     lowest, highest = torch.aminmax(target)
     if 0 <= lowest.item() and highest.item() < num_classes:  # one reduction in the common case
