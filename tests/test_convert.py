@@ -334,3 +334,23 @@ def test_only_sequential_children_are_fused_since_only_there_the_order_is_known(
     block.act = nn.ReLU()
     manualbp.convert(block)
     assert type(block.proj) is mnn.Linear and type(block.act) is mnn.ReLU
+
+
+def test_a_users_subclass_of_a_manual_layer_is_no_twin():
+    class ScaledLinear(manualbp.nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(x)
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    manualbp.convert(model, fuse=False)
+    assert type(model[0]) is manualbp.nn.Linear
+    assert ScaledLinear(3, 2)(torch.ones(1, 3)).shape == (1, 2)  # and it still works as a layer
+
+
+def test_a_parametrized_manual_layer_is_no_twin():
+    layer = torch.nn.utils.parametrizations.weight_norm(manualbp.nn.Linear(3, 2))
+    assert type(layer).__name__ == "ParametrizedLinear"
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    manualbp.convert(model, fuse=False)
+    assert type(model[0]) is manualbp.nn.Linear
+    torch.testing.assert_close(layer(torch.ones(1, 3)), torch.nn.functional.linear(torch.ones(1, 3), layer.weight, layer.bias))

@@ -40,7 +40,8 @@ class ManualModule:
             base for base in cls.__mro__[1:]
             if issubclass(base, torch.nn.Module) and not issubclass(base, ManualModule)
         )
-        _TWINS[cls.torch_twin] = cls
+        if cls.__module__.startswith("manualbp.nn."):  # users' subclasses and parametrized layers are no twins
+            _TWINS[cls.torch_twin] = cls
         if "__init__" not in cls.__dict__:
             cls.__init__ = _construct_then_check(cls.torch_twin.__init__)
 
