@@ -30,3 +30,23 @@ def test_lenet5_compiles_with_inductor_and_matches_eager():
     assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-6)
     for g_c, g_e in zip(grads_c, grads_e):
         assert_close(g_c, g_e, rtol=1e-4, atol=1e-6)
+
+
+def test_lenet5_compiles_with_dynamic_shapes_and_exports_with_a_dynamic_batch():
+    """Both pools of the manual LeNet-5 (the fused ReLU+max-pool) with a symbolic batch size: compiled with
+    dynamic=True (aot_eager), a second batch size runs without recompiling; exported with a dynamic batch
+    dimension, the program takes any batch size."""
+    torch.manual_seed(0)
+    model = lenet5(in_shape=(1, 8, 8))
+    compiled = torch.compile(model, backend="aot_eager", dynamic=True, fullgraph=True)
+    torch._dynamo.reset()
+    for batch in (3, 5):
+        x = torch.randn(batch, 1, 8, 8, requires_grad=True)
+        compiled(x).square().sum().backward()
+        x_eager = x.detach().clone().requires_grad_()
+        model(x_eager).square().sum().backward()
+        assert_close(x.grad, x_eager.grad, rtol=1e-5, atol=1e-6)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    program = torch.export.export(model.eval(), (torch.randn(2, 1, 8, 8),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    x = torch.randn(7, 1, 8, 8)
+    assert_close(program.module()(x), model(x))

@@ -51,9 +51,8 @@ class MaxPool2dFunction(torch.autograd.Function):
         x, kernel_size, stride, padding, dilation, _ = inputs
         _, indices = output
         ctx.mark_non_differentiable(indices)
-        ctx.save_for_backward(indices)
-        ctx.save_for_forward(indices)
-        ctx.input_shape = x.shape
+        ctx.save_for_backward(indices, shape_of(x))
+        ctx.save_for_forward(indices, shape_of(x))
         ctx.live_windows = None
         if dilation != (1, 1):
             axes = zip(x.shape[-2:], indices.shape[-2:], kernel_size, stride, padding, dilation)
@@ -66,8 +65,8 @@ class MaxPool2dFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_indices):
-        (indices,) = ctx.saved_tensors
-        shape = ctx.input_shape
+        indices, x_shape = ctx.saved_tensors
+        shape = x_shape.shape
         planes = shape[:-2] + (shape[-2] * shape[-1],)
         windows = (indices.shape[-2] * indices.shape[-1],)  # not -1: the batch may be empty
         flat_indices = indices.reshape(indices.shape[:-2] + windows)
@@ -82,7 +81,7 @@ class MaxPool2dFunction(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, x_dot, *_):
-        (indices,) = ctx.saved_tensors
+        indices, _ = ctx.saved_tensors
         flat_indices = indices.reshape(indices.shape[:-2] + (indices.shape[-2] * indices.shape[-1],))
         live = _live_windows(ctx.live_windows, indices.device)
         if live is not None:
@@ -223,6 +222,18 @@ class AdaptiveAvgPool2dFunction(torch.autograd.Function):
 CHANNELS_LAST_MIN_ELEMENTS = 1 << 15
 
 
+def shape_of(x: torch.Tensor) -> torch.Tensor:
+    """A tensor of x's shape holding one element (a stride-0 view): saved for backward in place of ``x.shape``,
+    so that under ``torch.compile(dynamic=True)`` backward reads a symbolic size from a saved tensor rather
+    than from ``ctx``, which Dynamo cannot lift into the backward graph."""
+    return x.new_empty((1,) * x.dim()).expand(x.shape)
+
+
+def _tracing() -> bool:
+    """Whether torch.compile or torch.export is tracing the call."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 def pool_layout(x: torch.Tensor, relu: bool = False) -> torch.Tensor:
     """x (with ``relu``: max(x, 0), a new tensor) laid out for torch's fastest max pool: channels_last for a
     batched CPU input, as it is.
@@ -233,6 +244,8 @@ def pool_layout(x: torch.Tensor, relu: bool = False) -> torch.Tensor:
     counting the copy; (128, 16, 10, 10) 0.57 vs 0.15 ms; (512, 6, 28, 28) 6.9 vs 5.1 ms. Below about 32k
     elements the copies cost more than they save ((128, 3, 8, 8): 0.05 vs 0.11 ms), so small inputs stay.
     """
+    if _tracing():  # the compiler chooses layouts itself, and a size test would tie the graph to the batch size
+        return torch.relu(x) if relu else x
     large = x.numel() >= CHANNELS_LAST_MIN_ELEMENTS
     if large and x.dim() == 4 and x.device.type == "cpu" and not torch._C._functorch.is_batchedtensor(x):
         if relu:

@@ -22,8 +22,10 @@ def _saved(fn, x):
 
 def test_saves_only_a_one_byte_window_index_per_output():
     x = torch.randn(4, 3, 8, 8, requires_grad=True)
-    (window,) = _saved(lambda x: MF.relu_max_pool2d(x, 2), x)
+    window, x_shape = _saved(lambda x: MF.relu_max_pool2d(x, 2), x)
     assert window.dtype == torch.uint8 and window.shape == (4, 3, 4, 4)
+    # the input's shape, as a one-element view (for symbolic sizes under torch.compile(dynamic=True))
+    assert x_shape.shape == x.shape and x_shape.untyped_storage().nbytes() == x.element_size()
 
 
 def test_ties_and_non_positive_windows_match_torch():

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from manualbp.functional._dispatch import apply, compile_twin
-from manualbp.functional.pooling import _pool_geometry, pool_layout
+from manualbp.functional.pooling import _pool_geometry, pool_layout, shape_of
 
 Pair = tuple[int, int]
 
@@ -146,17 +146,16 @@ class ReLUMaxPool2dFunction(torch.autograd.Function):
         x, kernel_size, stride, padding, _ = inputs
         _, code = output
         ctx.mark_non_differentiable(code)
-        ctx.save_for_backward(code)
-        ctx.save_for_forward(code)
-        ctx.input_shape = x.shape
+        ctx.save_for_backward(code, shape_of(x))
+        ctx.save_for_forward(code, shape_of(x))
         ctx.geometry = (kernel_size, stride, padding)
 
     @staticmethod
     def backward(ctx, grad_out, grad_code):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
-        (code,) = ctx.saved_tensors
-        shape = ctx.input_shape
+        code, x_shape = ctx.saved_tensors
+        shape = x_shape.shape
         kernel_size, stride, padding = ctx.geometry
         tables = _tables(shape[-2:], code.shape[-2:], kernel_size, stride, padding, code.device)
         flat, live = _argmax_positions(code, tables, shape[-2] * shape[-1], padding != (0, 0))
@@ -168,9 +167,9 @@ class ReLUMaxPool2dFunction(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, x_dot, *_):
-        (code,) = ctx.saved_tensors
+        code, x_shape = ctx.saved_tensors
         kernel_size, stride, padding = ctx.geometry
-        shape = ctx.input_shape
+        shape = x_shape.shape
         tables = _tables(shape[-2:], code.shape[-2:], kernel_size, stride, padding, code.device)
         flat, live = _argmax_positions(code, tables, shape[-2] * shape[-1], padding != (0, 0))
         planes = code.shape[:-2] + (code.shape[-2] * code.shape[-1],)
