@@ -41,10 +41,11 @@ def convert(model: torch.nn.Module, strict: bool = False, fuse: bool = True) -> 
     The new layers share the old ones' Parameter and buffer objects (an optimizer built on the model
     keeps working), their hooks and train/eval mode. A layer is swapped only when its type is exactly a
     torch.nn type with a twin (a user's subclass may override ``forward``) and its configuration is
-    supported (``ReLU(inplace=True)`` is not).
+    supported.
 
-    Layers left as torch.nn are named in one ``UserWarning``; with ``strict=True`` a
-    ``NotImplementedError`` naming them is raised instead and ``model`` is left unchanged.
+    Layers left as torch.nn are named in one ``UserWarning``, one line per type and reason with the count
+    (``Hardswish x3 (no manualbp twin)``); with ``strict=True`` a ``NotImplementedError`` with the same
+    lines is raised instead and ``model`` is left unchanged.
     A layer counts when it has no children or owns parameters or buffers itself; plain containers
     (Sequential, ModuleList, a user's Module) are walked, not reported.
 
@@ -52,12 +53,13 @@ def convert(model: torch.nn.Module, strict: bool = False, fuse: bool = True) -> 
     """
     replacements: dict[int, torch.nn.Module] = {}
     fused = _fusions(model) if fuse else {}
-    left_as_torch: list[str] = []
-    _plan(model, "", replacements, fused, left_as_torch, seen=set())
+    left_as_torch: Counter[tuple[str, str]] = Counter()
+    _plan(model, replacements, fused, left_as_torch, seen=set())
     if left_as_torch:
+        lines = [f"  {kind} x{count} ({why})" for (kind, why), count in left_as_torch.items()]
         message = (
-            f"manualbp.convert: {len(left_as_torch)} layer(s) have no manualbp twin and stay torch.nn "
-            f"(their backward is autograd's): {', '.join(left_as_torch)}"
+            f"manualbp.convert: {left_as_torch.total()} layer(s) stay torch.nn (their backward is autograd's):\n"
+            + "\n".join(lines)
         )
         if strict:
             raise NotImplementedError(message)
@@ -137,34 +139,33 @@ def _has_hooks(module: torch.nn.Module) -> bool:
 
 def _plan(
     module: torch.nn.Module,
-    name: str,
     replacements: dict[int, torch.nn.Module],
     fused: dict[Position, torch.nn.Module],
-    left_as_torch: list[str],
+    left_as_torch: Counter[tuple[str, str]],
     seen: set[int],
 ) -> None:
-    """Build each twin (once per module object) and collect the layers that stay torch.nn; the children at
-    ``fused`` positions are replaced by fused layers instead."""
+    """Build each twin (once per module object) and count the layers that stay torch.nn by (type, reason);
+    the children at ``fused`` positions are replaced by fused layers instead."""
     if id(module) in seen:
         return
     seen.add(id(module))
-    label = name or type(module).__name__
     if isinstance(module, (ManualModule, *_FUSED)) or isinstance(module, _PASS_THROUGH):
         return
+    kind = type(module).__name__
     twin = manual_twin(type(module))
     if twin is not None:
         try:
             replacements[id(module)] = twin.from_torch(module)
         except NotImplementedError as why:
-            left_as_torch.append(f"{label} ({type(module).__name__}: {why})")
+            left_as_torch[(kind, str(why))] += 1
         return
     owns_state = any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False))
     children = list(module.named_children())
     if owns_state or not children:
-        left_as_torch.append(f"{label} ({type(module).__name__})")
+        left_as_torch[(kind, "no manualbp twin")] += 1
     for child_name, child in children:
         if (id(module), child_name) not in fused:
-            _plan(child, f"{name}.{child_name}" if name else child_name, replacements, fused, left_as_torch, seen)
+            _plan(child, replacements, fused, left_as_torch, seen)
 
 
 def _apply(

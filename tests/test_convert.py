@@ -12,7 +12,9 @@ from torch.testing import assert_close
 
 import manualbp
 import manualbp.nn as mnn
+from manualbp.convert import layer_summary
 from manualbp.nn import ManualModule
+from manualbp.verify import seeded
 
 
 class Block(nn.Module):
@@ -63,24 +65,31 @@ def test_converts_nested_layers_in_place_sharing_parameters():
     assert not torch.equal(model[1].weight, reference[1].weight)
 
 
-def test_layers_without_twin_are_named_in_one_warning():
+def test_layers_without_twin_are_named_in_one_warning_one_line_per_type():
     class MyLinear(nn.Linear):  # a user's subclass may override forward: left alone
         pass
 
-    model = nn.Sequential(nn.Linear(4, 4), nn.Hardtanh(), nn.Sequential(MyLinear(4, 4), nn.ReLU(inplace=True)))
+    model = nn.Sequential(
+        nn.Linear(4, 4), nn.Hardtanh(), nn.Sequential(MyLinear(4, 4), nn.ReLU(inplace=True)),
+        *(nn.Hardswish() for _ in range(3)), nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect"),
+    )
     with pytest.warns(UserWarning) as record:
         manualbp.convert(model)
     assert len(record) == 1
-    message = str(record[0].message)
-    assert "3 layer(s)" in message
-    assert "1 (Hardtanh)" in message and "2.0 (MyLinear)" in message and "2.1 (ReLU: " in message
-    assert "inplace=True" in message
-    assert isinstance(model[0], mnn.Linear) and type(model[2][0]) is MyLinear
+    lines = str(record[0].message).splitlines()
+    assert lines[0] == "manualbp.convert: 6 layer(s) stay torch.nn (their backward is autograd's):"
+    assert sorted(lines[1:]) == [
+        "  Conv2d x1 (manualbp.nn.Conv2d: padding_mode='reflect' is not supported; only 'zeros' is)",
+        "  Hardswish x3 (no manualbp twin)",
+        "  Hardtanh x1 (no manualbp twin)",
+        "  MyLinear x1 (no manualbp twin)",
+    ]
+    assert isinstance(model[0], mnn.Linear) and type(model[2][0]) is MyLinear and type(model[2][1]) is mnn.ReLU
 
 
 def test_strict_raises_naming_the_layers_and_changes_nothing():
     model = nn.Sequential(nn.Linear(4, 4), nn.Embedding(10, 4))
-    with pytest.raises(NotImplementedError, match=r"1 \(Embedding\)"):
+    with pytest.raises(NotImplementedError, match=r"Embedding x1 \(no manualbp twin\)"):
         manualbp.convert(model, strict=True)
     assert type(model[0]) is nn.Linear
 
@@ -306,10 +315,9 @@ def test_fuses_linear_relu_and_relu_max_pool_keeping_names_values_and_gradients(
 
 def test_fuse_false_keeps_every_layer_apart():
     model = _fusible()
-    with pytest.warns(UserWarning, match="inplace=True"):
-        manualbp.convert(model, fuse=False)
-    assert [type(m) for m in model][3:6] == [mnn.Flatten, mnn.Linear, mnn.ReLU]
-    assert type(model[1]) is nn.ReLU  # inplace: no twin, stays torch
+    manualbp.convert(model, fuse=False)
+    assert [type(m) for m in model][1:6] == [mnn.ReLU, mnn.MaxPool2d, mnn.Flatten, mnn.Linear, mnn.ReLU]
+    assert model[1].inplace
 
 
 def test_pairs_with_hooks_shared_layers_or_unsupported_pools_are_not_fused():
@@ -354,3 +362,33 @@ def test_a_parametrized_manual_layer_is_no_twin():
     manualbp.convert(model, fuse=False)
     assert type(model[0]) is manualbp.nn.Linear
     torch.testing.assert_close(layer(torch.ones(1, 3)), torch.nn.functional.linear(torch.ones(1, 3), layer.weight, layer.bias))
+
+
+# torchvision's classification models built only of layers with a twin (plus adds and flattens in forward)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["resnet18", "resnet34", "mobilenet_v2", pytest.param("vgg11_bn", marks=pytest.mark.slow)],
+)
+def test_torchvision_model_converts_fully_and_keeps_outputs_and_gradients(name):
+    """Every layer with parameters or an activation becomes manual (the nine ReLU(inplace=True) of resnet18
+    included); output and every parameter's gradient equal the unconverted copy's in float64. 64x64 inputs:
+    at 32x32 the last BatchNorm of resnet34 normalises 2 values per channel, where gradients are ill-conditioned."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None, num_classes=10).double()
+    reference = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing stays torch.nn
+        manualbp.convert(model)
+    assert not layer_summary(model)["torch"]
+    x, target = torch.randn(2, 3, 64, 64, dtype=torch.float64), torch.tensor([1, 7])
+    outputs = []
+    for m in (model, reference):
+        out = seeded(m)(x)  # the same dropout masks on both sides
+        nn.functional.cross_entropy(out, target).backward()
+        outputs.append(out)
+    assert_close(outputs[0], outputs[1], rtol=1e-10, atol=1e-10)
+    for (label, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-10, msg=label)

@@ -142,12 +142,31 @@ def check_choice(op: str, name: str, value: object, choices: tuple[object, ...])
         raise ValueError(f"{op}: {name} must be one of {choices}, got {value!r}")
 
 
-def reject_inplace(op: str, inplace: bool) -> None:
-    """Raise NotImplementedError for ``inplace=True``, which a hand-written backward cannot honour."""
-    if inplace:
-        raise NotImplementedError(
-            f"{op}: inplace=True is not supported; the hand-written backward keeps its input, "
-            "so the op always returns a new tensor"
+def check_inplace_target(op: str, input: torch.Tensor) -> None:
+    """Raise RuntimeError with torch's message for an in-place call on a leaf that requires grad, or on a view
+    of one, in grad mode: torch refuses before writing, whereas an in-place Function would overwrite the
+    leaf first and be refused only after its forward."""
+    if not (input.requires_grad and torch.is_grad_enabled()):
+        return
+    if input.is_leaf:
+        raise RuntimeError(f"{op}: a leaf Variable that requires grad is being used in an in-place operation.")
+    if input._base is not None and input._base.is_leaf:
+        raise RuntimeError(
+            f"{op}: a view of a leaf Variable that requires grad is being used in an in-place operation."
+        )
+
+
+def check_inplace_sign(op: str, name: str, value: float, input: torch.Tensor) -> None:
+    """Raise RuntimeError (torch's type) for an in-place call with a negative ``name`` whose gradient is
+    wanted: the output then no longer tells the sign of the input it overwrote, which the backward needs.
+
+    Torch runs such a call and raises in its backward; this raises at the call, naming it. Without a
+    gradient (no grad mode, or an input that does not require grad) the call is fine.
+    """
+    if value < 0 and input.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError(
+            f"{op}: inplace=True with a negative {name} ({value}) has no gradient: the output does not tell "
+            "the sign of the input it overwrote; use inplace=False"
         )
 
 

@@ -7,6 +7,12 @@ Where f' is cheapest from the output (sigmoid, tanh, softmax) the output is save
 Forward mode is the same local derivative applied to the input's tangent:  ẏ = f'(x) ⊙ ẋ  (and for the
 softmax family its Jacobian-vector product along ``dim``). The tensor it needs is saved with
 ``ctx.save_for_forward``. These Functions have one tensor input, so jvp runs only when ẋ is given.
+
+``inplace=True`` (relu, relu6, leaky_relu, elu, silu) applies a ``...InplaceFunction``: y is written into
+x and x is returned (see ``manualbp.functional._inplace``), so the backward reads what survives the
+overwrite: the output y (ReLU, ReLU6, LeakyReLU and ELU, whose f' is a function of y) or, for SiLU, whose
+input cannot be recovered from y, a copy of x taken before the overwrite (as torch's own in-place SiLU
+keeps).
 """
 
 from __future__ import annotations
@@ -18,7 +24,15 @@ import torch
 import torch.nn.functional as F
 
 from manualbp.functional._dispatch import apply, compile_twin
-from manualbp.functional._validation import check_choice, check_floating, check_real, normalize_dim, reject_inplace
+from manualbp.functional._inplace import CopyFunction, vmap_in_place
+from manualbp.functional._validation import (
+    check_choice,
+    check_floating,
+    check_inplace_sign,
+    check_inplace_target,
+    check_real,
+    normalize_dim,
+)
 
 
 @compile_twin
@@ -57,6 +71,118 @@ class ReLUFunction(torch.autograd.Function):
 
 
 @compile_twin
+class ReLUInplaceFunction(torch.autograd.Function):
+    """y = max(x, 0) written into x (``relu(x, inplace=True)``).   x, y: any shape, one tensor.
+
+    dL/dx = dL/dy ⊙ [y > 0]          ẏ = ẋ ⊙ [y > 0]  (written into ẋ)
+
+    As ``ReLUFunction``, the backward reads only y (the mask as sign(y)): no extra memory.
+    """
+
+    generate_vmap_rule = False
+
+    @staticmethod
+    def forward(x):
+        x.relu_()
+        return x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_dirty(inputs[0])
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (y,) = ctx.saved_tensors
+        return grad_out * y.sign()
+
+    @staticmethod
+    def jvp(ctx, x_dot):
+        (y,) = ctx.saved_tensors
+        return x_dot.mul_(y.sign())
+
+    @staticmethod
+    def vmap(info, in_dims, x):
+        return vmap_in_place(ReLUInplaceFunction, in_dims, x)
+
+
+@compile_twin
+class ReLU6Function(torch.autograd.Function):
+    """y = min(max(x, 0), 6).   x, y: any shape.
+
+    dL/dx = dL/dy ⊙ [0 < y < 6]          ẏ = ẋ ⊙ [0 < y < 6]
+
+    0 < y < 6 exactly where 0 < x < 6, so y is saved (as torch's hardtanh backward, the gradient is 0 at
+    x = 0 and x = 6); the in-place variant keeps the same.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return F.relu6(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (y,) = ctx.saved_tensors
+        return torch.where(_relu6_passes(y), grad_out, 0)
+
+    @staticmethod
+    def jvp(ctx, x_dot):
+        (y,) = ctx.saved_tensors
+        return torch.where(_relu6_passes(y), x_dot, 0)
+
+
+@compile_twin
+class ReLU6InplaceFunction(torch.autograd.Function):
+    """y = min(max(x, 0), 6) written into x (``relu6(x, inplace=True)``).   x, y: any shape, one tensor.
+
+    dL/dx = dL/dy ⊙ [0 < y < 6]          ẏ = ẋ ⊙ [0 < y < 6]  (written into ẋ)
+
+    As ``ReLU6Function``, the backward reads only y: no extra memory (torch's in-place ReLU6 keeps a copy of
+    x instead, so there a later in-place change of y goes unnoticed; here autograd's version check catches it).
+    """
+
+    generate_vmap_rule = False
+
+    @staticmethod
+    def forward(x):
+        x.clamp_(0, 6)
+        return x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_dirty(inputs[0])
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (y,) = ctx.saved_tensors
+        return torch.where(_relu6_passes(y), grad_out, 0)
+
+    @staticmethod
+    def jvp(ctx, x_dot):
+        (y,) = ctx.saved_tensors
+        return x_dot.mul_(_relu6_passes(y))
+
+    @staticmethod
+    def vmap(info, in_dims, x):
+        return vmap_in_place(ReLU6InplaceFunction, in_dims, x)
+
+
+def _relu6_passes(y: torch.Tensor) -> torch.Tensor:
+    """[0 < y < 6], where ReLU6 passes the gradient (equal to [0 < x < 6])."""
+    return (y > 0) & (y < 6)
+
+
+@compile_twin
 class LeakyReLUFunction(torch.autograd.Function):
     """y = x if x > 0 else s·x, s = negative_slope.   x, y: any shape.
 
@@ -84,6 +210,45 @@ class LeakyReLUFunction(torch.autograd.Function):
     def jvp(ctx, x_dot, _):
         (x,) = ctx.saved_tensors
         return torch.where(x > 0, x_dot, x_dot * ctx.negative_slope)
+
+
+@compile_twin
+class LeakyReLUInplaceFunction(torch.autograd.Function):
+    """y = x if x > 0 else s·x written into x, for s ≥ 0 (``leaky_relu(x, s, inplace=True)``).   x, y: any shape.
+
+    dL/dx = dL/dy ⊙ (1 if y > 0 else s)          ẏ = ẋ ⊙ (1 if y > 0 else s)  (written into ẋ)
+
+    For s ≥ 0, y > 0 exactly where x > 0, so y is saved in place of x: no extra memory. For s < 0 the sign
+    of x is lost; ``leaky_relu`` refuses that call when a gradient is wanted, as torch does.
+    """
+
+    generate_vmap_rule = False
+
+    @staticmethod
+    def forward(x, negative_slope):
+        F.leaky_relu_(x, negative_slope)
+        return x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_dirty(inputs[0])
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
+        ctx.negative_slope = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (y,) = ctx.saved_tensors
+        return torch.where(y > 0, grad_out, grad_out * ctx.negative_slope), None
+
+    @staticmethod
+    def jvp(ctx, x_dot, _):
+        (y,) = ctx.saved_tensors
+        return x_dot.copy_(torch.where(y > 0, x_dot, x_dot * ctx.negative_slope))
+
+    @staticmethod
+    def vmap(info, in_dims, x, negative_slope):
+        return vmap_in_place(LeakyReLUInplaceFunction, in_dims, x, negative_slope)
 
 
 @compile_twin
@@ -119,6 +284,46 @@ class ELUFunction(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         negative_side = ctx.alpha * torch.exp(x.clamp(max=0))
         return torch.where(x > 0, x_dot, x_dot * negative_side)
+
+
+@compile_twin
+class ELUInplaceFunction(torch.autograd.Function):
+    """y = x if x > 0 else α(e^x - 1) written into x, for α ≥ 0 (``elu(x, α, inplace=True)``).   x, y: any shape.
+
+    dL/dx = dL/dy ⊙ (1 if y > 0 else y + α)          ẏ = ẋ ⊙ (1 if y > 0 else y + α)  (written into ẋ)
+
+    For α ≥ 0, y > 0 exactly where x > 0, and where x ≤ 0, dy/dx = α e^x = y + α: y alone is saved, no
+    extra memory (torch's in-place ELU uses the same form). For α < 0 the sign of x is lost; ``elu``
+    refuses that call when a gradient is wanted, as torch does.
+    """
+
+    generate_vmap_rule = False
+
+    @staticmethod
+    def forward(x, alpha):
+        F.elu_(x, alpha)
+        return x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_dirty(inputs[0])
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
+        ctx.alpha = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (y,) = ctx.saved_tensors
+        return torch.where(y > 0, grad_out, grad_out * (y + ctx.alpha)), None
+
+    @staticmethod
+    def jvp(ctx, x_dot, _):
+        (y,) = ctx.saved_tensors
+        return x_dot.copy_(torch.where(y > 0, x_dot, x_dot * (y + ctx.alpha)))
+
+    @staticmethod
+    def vmap(info, in_dims, x, alpha):
+        return vmap_in_place(ELUInplaceFunction, in_dims, x, alpha)
 
 
 @compile_twin
@@ -251,14 +456,64 @@ class SiLUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         (x,) = ctx.saved_tensors
-        s = torch.sigmoid(x)
-        return grad_out * s * (1 + x * (1 - s))
+        return grad_out * _silu_slope(x)
 
     @staticmethod
     def jvp(ctx, x_dot):
         (x,) = ctx.saved_tensors
-        s = torch.sigmoid(x)
-        return x_dot * s * (1 + x * (1 - s))
+        return x_dot * _silu_slope(x)
+
+
+@compile_twin
+class SiLUInplaceFunction(torch.autograd.Function):
+    """y = x₀ σ(x₀) written into x, where x₀ is a copy of x taken before (``silu(x, inplace=True)`` passes
+    ``copy(x)``, see ``CopyFunction``).   x, x₀, y: any shape.
+
+    dL/dx₀ = dL/dy ⊙ σ(x₀) (1 + x₀ (1 - σ(x₀)))          dL/dx = 0  (y depends on x through x₀ only)
+    ẏ = ẋ₀ ⊙ σ(x₀) (1 + x₀ (1 - σ(x₀)))  (written into ẋ)
+
+    y does not determine x (y = x σ(x) is not one-to-one), so the backward needs the input it overwrote:
+    x₀, a full copy, saved. In-place SiLU therefore saves no memory over the out-of-place one (torch's
+    in-place SiLU, too, saves a clone of its input). x₀ comes in as an input made by ``CopyFunction``, not as
+    a hidden intermediate, so that double backward reaches x through it; and not as a second output,
+    which autograd refuses when x is a view.
+    """
+
+    generate_vmap_rule = False
+
+    @staticmethod
+    def forward(x, x_before):
+        F.silu(x, inplace=True)
+        return x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_dirty(inputs[0])
+        ctx.save_for_backward(inputs[1])
+        ctx.save_for_forward(inputs[1])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x_before,) = ctx.saved_tensors
+        # dL/dx = 0 as a tensor, not None: when x is a view, autograd's CopySlices needs it to pass the
+        # gradient of the rest of x's base through
+        return torch.zeros_like(grad_out), grad_out * _silu_slope(x_before)
+
+    @staticmethod
+    def jvp(ctx, x_dot, x_before_dot):
+        (x_before,) = ctx.saved_tensors
+        y_dot = x_before_dot * _silu_slope(x_before)  # x₀ carries x's tangent: it is copy(x)
+        return y_dot if x_dot is None else x_dot.copy_(y_dot)
+
+    @staticmethod
+    def vmap(info, in_dims, x, x_before):
+        return vmap_in_place(SiLUInplaceFunction, in_dims, x, x_before)
+
+
+def _silu_slope(x: torch.Tensor) -> torch.Tensor:
+    """dy/dx of y = x σ(x): σ(x) (1 + x (1 - σ(x))), written with differentiable torch operations."""
+    s = torch.sigmoid(x)
+    return s * (1 + x * (1 - s))
 
 
 @compile_twin
@@ -323,26 +578,43 @@ class LogSoftmaxFunction(torch.autograd.Function):
 
 
 def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """Hand-differentiated ``torch.nn.functional.relu``."""
+    """Hand-differentiated ``torch.nn.functional.relu``; ``inplace=True`` overwrites and returns ``input``."""
     check_floating("relu", input=input)
-    reject_inplace("relu", inplace)
-    return apply(ReLUFunction, input)
+    if inplace:
+        check_inplace_target("relu", input)
+    return apply(ReLUInplaceFunction if inplace else ReLUFunction, input)
+
+
+def relu6(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """Hand-differentiated ``torch.nn.functional.relu6``; ``inplace=True`` overwrites and returns ``input``."""
+    check_floating("relu6", input=input)
+    if inplace:
+        check_inplace_target("relu6", input)
+    return apply(ReLU6InplaceFunction if inplace else ReLU6Function, input)
 
 
 def leaky_relu(input: torch.Tensor, negative_slope: float = 0.01, inplace: bool = False) -> torch.Tensor:
-    """Hand-differentiated ``torch.nn.functional.leaky_relu``."""
+    """Hand-differentiated ``torch.nn.functional.leaky_relu``; ``inplace=True`` overwrites and returns ``input``
+    (with a gradient, only for negative_slope >= 0, as in torch)."""
     check_floating("leaky_relu", input=input)
     check_real("leaky_relu", "negative_slope", negative_slope)
-    reject_inplace("leaky_relu", inplace)
-    return apply(LeakyReLUFunction, input, float(negative_slope))
+    negative_slope = float(negative_slope)
+    if inplace:
+        check_inplace_target("leaky_relu", input)
+        check_inplace_sign("leaky_relu", "negative_slope", negative_slope, input)
+    return apply(LeakyReLUInplaceFunction if inplace else LeakyReLUFunction, input, negative_slope)
 
 
 def elu(input: torch.Tensor, alpha: float = 1.0, inplace: bool = False) -> torch.Tensor:
-    """Hand-differentiated ``torch.nn.functional.elu``."""
+    """Hand-differentiated ``torch.nn.functional.elu``; ``inplace=True`` overwrites and returns ``input``
+    (with a gradient, only for alpha >= 0, as in torch)."""
     check_floating("elu", input=input)
     check_real("elu", "alpha", alpha)
-    reject_inplace("elu", inplace)
-    return apply(ELUFunction, input, float(alpha))
+    alpha = float(alpha)
+    if inplace:
+        check_inplace_target("elu", input)
+        check_inplace_sign("elu", "alpha", alpha, input)
+    return apply(ELUInplaceFunction if inplace else ELUFunction, input, alpha)
 
 
 def sigmoid(input: torch.Tensor) -> torch.Tensor:
@@ -368,9 +640,12 @@ def gelu(input: torch.Tensor, approximate: str = "none") -> torch.Tensor:
 
 
 def silu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """Hand-differentiated ``torch.nn.functional.silu``."""
+    """Hand-differentiated ``torch.nn.functional.silu``; ``inplace=True`` overwrites and returns ``input``
+    (keeping a copy of it for the backward, as torch does)."""
     check_floating("silu", input=input)
-    reject_inplace("silu", inplace)
+    if inplace:
+        check_inplace_target("silu", input)
+        return apply(SiLUInplaceFunction, input, apply(CopyFunction, input))
     return apply(SiLUFunction, input)
 
 

@@ -1,11 +1,16 @@
-"""Inverted dropout: the random mask is drawn outside the Function, which is then deterministic."""
+"""Inverted dropout: the random mask is drawn outside the Function, which is then deterministic.
+
+``inplace=True`` applies ``DropoutInplaceFunction``, which writes y into x (see
+``manualbp.functional._inplace``); the backward needs only the mask, as out of place.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from manualbp.functional._dispatch import apply, compile_twin
-from manualbp.functional._validation import check_floating, check_unit_interval, reject_inplace
+from manualbp.functional._inplace import vmap_in_place
+from manualbp.functional._validation import check_floating, check_inplace_target, check_unit_interval
 
 
 @compile_twin
@@ -38,6 +43,43 @@ class DropoutFunction(torch.autograd.Function):
         return x_dot * mask
 
 
+@compile_twin
+class DropoutInplaceFunction(torch.autograd.Function):
+    """y = x ⊙ m written into x (``dropout(x, p, inplace=True)``).   x, m, y: same shape.
+
+    dL/dx = dL/dy ⊙ m          ẏ = ẋ ⊙ m  (written into ẋ)
+
+    The mask alone is saved, as out of place.
+    """
+
+    generate_vmap_rule = False
+
+    @staticmethod
+    def forward(x, mask):
+        x.mul_(mask)
+        return x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_dirty(inputs[0])
+        ctx.save_for_backward(inputs[1])
+        ctx.save_for_forward(inputs[1])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (mask,) = ctx.saved_tensors
+        return grad_out * mask, None
+
+    @staticmethod
+    def jvp(ctx, x_dot, _):
+        (mask,) = ctx.saved_tensors
+        return x_dot.mul_(mask)
+
+    @staticmethod
+    def vmap(info, in_dims, x, mask):
+        return vmap_in_place(DropoutInplaceFunction, in_dims, x, mask)
+
+
 def dropout_mask(input: torch.Tensor, p: float) -> torch.Tensor:
     """A mask like ``input`` with 1/(1-p) where kept (probability 1-p) and 0 where dropped.
 
@@ -54,10 +96,12 @@ def dropout_mask(input: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> torch.Tensor:
-    """Hand-differentiated ``torch.nn.functional.dropout``; identity when not ``training`` or p == 0."""
+    """Hand-differentiated ``torch.nn.functional.dropout``; identity when not ``training`` or p == 0;
+    ``inplace=True`` overwrites and returns ``input``."""
     check_floating("dropout", input=input)
-    reject_inplace("dropout", inplace)
     check_unit_interval("dropout", "probability", p)
     if not training or p == 0.0 or input.numel() == 0:
         return input
-    return apply(DropoutFunction, input, dropout_mask(input, p))
+    if inplace:
+        check_inplace_target("dropout", input)
+    return apply(DropoutInplaceFunction if inplace else DropoutFunction, input, dropout_mask(input, p))

@@ -8,7 +8,7 @@ and ``LinearReLU`` (Linear + ReLU with Linear's constructor and parameters; coun
 """
 
 from manualbp.nn._base import ManualModule, manual_twin
-from manualbp.nn.activation import ELU, GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Tanh
+from manualbp.nn.activation import ELU, GELU, LeakyReLU, LogSoftmax, ReLU, ReLU6, Sigmoid, SiLU, Softmax, Tanh
 from manualbp.nn.conv import Conv2d
 from manualbp.nn.dropout import Dropout
 from manualbp.nn.fused import AutogradLinearReLU, LinearReLU, ReLUMaxPool2d
@@ -40,6 +40,7 @@ __all__ = [
     "MaxPool2d",
     "NLLLoss",
     "ReLU",
+    "ReLU6",
     "ReLUMaxPool2d",
     "SiLU",
     "Sigmoid",

@@ -112,12 +112,3 @@ def manual_twin(torch_class: type[torch.nn.Module]) -> type[ManualModule] | None
 def layer_name(module: torch.nn.Module) -> str:
     """How error messages name a layer: ``manualbp.nn.Conv2d``."""
     return f"manualbp.nn.{type(module).__name__}"
-
-
-def reject_inplace(module: torch.nn.Module) -> None:
-    """Raise ``NotImplementedError`` for a layer built with ``inplace=True``."""
-    if getattr(module, "inplace", False):
-        raise NotImplementedError(
-            f"{layer_name(module)}: inplace=True is not supported; the hand-written backward "
-            "keeps its input, so the layer always returns a new tensor"
-        )

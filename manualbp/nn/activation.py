@@ -7,38 +7,44 @@ import torch
 from manualbp import functional as MF
 from manualbp.functional._validation import check_choice, check_real
 from manualbp.functional.activation import GELU_APPROXIMATIONS
-from manualbp.nn._base import ManualModule, layer_name, reject_inplace
+from manualbp.nn._base import ManualModule, layer_name
 
 
 class ReLU(ManualModule, torch.nn.ReLU):
-    """max(x, 0) as ``torch.nn.ReLU``; ``inplace=True`` is not supported."""
-
-    check_supported = reject_inplace
+    """max(x, 0) as ``torch.nn.ReLU``; with ``inplace=True`` written into the input (backward from the output)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return MF.relu(input)
+        return MF.relu(input, self.inplace)
+
+
+class ReLU6(ManualModule, torch.nn.ReLU6):
+    """min(max(x, 0), 6) as ``torch.nn.ReLU6``; with ``inplace=True`` written into the input (backward from
+    the output)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return MF.relu6(input, self.inplace)
 
 
 class LeakyReLU(ManualModule, torch.nn.LeakyReLU):
-    """x or negative_slope·x as ``torch.nn.LeakyReLU``; ``inplace=True`` is not supported."""
+    """x or negative_slope·x as ``torch.nn.LeakyReLU``; with ``inplace=True`` written into the input (backward
+    from the output; with a gradient, negative_slope >= 0, as in torch)."""
 
     def check_supported(self) -> None:
-        reject_inplace(self)
         check_real(layer_name(self), "negative_slope", self.negative_slope)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return MF.leaky_relu(input, self.negative_slope)
+        return MF.leaky_relu(input, self.negative_slope, self.inplace)
 
 
 class ELU(ManualModule, torch.nn.ELU):
-    """x or α(e^x - 1) as ``torch.nn.ELU``; ``inplace=True`` is not supported."""
+    """x or α(e^x - 1) as ``torch.nn.ELU``; with ``inplace=True`` written into the input (backward from the
+    output; with a gradient, alpha >= 0, as in torch)."""
 
     def check_supported(self) -> None:
-        reject_inplace(self)
         check_real(layer_name(self), "alpha", self.alpha)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return MF.elu(input, self.alpha)
+        return MF.elu(input, self.alpha, self.inplace)
 
 
 class Sigmoid(ManualModule, torch.nn.Sigmoid):
@@ -66,12 +72,11 @@ class GELU(ManualModule, torch.nn.GELU):
 
 
 class SiLU(ManualModule, torch.nn.SiLU):
-    """x σ(x) as ``torch.nn.SiLU``; ``inplace=True`` is not supported."""
-
-    check_supported = reject_inplace
+    """x σ(x) as ``torch.nn.SiLU``; with ``inplace=True`` written into the input (the backward keeps a copy of
+    the input, as torch's does)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return MF.silu(input)
+        return MF.silu(input, self.inplace)
 
 
 class Softmax(ManualModule, torch.nn.Softmax):

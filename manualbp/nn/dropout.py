@@ -9,18 +9,16 @@ from typing import Any
 
 from manualbp import functional as MF
 from manualbp.functional._validation import check_unit_interval
-from manualbp.nn._base import ManualModule, layer_name, reject_inplace
+from manualbp.nn._base import ManualModule, layer_name
 
 
 class Dropout(ManualModule, torch.nn.Dropout):
     """Inverted dropout as ``torch.nn.Dropout``: zero with probability p and scale by 1/(1-p) in training,
-    identity in eval. On CPU, with the same seed, it drops the same elements as torch. ``inplace=True``
-    is not supported."""
-
-    check_supported = reject_inplace
+    identity in eval. On CPU, with the same seed, it drops the same elements as torch. With ``inplace=True``
+    the result is written into the input (the backward needs only the mask)."""
 
     def check_arguments(self, arguments: Mapping[str, Any]) -> None:
         check_unit_interval(layer_name(self), "p", arguments["p"])
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return MF.dropout(input, self.p, self.training)
+        return MF.dropout(input, self.p, self.training, self.inplace)

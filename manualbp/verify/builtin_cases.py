@@ -68,6 +68,25 @@ def fused(case_id: str, layer: Callable[[], torch.nn.Module], *, inputs: InputMa
     return OpCase(case_id, layer, lambda: layer().to_torch(), inputs, is_twin=False)
 
 
+class Clone(torch.nn.Module):
+    """x -> a copy of x, for an in-place layer to overwrite: autograd refuses to overwrite a leaf that requires
+    grad (the battery's inputs are such leaves), as a network's in-place activation never sees one either."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return input.clone()
+
+
+def in_place(case_id: str, layer: str, *ctor_args: Any, inputs: InputMaker, **ctor_kwargs: Any) -> OpCase:
+    """A case comparing ``manualbp.nn.<layer>(..., inplace=True)`` with ``torch.nn.<layer>(..., inplace=True)``,
+    each applied to a ``Clone`` of the input (so a comparison of the numbers only, ``is_twin=False``; the
+    layers' twin-ness is the out-of-place cases')."""
+
+    def build(namespace: Any) -> Callable[[], torch.nn.Module]:
+        return lambda: torch.nn.Sequential(Clone(), getattr(namespace, layer)(*ctor_args, inplace=True, **ctor_kwargs))
+
+    return OpCase(case_id, build(mnn), build(torch.nn), inputs, is_twin=False)
+
+
 def class_weight(num_classes: int) -> Maker:
     return lambda g: torch.rand(num_classes, generator=g, dtype=torch.float64) + 0.5
 
@@ -91,6 +110,15 @@ BUILTIN_CASES: list[OpCase] = [
     twin("gelu-tanh", "GELU", approximate="tanh", inputs=args(randn(3, 4, scale=2.0))),
     twin("silu", "SiLU", inputs=args(randn(3, 4, scale=2.0))),
     twin("silu-extreme", "SiLU", inputs=args(randn(3, 4, scale=1e3))),
+    twin("relu6", "ReLU6", inputs=args(randn(3, 4, scale=5.0, offset=2.0))),
+    # in place: y written into (a copy of) x, backward from what survives the overwrite
+    in_place("relu-inplace", "ReLU", inputs=args(randn(3, 4))),
+    in_place("relu6-inplace", "ReLU6", inputs=args(randn(3, 4, scale=5.0, offset=2.0))),
+    in_place("leaky_relu-slope0.2-inplace", "LeakyReLU", 0.2, inputs=args(randn(3, 4))),
+    in_place("leaky_relu-slope0-inplace", "LeakyReLU", 0.0, inputs=args(randn(3, 4))),
+    in_place("elu-alpha0.5-inplace", "ELU", 0.5, inputs=args(randn(3, 4, scale=2.0))),
+    in_place("silu-inplace", "SiLU", inputs=args(randn(3, 4, scale=2.0))),
+    in_place("dropout-p0.3-inplace", "Dropout", 0.3, inputs=args(randn(4, 6))),
     # softmax family
     twin("softmax-dim1", "Softmax", dim=1, inputs=args(randn(3, 5))),
     twin("softmax-dim0-3d", "Softmax", dim=0, inputs=args(randn(3, 2, 4))),

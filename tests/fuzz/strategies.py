@@ -130,16 +130,42 @@ def affine(op: str, reference: Callable[..., Any] | None = None) -> SearchStrate
     return draw_case()
 
 
-def elementwise(op: str, reference: Callable[..., Any] | None = None, **options: SearchStrategy) -> SearchStrategy:
-    """An elementwise activation on a tensor of 0 to 4 dims, with its keyword ``options`` drawn."""
+def elementwise(
+    op: str,
+    reference: Callable[..., Any] | None = None,
+    in_place: Callable[..., bool] | None = None,
+    **options: SearchStrategy,
+) -> SearchStrategy:
+    """An elementwise activation on a tensor of 0 to 4 dims, with its keyword ``options`` drawn; where
+    ``in_place(**options)`` says the drawn options allow it, ``inplace=True`` is drawn too (both sides then
+    overwrite a copy of the input, ``on_a_copy``)."""
 
     @st.composite
     def draw_case(draw: DrawFn) -> FuzzCase:
         seed, g = _generator(draw)
         x = randn(g, draw(shapes()), draw(scales))
-        return op_case(op, seed, {"input": x}, reference, **{k: draw(s) for k, s in options.items()})
+        drawn = {k: draw(s) for k, s in options.items()}
+        if in_place is not None and in_place(**drawn) and draw(st.booleans()):
+            manual, ref = on_a_copy(getattr(MF, op)), on_a_copy(reference or getattr(F, op))
+            return op_case(op, seed, {"input": x}, ref, manual, inplace=True, **drawn)
+        return op_case(op, seed, {"input": x}, reference, **drawn)
 
     return draw_case()
+
+
+def on_a_copy(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn(input, ...)`` applied to a copy of ``input`` with the same strides, for an in-place call: autograd
+    refuses to overwrite a leaf that requires grad (the drawn inputs are such leaves)."""
+
+    def call(input: torch.Tensor, **kwargs: Any) -> Any:
+        copy = torch.empty_strided(input.shape, input.stride(), dtype=input.dtype).copy_(input)
+        return fn(copy, **kwargs)
+
+    return call
+
+
+def always(**_: Any) -> bool:
+    return True
 
 
 def softmax_like(op: str) -> SearchStrategy:
@@ -173,9 +199,9 @@ def dropout(draw: DrawFn) -> FuzzCase:
     seed, g = _generator(draw)
     x = randn(g, draw(shapes()))
     p = draw(st.one_of(st.sampled_from([0.0, 0.5, 1.0]), st.floats(0.0, 1.0)))
-    training = draw(st.booleans())
-    manual, reference = seeded(MF.dropout, seed), seeded(F.dropout, seed)
-    return op_case("dropout", seed, {"input": x}, reference, manual, p=p, training=training)
+    training, inplace = draw(st.booleans()), draw(st.booleans())
+    manual, reference = (seeded(on_a_copy(f) if inplace else f, seed) for f in (MF.dropout, F.dropout))
+    return op_case("dropout", seed, {"input": x}, reference, manual, p=p, training=training, inplace=inplace)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -454,13 +480,17 @@ def relu_max_pool2d(draw: DrawFn) -> FuzzCase:
 #: one strategy per public op of manualbp.functional (the test checks that none is missing)
 FAMILIES: dict[str, SearchStrategy[FuzzCase]] = {
     "linear": affine("linear"),
-    "relu": elementwise("relu"),
-    "leaky_relu": elementwise("leaky_relu", negative_slope=st.floats(-2.0, 2.0)),
-    "elu": elementwise("elu", alpha=st.floats(0.0, 3.0)),
+    "relu": elementwise("relu", in_place=always),
+    "relu6": elementwise("relu6", in_place=always),
+    # in place, the sign of x is recovered from y only for a slope >= 0 (torch's rule too)
+    "leaky_relu": elementwise(
+        "leaky_relu", in_place=lambda negative_slope: negative_slope >= 0, negative_slope=st.floats(-2.0, 2.0)
+    ),
+    "elu": elementwise("elu", in_place=always, alpha=st.floats(0.0, 3.0)),
     "sigmoid": elementwise("sigmoid", torch.sigmoid),
     "tanh": elementwise("tanh", torch.tanh),
     "gelu": elementwise("gelu", approximate=st.sampled_from(["none", "tanh"])),
-    "silu": elementwise("silu"),
+    "silu": elementwise("silu", in_place=always),
     "softmax": softmax_like("softmax"),
     "log_softmax": softmax_like("log_softmax"),
     "flatten": flatten(),

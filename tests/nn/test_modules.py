@@ -41,13 +41,6 @@ def test_same_initialisation_names_and_repr_as_torch(case):
     assert repr(manual) == "manualbp." + repr(reference)
 
 
-@pytest.mark.parametrize("layer", ["ReLU", "LeakyReLU", "ELU", "SiLU", "Dropout"])
-def test_inplace_is_rejected_by_name(layer):
-    with pytest.raises(NotImplementedError, match=f"manualbp.nn.{layer}: inplace=True"):
-        getattr(mnn, layer)(inplace=True)
-    assert not getattr(mnn, layer)(inplace=False).inplace
-
-
 def test_softmax_dtype_argument_is_rejected_by_name():
     with pytest.raises(NotImplementedError, match="softmax: the dtype argument"):
         MF.softmax(torch.randn(2, 3), dim=1, dtype=torch.float64)
