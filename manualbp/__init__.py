@@ -17,6 +17,7 @@ from types import ModuleType
 from manualbp import _requirements  # noqa: F401 (first: on an older torch, import fails here with the fix)
 from manualbp import functional, nn
 from manualbp.convert import convert, to_torch
+from manualbp.functional._dispatch import function
 from manualbp.functional._nonfinite import NonFiniteGradientError, detect_nonfinite, is_nonfinite_detection_enabled
 from manualbp.trace import trace
 
@@ -24,6 +25,7 @@ __all__ = [
     "NonFiniteGradientError",
     "convert",
     "detect_nonfinite",
+    "function",
     "functional",
     "is_nonfinite_detection_enabled",
     "nn",

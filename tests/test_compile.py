@@ -40,6 +40,7 @@ def test_lenet5_compiles_with_dynamic_shapes_and_exports_with_a_dynamic_batch():
     model = lenet5(in_shape=(1, 8, 8))
     compiled = torch.compile(model, backend="aot_eager", dynamic=True, fullgraph=True)
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     for batch in (3, 5):
         x = torch.randn(batch, 1, 8, 8, requires_grad=True)
         compiled(x).square().sum().backward()

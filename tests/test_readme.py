@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import inspect
+import os
 import re
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 from manualbp.functional.linear import LinearFunction, linear_grads
 
@@ -16,11 +21,30 @@ def _blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
 
 
-def test_python_examples_run_in_order():
-    namespace: dict = {}
-    for index, block in enumerate(_blocks("python")):
-        exec(compile(block, f"README.md[python block {index}]", "exec"), namespace)
-    assert len(_blocks("python")) >= 2
+def _examples() -> list[tuple[str, str | None]]:
+    """Each python block with what the README says it prints: the ```text output block that comes next
+    before any other code block, or None when it shows no output."""
+    fences = re.findall(r"```([^\n]*)\n(.*?)```", README, flags=re.S)
+    examples = []
+    for index, (info, body) in enumerate(fences):
+        if info.strip() == "python":
+            following = fences[index + 1] if index + 1 < len(fences) else ("", "")
+            examples.append((body, following[1] if following[0].strip() == "text output" else None))
+    return examples
+
+
+@pytest.mark.parametrize(
+    "code, expected", [pytest.param(*example, id=f"python-block-{i}") for i, example in enumerate(_examples())]
+)
+def test_each_python_example_runs_alone_and_prints_what_the_readme_shows(code, expected, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        env={**os.environ, "PYTHONWARNINGS": "default"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", result.stderr  # no warning on the way
+    if expected is not None:
+        assert result.stdout == expected
 
 
 def test_backward_excerpt_matches_the_source():

@@ -48,6 +48,12 @@ the checked backward (``manualbp.functional._nonfinite``).
 The twin is created eagerly rather than on first use so that Dynamo never has to trace the class
 creation, and it belongs to the decorated class only: a subclass of a decorated Function must be
 decorated itself to get its own twin.
+
+The decorator is public as ``manualbp.function``, for users' own Functions. Their entry point is
+``Function.call``, a staticmethod the decorator attaches, which does what ``apply`` does for the
+functional wrappers; ``Function.apply`` itself keeps torch's meaning (Dynamo handles a call to it
+before any override could dispatch, so ``apply`` cannot be the dispatching entry). A Function written
+in the combined style, ``forward(ctx, *args)`` without ``setup_context``, is its own eager twin.
 """
 
 from __future__ import annotations
@@ -62,10 +68,17 @@ from manualbp.functional._nonfinite import check_backward
 FunctionType = TypeVar("FunctionType", bound=type[torch.autograd.Function])
 
 
-def compile_twin(cls: FunctionType) -> FunctionType:
-    """Class decorator: attach ``cls.compile_twin``, a subclass of ``cls`` without ``jvp``, and
-    ``cls.apply_compile_twin``, a staticmethod that applies it; cache ``forward``'s signature; wrap
-    ``backward`` with the ``detect_nonfinite`` check."""
+def function(cls: FunctionType) -> FunctionType:
+    """Class decorator giving an ``autograd.Function`` manualbp's machinery; returns ``cls`` itself.
+
+    ``cls.call(*args)`` applies it the way every manualbp op is applied: a twin without ``jvp`` while
+    ``torch.compile`` traces (so ``fullgraph=True`` compiles a Function that defines ``jvp``), a faster
+    twin in the combined ``forward(ctx, ...)`` style in eager mode, and ``cls`` itself under
+    ``torch.func`` transforms. Arguments are positional. ``cls.backward`` gains the opt-in
+    ``manualbp.detect_nonfinite`` check, whose error names ``cls``. ``cls.apply`` is left as torch
+    defines it. The twins are ``cls.compile_twin`` and ``cls.eager_twin``; a subclass of a decorated
+    Function must be decorated itself to get its own (see ``manualbp.functional._dispatch``).
+    """
     cls.forward.__signature__ = inspect.signature(cls.forward)  # see the module docstring
     check_backward(cls)
     twin = type(
@@ -82,10 +95,19 @@ def compile_twin(cls: FunctionType) -> FunctionType:
     def apply_compile_twin(*args: Any) -> Any:
         return twin.apply(*args)
 
+    def call(*args: Any) -> Any:
+        return apply(cls, *args)
+
+    call.__doc__ = f"Apply {cls.__name__} to positional ``args`` (see manualbp.function)."
     cls.compile_twin = twin
     cls.apply_compile_twin = staticmethod(apply_compile_twin)
-    cls.eager_twin = _eager_twin(cls)
+    cls.eager_twin = cls if cls.setup_context is _COMBINED_STYLE else _eager_twin(cls)
+    cls.call = staticmethod(call)
     return cls
+
+
+#: The name manualbp's own op modules decorate their Functions with.
+compile_twin = function
 
 
 def _eager_twin(cls: FunctionType) -> FunctionType:

@@ -3,7 +3,8 @@
 ``verify(function, reference, sample_inputs)`` checks a callable with a hand-written backward (an
 ``autograd.Function``'s ``apply``, a functional, a module) against a reference implementation and
 returns a ``Report``: one row per (sample, check), pass / fail (with the largest error and where) /
-unsupported (with the reason). ``manualbp.verify.builtin_cases`` holds manualbp's own op cases;
+unsupported (with the reason) / graph_break (torch.compile cannot trace a Function that defines ``jvp``;
+not a failure). ``manualbp.verify.builtin_cases`` holds manualbp's own op cases;
 ``manualbp verify`` prints their matrix.
 """
 

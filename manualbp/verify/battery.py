@@ -4,16 +4,21 @@ The callable under test and the reference are each turned into a pure function o
 differentiable tensors (the floating tensor arguments, then a module's parameters), called under a
 fixed seed so that random layers draw alike. Every check compares the two (or the function with
 itself, for vmap and torch.compile) and yields one row: pass, fail with the largest error and
-where it is, or unsupported with the reason (the function has no ``jvp``, no vmap rule, ...).
+where it is, unsupported with the reason (the function has no ``jvp``, no vmap rule, ...), or
+graph_break (torch.compile cannot trace a Function that defines ``jvp``; the row says how to fix it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import torch
@@ -61,6 +66,11 @@ def available_checks() -> tuple[str, ...]:
 
 class Unsupported(Exception):
     """Raised inside a check when the function cannot take it (as opposed to taking it and failing)."""
+
+
+class GraphBreak(Exception):
+    """Raised by the compile check when Dynamo cannot trace the Function because it defines ``jvp``:
+    a limit of torch.compile, not a wrong gradient."""
 
 
 _UNSUPPORTED_MARKERS = {
@@ -341,6 +351,13 @@ def _dual_tangents(subject: _Subject, tangents: Sequence[torch.Tensor], which: i
 def _check_forward_ad(s: _Sample) -> _Errors:
     """torch.func.jvp with a tangent on every tensor, then dual tensors with a tangent on one tensor at a
     time (at most 4), against the reference's."""
+    with warnings.catch_warnings():
+        # torch's forward AD loads its decompositions with torch.jit.script on first use, which warns
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+        return _compare_forward_ad(s)
+
+
+def _compare_forward_ad(s: _Sample) -> _Errors:
     f, r = s.subjects(torch.float64)
     errors = s.errors(torch.float64)
     tangents = _tangents(f.tensors)
@@ -415,21 +432,20 @@ def _check_partial_requires_grad(s: _Sample) -> _Errors:
 
 
 def _check_compile(s: _Sample) -> _Errors:
-    """torch.compile(fullgraph=True) of the function: outputs and gradients equal to eager mode."""
-    f, _ = s.subjects(torch.float32)
+    """torch.compile(fullgraph=True) of the function (through its jvp-less twin when it has one):
+    outputs and gradients equal to eager mode."""
+    f, _ = dataclasses.replace(s, function=_compile_entry(s.function)).subjects(torch.float32)
     errors = s.errors(torch.float32)
     torch._dynamo.reset()
     compiled = seeded(torch.compile(f.unseeded, backend=s.compile_backend, fullgraph=True))
     try:
-        out_c, grads_c = _vjp(compiled, f.tensors)
+        with _trace_log_kept_for_torch():
+            out_c, grads_c = _vjp(compiled, f.tensors)
     except torch._dynamo.exc.Unsupported as error:
+        if "custom jvp" in str(error):
+            raise GraphBreak(_custom_jvp_hint(s.function)) from error
         errors.ok = False
         errors.worst = "graph break: " + _first_lines(str(error), 1)
-        if "custom jvp" in str(error):
-            errors.worst += (
-                " Call a jvp-less twin of the Function while torch.compiler.is_compiling() "
-                "(as manualbp.functional does)."
-            )
         return errors
     finally:
         torch._dynamo.reset()
@@ -437,6 +453,52 @@ def _check_compile(s: _Sample) -> _Errors:
     errors.add_all([f"output {i} (compiled vs eager)" for i in range(len(out_e))], out_c, out_e)
     errors.add_all([f"grad of {label} (compiled vs eager)" for label in f.labels], grads_c, grads_e)
     return errors
+
+
+def _function_class(function: Callable[..., Any]) -> type[torch.autograd.Function] | None:
+    """The Function class when ``function`` is its ``apply``, else None."""
+    owner = getattr(function, "__self__", None)
+    is_apply = getattr(function, "__name__", "") == "apply"
+    return owner if is_apply and isinstance(owner, type) and issubclass(owner, torch.autograd.Function) else None
+
+
+def _compile_entry(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``Function.call`` for the ``apply`` of a Function decorated with ``manualbp.function`` (it applies the
+    jvp-less twin while torch.compile traces); ``function`` itself otherwise."""
+    cls = _function_class(function)
+    return cls.call if cls is not None and "compile_twin" in vars(cls) else function
+
+
+def _custom_jvp_hint(function: Callable[..., Any]) -> str:
+    """What to do when Dynamo refuses the Function because it defines jvp."""
+    cls = _function_class(function)
+    name = cls.__name__ if cls is not None else "Function"
+    return (
+        f"Dynamo cannot trace {name}: it defines jvp (graph break 'Unsupported custom jvp'). "
+        f"Decorate it with @manualbp.function and call {name}.call(...), which applies a jvp-less twin "
+        "while torch.compile traces."
+    )
+
+
+@contextlib.contextmanager
+def _trace_log_kept_for_torch() -> Iterator[None]:
+    """Detach, for the block, the handlers that others attached to torch's structured-trace logger.
+
+    ``torch.__trace`` is the machine-readable record of a compilation (read by tlparse when
+    ``TORCH_TRACE`` is set): always at DEBUG, never propagated, and written whenever the logger has a
+    handler. pytest's log capture attaches its handlers to every logger that does not propagate, so
+    each compilation under pytest put dozens of empty ``DEBUG torch.__trace`` lines into a failing
+    test's captured log. Torch's own trace handler stays attached.
+    """
+    trace_log = logging.getLogger("torch.__trace")
+    foreign = [h for h in trace_log.handlers if type(h).__module__.split(".")[0] != "torch"]
+    for handler in foreign:
+        trace_log.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in foreign:
+            trace_log.addHandler(handler)
 
 
 def _check_on(device_type: str, autocast_dtype: torch.dtype | None = None) -> Callable[[_Sample], _Errors]:
@@ -490,6 +552,23 @@ def _run_function(check: str, thunk: Callable[[], Any]) -> Any:
         if any(marker in message for marker in _UNSUPPORTED_MARKERS.get(check, ())):
             raise Unsupported(_first_lines(message, 1)) from error
         raise
+
+
+def _missing_save_for_forward(traceback: TracebackType | None) -> str:
+    """A hint when the error was raised in a ``jvp`` that found ``ctx.saved_tensors`` empty: in forward
+    mode it holds only what ``setup_context`` passed to ``ctx.save_for_forward``; "" otherwise."""
+    while traceback is not None and traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    if traceback is None or traceback.tb_frame.f_code.co_name != "jvp":
+        return ""
+    code, ctx = traceback.tb_frame.f_code, traceback.tb_frame.f_locals.get("ctx")
+    if ctx is None or getattr(ctx, "saved_tensors", None) != ():
+        return ""
+    return (
+        f" ({getattr(code, 'co_qualname', code.co_name)}: ctx.saved_tensors is empty. In forward-mode AD it holds "
+        "only the tensors setup_context passes to ctx.save_for_forward: add ctx.save_for_forward(...) of the "
+        "tensors jvp reads, next to ctx.save_for_backward.)"
+    )
 
 
 def _first_lines(text: str, count: int) -> str:
@@ -550,8 +629,11 @@ def _run_check(label: str, check: str, sample: _Sample) -> Row:
         errors = CHECKS[check](sample)
     except Unsupported as why:
         return Row(label, check, "unsupported", detail=str(why))
+    except GraphBreak as why:
+        return Row(label, check, "graph_break", detail=str(why))
     except Exception as error:  # the function crashed under this check: that is a failure, reported
-        return Row(label, check, "fail", detail=f"{type(error).__name__}: {_first_lines(str(error), 2)}")
+        detail = f"{type(error).__name__}: {_first_lines(str(error), 2)}"
+        return Row(label, check, "fail", detail=detail + _missing_save_for_forward(error.__traceback__))
     if errors.ok:
         return Row(label, check, "pass", errors.max_abs, errors.max_rel)
     return Row(label, check, "fail", errors.max_abs, errors.max_rel, errors.worst)

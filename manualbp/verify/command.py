@@ -1,13 +1,17 @@
-"""``manualbp verify``: the ops x checks matrix of manualbp's built-in ops."""
+"""``manualbp verify``: the ops x checks matrix of manualbp's built-in ops, with a progress bar on a terminal."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from tqdm import tqdm
 
 from manualbp.verify.battery import CHECKS, available_checks, verify_cases
 from manualbp.verify.builtin_cases import BUILTIN_CASES
+from manualbp.verify.case import OpCase
 
 DESCRIPTION = "Check every built-in manualbp op against its PyTorch twin and print the ops x checks matrix."
 
@@ -32,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not cases:
         parser.error(f"no op case starts with {args.op}; see `manualbp verify --list`")
     checks = args.check or list(available_checks())
-    report = verify_cases(cases, checks, compile_backend=args.compile_backend)
+    report = verify_cases(_with_progress(cases), checks, compile_backend=args.compile_backend)
     print(report.matrix())
     if report.failures:
         print(f"\n{len(report.failures)} failure(s):")
@@ -47,3 +51,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(report.to_json())
     return 0 if report.passed else 1
+
+
+def _with_progress(cases: Sequence[OpCase]) -> Iterator[OpCase]:
+    """The cases one by one, with a progress bar on stderr (cases done / total, the op being checked)
+    when stderr is a terminal; nothing extra when it is piped or redirected. The bar is cleared at the end."""
+    terminal = sys.stderr.isatty()
+    with tqdm(total=len(cases), desc="verify", unit="case", file=sys.stderr, disable=not terminal, leave=False) as bar:
+        for case in cases:
+            bar.set_postfix_str(case.id)
+            yield case
+            bar.update()

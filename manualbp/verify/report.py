@@ -7,9 +7,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-Status = Literal["pass", "fail", "unsupported"]
+Status = Literal["pass", "fail", "unsupported", "graph_break"]
 
-_MARK = {"pass": "pass", "fail": "FAIL", "unsupported": "unsupported"}
+_MARK = {"pass": "pass", "fail": "FAIL", "unsupported": "unsupported", "graph_break": "graph break"}
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,8 @@ class Row:
 
     ``max_abs_err``/``max_rel_err`` are the largest errors of the compared tensors (NaN when the
     check compares none); ``detail`` says where the largest error is, or why the check failed or
-    could not run.
+    could not run. ``graph_break``: torch.compile cannot trace the Function because it defines ``jvp``
+    (a limit of Dynamo, not a wrong gradient; ``detail`` says how to compile it).
     """
 
     case: str
@@ -37,7 +38,7 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        """True when no check failed ("unsupported" is not a failure)."""
+        """True when no check failed ("unsupported" and "graph_break" are not failures)."""
         return all(row.status != "fail" for row in self.rows)
 
     @property
@@ -64,7 +65,7 @@ class Report:
         return _table(header, lines)
 
     def matrix(self) -> str:
-        """Cases as rows, checks as columns, each cell pass / FAIL / unsupported."""
+        """Cases as rows, checks as columns, each cell pass / FAIL / unsupported / graph break."""
         checks = list(dict.fromkeys(row.check for row in self.rows))
         cases = list(dict.fromkeys(row.case for row in self.rows))
         cell = {(row.case, row.check): _MARK[row.status] for row in self.rows}

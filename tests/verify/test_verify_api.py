@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -58,6 +60,12 @@ class WrongDoubleBackward(Square):
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         return 2 * x.detach() * grad  # right first derivative, but its dependence on x is cut
+
+
+class JvpWithoutSaveForForward(Square):
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])  # jvp reads ctx.saved_tensors, but nothing went to save_for_forward
 
 
 class NoJvp(Square):
@@ -141,8 +149,22 @@ def test_graph_break_fails_the_compile_check():
     report = verify(GraphBreak.apply, torch.square, SAMPLES[:1], checks=["forward", "compile"])
     assert _status(report) == {"forward": {"pass"}, "compile": {"fail"}}
     assert "graph break" in report.failures[0].detail
-    with_jvp = verify(Square.apply, torch.square, SAMPLES[:1], checks=["compile"])
-    assert "jvp-less twin" in with_jvp.failures[0].detail
+
+
+def test_a_graph_break_on_jvp_is_reported_with_the_fix_not_failed():
+    """Dynamo refusing a Function because it defines jvp says nothing about its gradients."""
+    report = verify(Square.apply, torch.square, SAMPLES[:1], checks=["forward", "compile"])
+    assert _status(report) == {"forward": {"pass"}, "compile": {"graph_break"}} and report.passed
+    detail = report.rows[1].detail
+    assert "defines jvp" in detail and "@manualbp.function" in detail and "Square.call(...)" in detail
+    assert "graph break" in str(report) and "graph break" in report.matrix()
+
+
+def test_a_jvp_without_save_for_forward_is_told_what_is_missing():
+    report = verify(JvpWithoutSaveForForward.apply, torch.square, SAMPLES[:1], checks=["forward_ad"])
+    (row,) = report.rows
+    assert row.status == "fail" and row.detail.startswith("ValueError: not enough values to unpack")
+    assert "jvp: ctx.saved_tensors is empty" in row.detail and "add ctx.save_for_forward(...)" in row.detail
 
 
 def test_report_table_json_and_raise():
@@ -173,14 +195,33 @@ def test_modules_sample_callables_and_tolerances():
 
 def test_the_verify_command_prints_the_matrix_and_writes_json(tmp_path, capsys):
     path = tmp_path / "rows.json"
-    assert main(["verify", "--op", "relu", "--op", "flatten-all", "--json", str(path)]) == 0
+    assert main(["verify", "--op", "mse_loss-sum", "--op", "flatten-all", "--json", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split()[:3] == ["case", "forward", "backward_float64"]
-    assert "relu" in out and "flatten-all" in out and "0 fail" in out
+    assert "mse_loss-sum" in out and "flatten-all" in out and "0 fail" in out
     rows = json.loads(path.read_text())
-    assert {r["case"] for r in rows} == {"relu", "flatten-all"}
+    assert {r["case"] for r in rows} == {"mse_loss-sum", "flatten-all"}
     with pytest.raises(SystemExit):
         main(["verify", "--op", "no-such-op"])
+
+
+class _Terminal(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_verify_command_shows_progress_on_a_terminal_only(monkeypatch, capsys):
+    args = ["verify", "--op", "mse_loss-sum", "--op", "flatten-all", "--check", "forward"]
+    assert main(args) == 0
+    assert capsys.readouterr().err == ""  # piped: nothing but the matrix on stdout
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(args) == 0
+    bar = terminal.getvalue()
+    assert "1/2" in bar and "flatten-all" in bar  # cases done / total, and the op being checked
+    assert "case" in capsys.readouterr().out
 
 
 def test_the_pytest_fixture_fails_a_test_with_the_table(pytester):
@@ -204,7 +245,8 @@ def test_the_pytest_fixture_fails_a_test_with_the_table(pytester):
                 return 3 * grad  # wrong
 
         def test_twice(verify_function):
-            verify_function(Twice.apply, lambda x: 2 * x, [(torch.randn(4),)], checks=["forward", "backward_float64"])
+            checks = ["forward", "backward_float64", "compile"]
+            verify_function(Twice.apply, lambda x: 2 * x, [(torch.randn(4),)], checks=checks)
 
         def test_twice_forward(verify_function):
             report = verify_function(Twice.apply, lambda x: 2 * x, [(torch.randn(4),)], checks=["forward"])
@@ -213,4 +255,5 @@ def test_the_pytest_fixture_fails_a_test_with_the_table(pytester):
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*1 check(s) failed*", "*backward_float64*FAIL*"])
+    result.stdout.fnmatch_lines(["*1 check(s) failed*", "*backward_float64*FAIL*", "*compile*pass*"])
+    assert "torch.__trace" not in result.stdout.str()  # torch's structured compile trace stays out of the log
