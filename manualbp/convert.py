@@ -23,12 +23,14 @@ _PASS_THROUGH = (torch.nn.Identity,)
 Position = tuple[int, str]
 
 
-def convert(model: torch.nn.Module, strict: bool = False, fuse: bool = True) -> torch.nn.Module:
+def convert(model: torch.nn.Module, strict: bool = False, fuse: bool = False) -> torch.nn.Module:
     """Replace, recursively and in place, every layer of ``model`` that has a ``manualbp.nn`` twin.
 
-    With ``fuse=True`` (the default), two consecutive children of a ``torch.nn.Sequential`` (where the
-    order of the children is the order of computation) that form a pattern with a fused manual layer
-    become that layer and an ``Identity`` in the other place, so every parameter keeps its name:
+    Every layer keeps its type's role: a Linear stays a (manual) Linear. Only when asked, with ``fuse=True``,
+    two consecutive children of a ``torch.nn.Sequential`` (where the order of the children is the order of
+    computation) that form a pattern with a fused manual layer become that layer and an ``Identity`` in the
+    other place, so every parameter keeps its name (a fused layer is none of its parts: a forward hook on it
+    sees the fused output, and ``isinstance(m, torch.nn.Linear)`` is false for ``LinearReLU``):
 
     * Linear then ReLU -> ``manualbp.nn.LinearReLU`` (sharing the Linear's Parameters), ``Identity``
     * ReLU then MaxPool2d -> ``Identity``, ``manualbp.nn.ReLUMaxPool2d`` (when the pool has dilation 1

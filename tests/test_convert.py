@@ -291,7 +291,7 @@ def test_fuses_linear_relu_and_relu_max_pool_keeping_names_values_and_gradients(
     model, reference = _fusible(), _fusible()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # ReLU(inplace=True) is fused, so nothing is left as torch
-        manualbp.convert(model)
+        manualbp.convert(model, fuse=True)
     assert [type(m) for m in model] == [
         mnn.Conv2d, nn.Identity, mnn.ReLUMaxPool2d, mnn.Flatten, mnn.LinearReLU, nn.Identity, mnn.Linear
     ]
@@ -313,11 +313,12 @@ def test_fuses_linear_relu_and_relu_max_pool_keeping_names_values_and_gradients(
     assert_close(twin(x), reference(x))
 
 
-def test_fuse_false_keeps_every_layer_apart():
+def test_without_fuse_every_layer_stays_apart_and_no_layer_pretends_to_be_a_linear():
     model = _fusible()
-    manualbp.convert(model, fuse=False)
+    manualbp.convert(model)
     assert [type(m) for m in model][1:6] == [mnn.ReLU, mnn.MaxPool2d, mnn.Flatten, mnn.Linear, mnn.ReLU]
     assert model[1].inplace
+    assert not isinstance(mnn.LinearReLU(3, 2), nn.Linear) and not isinstance(mnn.LinearReLU(3, 2).to_torch(), nn.Linear)
 
 
 def test_pairs_with_hooks_shared_layers_or_unsupported_pools_are_not_fused():
@@ -330,7 +331,7 @@ def test_pairs_with_hooks_shared_layers_or_unsupported_pools_are_not_fused():
         nn.Unflatten(1, (1, 2, 2)), nn.ReLU(), nn.MaxPool2d(2, dilation=2, padding=1),  # dilation: no fused pool
     )
     with pytest.warns(UserWarning, match="Unflatten"):
-        manualbp.convert(model)
+        manualbp.convert(model, fuse=True)
     assert [type(m) for m in model] == [
         mnn.Linear, mnn.ReLU, mnn.Linear, mnn.ReLU, mnn.Linear, mnn.ReLU, nn.Unflatten, mnn.ReLU, mnn.MaxPool2d
     ]
@@ -340,7 +341,7 @@ def test_pairs_with_hooks_shared_layers_or_unsupported_pools_are_not_fused():
 def test_only_sequential_children_are_fused_since_only_there_the_order_is_known():
     block = Block()  # forward calls act(proj(x)) but a plain Module says nothing about order
     block.act = nn.ReLU()
-    manualbp.convert(block)
+    manualbp.convert(block, fuse=True)
     assert type(block.proj) is mnn.Linear and type(block.act) is mnn.ReLU
 
 

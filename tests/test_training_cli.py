@@ -18,7 +18,6 @@ from manualbp.checkpoints import CheckpointMismatchError, check_checkpoint_fits
 from manualbp.cli import command, main
 from manualbp.lightning import ClassifierModule
 from manualbp.nn._base import ManualModule
-from manualbp.nn.fused import ReLUMaxPool2d
 from tests.test_data import make_mnist
 
 # A small job: 3 steps of a narrow MLP per epoch, one validation batch.
@@ -114,7 +113,7 @@ def test_your_own_model_through_the_command(tmp_path, capsys):
     net = "--model.net=tests.test_training_cli.SmallCNN"
     assert main(["fit", *_SMALL, net, "--model.net.init_args.width=6", "--trainer.max_epochs=2"]) == 0
     out = capsys.readouterr().out
-    assert "ClassifierModule: manual (hand-written backward): 1 Conv2d, 1 ReLUMaxPool2d, 1 Flatten, 1 Linear" in out
+    assert "ClassifierModule: manual (hand-written backward): 1 Conv2d, 1 ReLU, 1 MaxPool2d, 1 Flatten, 1 Linear" in out
     assert "ClassifierModule: stayed torch.nn (autograd backward): 1 Dropout2d" in out
     assert "test_acc = " in out
     config = yaml.safe_load((_run_dir(tmp_path) / "config.yaml").read_text())
@@ -130,7 +129,7 @@ def test_your_own_model_in_python_trains_through_manual_layers():
     autograd = ClassifierModule(net=SmallCNN(), backend="autograd", in_shape=(1, 8, 8))
     assert "net" not in manual.hparams  # its weights are in the state dict
     layers = [m for m in manual.net.modules() if not list(m.children())]
-    assert all(isinstance(m, (ManualModule, ReLUMaxPool2d, torch.nn.Identity, torch.nn.Dropout2d)) for m in layers), layers
+    assert all(isinstance(m, (ManualModule, torch.nn.Dropout2d)) for m in layers), layers
     images, labels = torch.randn(5, 1, 8, 8), torch.arange(5)
     manual.eval(), autograd.eval()
     manual.loss_fn(manual(images), labels).backward()

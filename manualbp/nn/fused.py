@@ -67,14 +67,13 @@ class ReLUMaxPool2d(torch.nn.Module):
         return twin.train(self.training)
 
 
-class LinearReLU(torch.nn.Linear):
-    """``torch.nn.Linear`` followed by ``torch.nn.ReLU`` as one layer: y = max(x W^T + b, 0); backward in
-    ``manualbp.functional.LinearReLUFunction`` (one mask of dL/dy, no separate ReLU output or gradient tensor).
+class _AffineLayer(torch.nn.Module):
+    """The parameters of ``torch.nn.Linear`` (``weight`` (out, in), ``bias`` (out,) or None), its constructor,
+    initialisation and ``extra_repr``, for layers that compute more than the affine map: they must not pass
+    ``isinstance(m, torch.nn.Linear)``, or tools that find Linears by type (LoRA wrappers, pruning,
+    quantization) would treat them as one and silently compute something else."""
 
-    Constructor, parameters (``weight``, ``bias``), initialisation and ``extra_repr`` are
-    ``torch.nn.Linear``'s, so a Linear's state dict loads into it and back. Not a ``ManualModule``: its
-    autograd counterpart (``to_torch``) is ``AutogradLinearReLU``, which keeps the parameter names.
-    """
+    __constants__ = ["in_features", "out_features"]
 
     def __init__(
         self,
@@ -86,7 +85,26 @@ class LinearReLU(torch.nn.Linear):
     ) -> None:
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             check_int(layer_name(self), name, value, 0)
-        super().__init__(in_features, out_features, bias, device, dtype)
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = torch.nn.Parameter(torch.empty((out_features, in_features), **factory))
+        self.register_parameter("bias", torch.nn.Parameter(torch.empty(out_features, **factory)) if bias else None)
+        self.reset_parameters()
+
+    reset_parameters = torch.nn.Linear.reset_parameters  # the same draws as torch.nn.Linear, in the same order
+    extra_repr = torch.nn.Linear.extra_repr
+
+
+class LinearReLU(_AffineLayer):
+    """``torch.nn.Linear`` followed by ``torch.nn.ReLU`` as one layer: y = max(x W^T + b, 0); backward in
+    ``manualbp.functional.LinearReLUFunction`` (one mask of dL/dy, no separate ReLU output or gradient tensor).
+
+    Constructor, parameters (``weight``, ``bias``), initialisation and ``extra_repr`` are
+    ``torch.nn.Linear``'s, so a Linear's state dict loads into it and back; but it is no ``torch.nn.Linear``
+    (its output is the ReLU's, and a forward hook sees that). Not a ``ManualModule``: its autograd
+    counterpart (``to_torch``) is ``AutogradLinearReLU``, which keeps the parameter names.
+    """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return MF.linear_relu(input, self.weight, self.bias)
@@ -104,11 +122,10 @@ class LinearReLU(torch.nn.Linear):
         return share_state(self, AutogradLinearReLU)
 
 
-class AutogradLinearReLU(torch.nn.Linear):
-    """``relu(torch.nn.Linear(x))`` computed by torch's own ops (autograd's backward): the reference that
-    ``LinearReLU`` is checked against and what ``manualbp.to_torch`` turns it into. Parameter names are
-    ``torch.nn.Linear``'s, so state dicts of both match."""
+class AutogradLinearReLU(_AffineLayer):
+    """``relu(x W^T + b)`` computed by torch's own ops (autograd's backward): the reference that ``LinearReLU``
+    is checked against and what ``manualbp.to_torch`` turns it into. Parameter names are ``torch.nn.Linear``'s,
+    so state dicts of both match."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return torch.relu(super().forward(input))
-
+        return torch.relu(torch.nn.functional.linear(input, self.weight, self.bias))
