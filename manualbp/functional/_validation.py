@@ -15,6 +15,12 @@ import torch
 REDUCTIONS = ("none", "mean", "sum")
 
 
+class InputError(ValueError, RuntimeError):
+    """A bad shape or value given to an op. torch's own ops raise ``RuntimeError`` for most of these faults
+    (Python's convention is ``ValueError``): catchable as either, so ``except RuntimeError`` written for
+    torch catches manualbp's too."""
+
+
 class DtypeError(TypeError, RuntimeError):
     """A tensor of a dtype the op does not take, where torch raises ``RuntimeError``: catchable as either."""
 
@@ -35,14 +41,14 @@ def check_tensor(op: str, name: str, value: object) -> None:
 
 
 def check_floating(op: str, **tensors: torch.Tensor | None) -> None:
-    """Raise TypeError unless every given tensor has a floating dtype."""
+    """Raise ``DtypeError`` (a TypeError and torch's RuntimeError) unless every given tensor has a floating dtype."""
     for name, t in tensors.items():
         if t is None:
             continue
         if not isinstance(t, torch.Tensor):
             raise _not_a_tensor(op, name, t)
         if not t.is_floating_point():
-            raise TypeError(
+            raise DtypeError(
                 f"{op}: expected a floating-point {name}, got dtype {t.dtype} with shape "
                 f"{shape_str(t)}; convert it with .float()"
             )
@@ -62,10 +68,10 @@ def _differ(tensors: dict[str, torch.Tensor | None], attribute: str) -> bool:
 
 
 def check_same_dtype(op: str, **tensors: torch.Tensor | None) -> None:
-    """Raise TypeError unless all given tensors share one dtype."""
+    """Raise ``DtypeError`` (a TypeError and torch's RuntimeError) unless all given tensors share one dtype."""
     if _differ(tensors, "dtype"):
         listing = ", ".join(f"{name} {t.dtype}" for name, t in tensors.items() if t is not None)
-        raise TypeError(f"{op}: expected all tensors to have the same dtype, got {listing}")
+        raise DtypeError(f"{op}: expected all tensors to have the same dtype, got {listing}")
 
 
 def check_same_device(op: str, **tensors: torch.Tensor | None) -> None:
@@ -82,13 +88,13 @@ def check_same_device(op: str, **tensors: torch.Tensor | None) -> None:
 
 
 def check_dim(op: str, name: str, t: torch.Tensor, allowed: tuple[int, ...] | range) -> None:
-    """Raise ValueError unless ``t.dim()`` is in ``allowed``."""
+    """Raise InputError (a ValueError and a RuntimeError) unless ``t.dim()`` is in ``allowed``."""
     if t.dim() not in allowed:
         wanted = (
             f"{allowed.start} or more" if isinstance(allowed, range) and allowed.stop > 64
             else " or ".join(str(d) for d in allowed)
         )
-        raise ValueError(
+        raise InputError(
             f"{op}: expected {name} with {wanted} dimensions, got {t.dim()}-D {name} of shape "
             f"{shape_str(t)}"
         )
@@ -105,14 +111,14 @@ def check_unit_interval(op: str, name: str, value: float | torch.Tensor) -> None
     is not read (that would be a host sync)."""
     check_real(op, name, value)
     if not isinstance(value, torch.Tensor) and not 0.0 <= value <= 1.0:
-        raise ValueError(f"{op}: {name} has to be between 0 and 1, but got {value}")
+        raise InputError(f"{op}: {name} has to be between 0 and 1, but got {value}")
 
 
 def check_non_negative(op: str, name: str, value: float) -> None:
     """Raise unless ``value`` is a real number >= 0 (an eps); a Tensor's value is not read."""
     check_real(op, name, value)
     if not isinstance(value, torch.Tensor) and not value >= 0:
-        raise ValueError(f"{op}: {name} must be non-negative, got {value}")
+        raise InputError(f"{op}: {name} must be non-negative, got {value}")
 
 
 def is_int(value: object) -> bool:
@@ -121,11 +127,11 @@ def is_int(value: object) -> bool:
 
 
 def check_int(op: str, name: str, value: object, minimum: int | None = None) -> None:
-    """Raise TypeError unless ``value`` is an integer (not a bool), ValueError if it is below ``minimum``."""
+    """Raise TypeError unless ``value`` is an integer (not a bool), InputError (a ValueError) if it is below ``minimum``."""
     if not is_int(value):
         raise TypeError(f"{op}: {name} must be an int, got {value!r}")
     if minimum is not None and value < minimum:
-        raise ValueError(f"{op}: {name} must be at least {minimum}, got {value}")
+        raise InputError(f"{op}: {name} must be at least {minimum}, got {value}")
 
 
 def resolve_reduction(op: str, size_average: bool | None, reduce: bool | None, reduction: str) -> str:
@@ -137,9 +143,9 @@ def resolve_reduction(op: str, size_average: bool | None, reduce: bool | None, r
 
 
 def check_choice(op: str, name: str, value: object, choices: tuple[object, ...]) -> None:
-    """Raise ValueError unless ``value`` is one of ``choices`` (a reduction, an approximation, ...)."""
+    """Raise InputError (a ValueError and a RuntimeError) unless ``value`` is one of ``choices`` (a reduction, an approximation, ...)."""
     if value not in choices:
-        raise ValueError(f"{op}: {name} must be one of {choices}, got {value!r}")
+        raise InputError(f"{op}: {name} must be one of {choices}, got {value!r}")
 
 
 def check_inplace_target(op: str, input: torch.Tensor) -> None:
@@ -185,13 +191,13 @@ def normalize_dim(op: str, dim: int, ndim: int, name: str = "dim") -> int:
 
 def int_pair(op: str, name: str, value: int | tuple[int, ...], minimum: int) -> tuple[int, int]:
     """An int or a pair of ints (torch's ``_pair`` arguments: kernel_size, stride, ...) as a pair,
-    each at least ``minimum``. TypeError for something other than ints, ValueError for a wrong length
+    each at least ``minimum``. TypeError for something other than ints, InputError (a ValueError) for a wrong length
     or a value below ``minimum``."""
     pair = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, (tuple, list)) else None
     if pair is None or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
         raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
     if len(pair) != 2:
-        raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+        raise InputError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
     if min(pair) < minimum:
-        raise ValueError(f"{op}: {name} must be at least {minimum}, got {value!r}")
+        raise InputError(f"{op}: {name} must be at least {minimum}, got {value!r}")
     return pair  # type: ignore[return-value]

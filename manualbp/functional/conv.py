@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from manualbp.functional._dispatch import apply, compile_twin
 from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import (
+    InputError,
     check_dim,
     check_floating,
     check_same_device,
@@ -162,9 +163,9 @@ def _resolve_padding(
         if padding == "valid":
             return (0, 0), (0, 0)
         if padding != "same":
-            raise ValueError(f"conv2d: padding must be 'valid', 'same', an int or a pair of ints, got {padding!r}")
+            raise InputError(f"conv2d: padding must be 'valid', 'same', an int or a pair of ints, got {padding!r}")
         if stride != (1, 1):
-            raise ValueError(f"conv2d: padding='same' is not supported for strided convolutions (stride={stride})")
+            raise InputError(f"conv2d: padding='same' is not supported for strided convolutions (stride={stride})")
         totals = [d * (k - 1) for d, k in zip(dilation, kernel)]
         return tuple((t // 2, t - t // 2) for t in totals)  # type: ignore[return-value]
     ph, pw = int_pair("conv2d", "padding", padding, 0)
@@ -192,31 +193,31 @@ def conv2d(
     check_dim(op, "input", input, (3, 4))
     check_dim(op, "weight", weight, (4,))
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
+        raise InputError(f"{op}: groups must be a positive int, got {groups!r}")
     out_channels, per_group, kh, kw = weight.shape
     if kh < 1 or kw < 1:
-        raise ValueError(
+        raise InputError(
             f"{op}: weight of shape {shape_str(weight)} has an empty kernel of size {(kh, kw)}; "
             "kernel_size must be at least 1"
         )
     if out_channels % groups != 0:
-        raise ValueError(
+        raise InputError(
             f"{op}: groups={groups} does not divide the {out_channels} output channels of weight of shape "
             f"{shape_str(weight)}"
         )
     channels = input.shape[-3]
     if channels % groups != 0:
-        raise ValueError(
+        raise InputError(
             f"{op}: groups={groups} does not divide the {channels} channels of input of shape {shape_str(input)}"
         )
     if channels != per_group * groups:
-        raise ValueError(
+        raise InputError(
             f"{op}: input of shape {shape_str(input)} has {channels} channels but weight of shape "
             f"{shape_str(weight)} expects {per_group * groups} (in_channels / groups = {per_group} per group "
             f"× {groups} groups)"
         )
     if bias is not None and bias.shape != (out_channels,):
-        raise ValueError(
+        raise InputError(
             f"{op}: bias of shape {shape_str(bias)} does not match weight of shape {shape_str(weight)}: "
             f"expected ({out_channels},)"
         )
@@ -227,7 +228,7 @@ def conv2d(
     padded = tuple(s + lo + hi for s, (lo, hi) in zip(size, pad))
     effective = tuple(d * (k - 1) + 1 for d, k in zip(dilation, (kh, kw)))
     if any(e > p for e, p in zip(effective, padded)):
-        raise ValueError(
+        raise InputError(
             f"{op}: kernel of size {(kh, kw)} (dilated to {effective}) is larger than the padded input of size "
             f"{padded} (input of shape {shape_str(input)}, padding {pad})"
         )

@@ -8,7 +8,7 @@ import torch
 
 from manualbp.functional._dispatch import apply, compile_twin
 from manualbp.functional._tangents import tangent_sum
-from manualbp.functional._validation import check_floating, check_same_device, check_same_dtype, shape_str
+from manualbp.functional._validation import InputError, check_floating, check_same_device, check_same_dtype, shape_str
 
 
 @compile_twin
@@ -101,14 +101,14 @@ def check_linear_args(op: str, input: torch.Tensor, weight: torch.Tensor, bias: 
     check_same_dtype(op, input=input, weight=weight, bias=bias)
     check_same_device(op, input=input, weight=weight, bias=bias)
     if weight.dim() != 2:
-        raise ValueError(f"{op}: expected a 2-D weight (out_features, in_features), got shape {shape_str(weight)}")
+        raise InputError(f"{op}: expected a 2-D weight (out_features, in_features), got shape {shape_str(weight)}")
     if input.dim() == 0 or input.shape[-1] != weight.shape[1]:
-        raise ValueError(
+        raise InputError(
             f"{op}: input of shape {shape_str(input)} does not match weight of shape {shape_str(weight)}: "
             f"the last dimension of input must be in_features={weight.shape[1]}"
         )
     if bias is not None and bias.shape != (weight.shape[0],):
-        raise ValueError(
+        raise InputError(
             f"{op}: bias of shape {shape_str(bias)} does not match weight of shape {shape_str(weight)}: "
             f"expected ({weight.shape[0]},)"
         )

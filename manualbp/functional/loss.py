@@ -36,6 +36,7 @@ from manualbp.functional._dispatch import apply, compile_twin
 from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import (
     DtypeError,
+    InputError,
     check_floating,
     check_int,
     check_same_device,
@@ -364,7 +365,7 @@ def _check_class_target(op: str, input: torch.Tensor, target: torch.Tensor, igno
     cd = _class_dim(input)
     expected = (input.shape[0],) + tuple(input.shape[2:]) if input.dim() >= 2 else ()
     if tuple(target.shape) != expected:
-        raise ValueError(
+        raise InputError(
             f"{op}: expected target of shape {expected} for input of shape {shape_str(input)}, "
             f"got target of shape {shape_str(target)}"
         )
@@ -405,12 +406,12 @@ def _check_class_loss_args(
     check_same_device(op, input=input, target=target, weight=weight)
     check_int(op, "ignore_index", ignore_index)
     if input.dim() == 0:
-        raise ValueError(f"{op}: expected input of shape (N, C, ...) or (C,), got a 0-D tensor")
+        raise InputError(f"{op}: expected input of shape (N, C, ...) or (C,), got a 0-D tensor")
     if weight is None:
         return
     num_classes = input.shape[_class_dim(input)]
     if tuple(weight.shape) != (num_classes,):
-        raise ValueError(
+        raise InputError(
             f"{op}: expected weight of shape ({num_classes},), one per class of input {shape_str(input)}, "
             f"got {shape_str(weight)}"
         )
@@ -440,7 +441,7 @@ def cross_entropy(
     if target.is_floating_point():
         check_same_dtype(op, input=input, target=target)
         if target.shape != input.shape:
-            raise ValueError(
+            raise InputError(
                 f"{op}: probability targets must have the input's shape {shape_str(input)}, "
                 f"got {shape_str(target)}"
             )
@@ -492,7 +493,7 @@ def mse_loss(
         try:
             torch.broadcast_shapes(input.shape, target.shape)
         except RuntimeError:
-            raise ValueError(
+            raise InputError(
                 f"{op}: input of shape {shape_str(input)} and target of shape {shape_str(target)} "
                 "cannot be broadcast together"
             ) from None
@@ -503,5 +504,5 @@ def mse_loss(
             stacklevel=2,
         )
     if weight is not None and weight.shape != input.shape:
-        raise ValueError(f"{op}: weight of shape {shape_str(weight)} must have the input's shape {shape_str(input)}")
+        raise InputError(f"{op}: weight of shape {shape_str(weight)} must have the input's shape {shape_str(input)}")
     return apply(MSELossFunction, input, target, weight, reduction)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from manualbp.functional._dispatch import apply, compile_twin
 from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import (
+    InputError,
     check_dim,
     check_floating,
     check_non_negative,
@@ -246,11 +247,11 @@ def _affine_tangent(
 
 
 def _check_channel_vectors(op: str, input: torch.Tensor, **vectors: torch.Tensor | None) -> None:
-    """Raise ValueError unless every given vector has shape (C,), C = input.shape[1]."""
+    """Raise InputError (a ValueError and a RuntimeError) unless every given vector has shape (C,), C = input.shape[1]."""
     channels = input.shape[1]
     for name, t in vectors.items():
         if t is not None and t.shape != (channels,):
-            raise ValueError(
+            raise InputError(
                 f"{op}: input of shape {shape_str(input)} has {channels} channels (dim 1), but {name} has shape "
                 f"{shape_str(t)}; expected ({channels},)"
             )
@@ -295,22 +296,22 @@ def batch_norm(
     check_dim(op, "input", input, range(2, 1 << 30))
     _check_channel_vectors(op, input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     if (running_mean is None) != (running_var is None):
-        raise ValueError(f"{op}: running_mean and running_var must be given together (or both be None)")
+        raise InputError(f"{op}: running_mean and running_var must be given together (or both be None)")
     check_non_negative(op, "eps", eps)
     check_unit_interval(op, "momentum", momentum)
     if training:
         if eps == 0:  # as torch: the variance of a constant channel would divide by zero
-            raise ValueError(f"{op}: eps must be positive during training, got {eps}")
+            raise InputError(f"{op}: eps must be positive during training, got {eps}")
         values_per_channel = input.numel() // input.shape[1] if input.shape[1] else 0
         if values_per_channel == 1:
-            raise ValueError(
+            raise InputError(
                 f"{op}: expected more than 1 value per channel when training, got input of shape {shape_str(input)}"
             )
         if running_mean is not None:
             update_running_stats(input, running_mean, running_var, momentum)
         return apply(BatchNormFunction, input, weight, bias, None, None, float(eps))
     if running_mean is None:
-        raise ValueError(f"{op}: running_mean and running_var must be given in evaluation mode (training=False)")
+        raise InputError(f"{op}: running_mean and running_var must be given in evaluation mode (training=False)")
     return apply(BatchNormFunction, input, weight, bias, running_mean, running_var, float(eps))
 
 
@@ -324,9 +325,9 @@ def normalized_shape_tuple(op: str, normalized_shape: int | Sequence[int]) -> tu
     else:
         raise TypeError(f"{op}: normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}")
     if not shape:
-        raise ValueError(f"{op}: normalized_shape must name at least one dimension, got {tuple(normalized_shape)}")
+        raise InputError(f"{op}: normalized_shape must name at least one dimension, got {tuple(normalized_shape)}")
     if min(shape) < 0:
-        raise ValueError(f"{op}: normalized_shape must hold sizes >= 0, got {shape}")
+        raise InputError(f"{op}: normalized_shape must hold sizes >= 0, got {shape}")
     return shape
 
 
@@ -348,11 +349,11 @@ def layer_norm(
     check_non_negative(op, "eps", eps)
     shape = normalized_shape_tuple(op, normalized_shape)
     if input.dim() < len(shape) or tuple(input.shape[input.dim() - len(shape) :]) != shape:
-        raise ValueError(
+        raise InputError(
             f"{op}: input of shape {shape_str(input)} does not end in normalized_shape {shape}: "
             f"expected input of shape (*, {', '.join(map(str, shape))})"
         )
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and tuple(t.shape) != shape:
-            raise ValueError(f"{op}: {name} of shape {shape_str(t)} does not match normalized_shape {shape}")
+            raise InputError(f"{op}: {name} of shape {shape_str(t)} does not match normalized_shape {shape}")
     return apply(LayerNormFunction, input, shape, weight, bias, float(eps))

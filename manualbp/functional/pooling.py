@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from manualbp.functional._dispatch import apply, compile_twin
-from manualbp.functional._validation import check_dim, check_floating, int_pair, shape_str
+from manualbp.functional._validation import InputError, check_dim, check_floating, int_pair, shape_str
 
 Pair = tuple[int, int]
 
@@ -269,7 +269,7 @@ def pool_window(
     pad = int_pair(op, "padding", padding, 0)
     dil = int_pair(op, "dilation", dilation, 1)
     if any(p > k // 2 for p, k in zip(pad, kernel)):
-        raise ValueError(f"{op}: padding {pad} must be at most half of kernel_size {kernel}")
+        raise InputError(f"{op}: padding {pad} must be at most half of kernel_size {kernel}")
     return kernel, stride, pad, dil
 
 
@@ -290,7 +290,7 @@ def _pool_geometry(
     effective = tuple(d * (k - 1) + 1 for d, k in zip(dil, kernel))
     if any(e > p for e, p in zip(effective, padded)):
         dilated = f" (dilated to {effective})" if dil != (1, 1) else ""
-        raise ValueError(
+        raise InputError(
             f"{op}: kernel of size {kernel}{dilated} is larger than the padded input of size {padded} "
             f"(input of shape {shape_str(input)}, padding {pad})"
         )
@@ -298,11 +298,11 @@ def _pool_geometry(
 
 
 def check_divisor_override(op: str, divisor_override: int | None) -> None:
-    """Raise ValueError unless ``divisor_override`` (avg_pool2d's) is None or a non-zero int."""
+    """Raise InputError (a ValueError and a RuntimeError) unless ``divisor_override`` (avg_pool2d's) is None or a non-zero int."""
     if divisor_override is not None and (
         not isinstance(divisor_override, int) or isinstance(divisor_override, bool) or divisor_override == 0
     ):
-        raise ValueError(f"{op}: divisor_override must be a non-zero int or None, got {divisor_override!r}")
+        raise InputError(f"{op}: divisor_override must be a non-zero int or None, got {divisor_override!r}")
 
 
 def adaptive_output_size(
@@ -314,9 +314,9 @@ def adaptive_output_size(
     elif isinstance(output_size, (tuple, list)) and len(output_size) == 2:
         sizes = tuple(output_size)
     else:
-        raise ValueError(f"{op}: output_size must be an int, None or a pair of them, got {output_size!r}")
+        raise InputError(f"{op}: output_size must be an int, None or a pair of them, got {output_size!r}")
     if not all(o is None or (isinstance(o, int) and not isinstance(o, bool) and o >= 1) for o in sizes):
-        raise ValueError(f"{op}: output_size must hold positive ints or None, got {output_size!r}")
+        raise InputError(f"{op}: output_size must hold positive ints or None, got {output_size!r}")
     return sizes  # type: ignore[return-value]
 
 
@@ -362,5 +362,5 @@ def adaptive_avg_pool2d(input: torch.Tensor, output_size: int | None | tuple[int
     sizes = adaptive_output_size(op, output_size)
     resolved = tuple(s if o is None else o for s, o in zip(input.shape[-2:], sizes))
     if min(input.shape[-2:]) < 1:
-        raise ValueError(f"{op}: input of shape {shape_str(input)} has an empty spatial dimension")
+        raise InputError(f"{op}: input of shape {shape_str(input)} has an empty spatial dimension")
     return apply(AdaptiveAvgPool2dFunction, input, resolved)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from manualbp.functional._dispatch import apply, compile_twin
-from manualbp.functional._validation import check_tensor, normalize_dim
+from manualbp.functional._validation import InputError, check_tensor, normalize_dim
 
 
 @compile_twin
@@ -44,7 +44,7 @@ def flatten(input: torch.Tensor, start_dim: int = 0, end_dim: int = -1) -> torch
     start = normalize_dim("flatten", start_dim, input.dim(), "start_dim")
     end = normalize_dim("flatten", end_dim, input.dim(), "end_dim")
     if start > end:
-        raise ValueError(
+        raise InputError(
             f"flatten: start_dim ({start_dim}) comes after end_dim ({end_dim}) for an input of shape "
             f"{tuple(input.shape)}"
         )

@@ -141,6 +141,23 @@ def test_class_targets_of_a_dtype_torch_refuses_are_refused_as_torch_does(dtype)
             loss(logits, target)
 
 
+@pytest.mark.parametrize(
+    "manual, twin",
+    [
+        pytest.param(lambda: mnn.Linear(3, 2), lambda: torch.nn.Linear(3, 2), id="linear"),
+        pytest.param(lambda: mnn.Conv2d(1, 2, 3), lambda: torch.nn.Conv2d(1, 2, 3), id="conv2d"),
+    ],
+)
+def test_a_dtype_fault_is_caught_by_the_except_clause_written_for_torch(manual, twin):
+    """torch raises RuntimeError for float64 input into float32 weights; manualbp's error is one too."""
+    x = torch.randn(2, 1, 5, 3, dtype=torch.float64)
+    for layer in (twin(), manual()):
+        with pytest.raises(RuntimeError):
+            layer(x)
+    with pytest.raises(TypeError, match="expected all tensors to have the same dtype"):
+        manual()(x)
+
+
 def test_byte_class_targets_are_taken_as_torch_takes_them():
     logits, target = torch.randn(4, 5), torch.tensor([0, 1, 2, 4], dtype=torch.uint8)
     torch.testing.assert_close(MF.cross_entropy(logits, target), torch.nn.functional.cross_entropy(logits, target))
@@ -160,3 +177,22 @@ def test_mse_loss_warns_like_torch_when_shapes_broadcast():
         loss = MF.mse_loss(x, t.requires_grad_(), reduction="sum")
     (grad_t,) = torch.autograd.grad(loss, t)
     assert grad_t.shape == t.shape
+
+
+@pytest.mark.parametrize(
+    "manual, twin",
+    [
+        pytest.param(lambda: mnn.Linear(3, 2)(torch.randn(2, 4)), lambda: torch.nn.Linear(3, 2)(torch.randn(2, 4)), id="linear-features"),
+        pytest.param(lambda: mnn.Conv2d(3, 2, 3)(torch.randn(1, 2, 5, 5)), lambda: torch.nn.Conv2d(3, 2, 3)(torch.randn(1, 2, 5, 5)), id="conv2d-channels"),
+        pytest.param(lambda: mnn.MaxPool2d(4)(torch.randn(1, 1, 2, 2)), lambda: torch.nn.MaxPool2d(4)(torch.randn(1, 1, 2, 2)), id="max_pool2d-too-small"),
+        pytest.param(lambda: mnn.BatchNorm2d(3)(torch.randn(2, 4, 3, 3)), lambda: torch.nn.BatchNorm2d(3)(torch.randn(2, 4, 3, 3)), id="batch_norm2d-channels"),
+        pytest.param(lambda: mnn.LayerNorm(4)(torch.randn(2, 3)), lambda: torch.nn.LayerNorm(4)(torch.randn(2, 3)), id="layer_norm-shape"),
+    ],
+)
+def test_a_shape_fault_is_caught_by_the_except_clause_written_for_torch(manual, twin):
+    """torch raises RuntimeError for these; manualbp's error is a RuntimeError too (and a ValueError)."""
+    with pytest.raises(RuntimeError):
+        twin()
+    with pytest.raises(RuntimeError) as caught:
+        manual()
+    assert isinstance(caught.value, ValueError)
