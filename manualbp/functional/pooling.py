@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch._prims_common import suggest_memory_format
 
 from manualbp.functional._dispatch import apply, compile_twin
 from manualbp.functional._validation import InputError, check_dim, check_floating, int_pair, shape_str
@@ -44,7 +45,8 @@ class MaxPool2dFunction(torch.autograd.Function):
         y, indices = F.max_pool2d(
             pool_layout(x), kernel_size, stride, padding, dilation, ceil_mode=ceil_mode, return_indices=True
         )
-        return y.contiguous(), indices.contiguous()
+        layout = memory_format_of(x)
+        return y.contiguous(memory_format=layout), indices.contiguous(memory_format=layout)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -53,6 +55,7 @@ class MaxPool2dFunction(torch.autograd.Function):
         ctx.mark_non_differentiable(indices)
         ctx.save_for_backward(indices, shape_of(x))
         ctx.save_for_forward(indices, shape_of(x))
+        ctx.layout = memory_format_of(x)
         ctx.live_windows = None
         if dilation != (1, 1):
             axes = zip(x.shape[-2:], indices.shape[-2:], kernel_size, stride, padding, dilation)
@@ -67,7 +70,6 @@ class MaxPool2dFunction(torch.autograd.Function):
     def backward(ctx, grad_out, grad_indices):
         indices, x_shape = ctx.saved_tensors
         shape = x_shape.shape
-        planes = shape[:-2] + (shape[-2] * shape[-1],)
         windows = (indices.shape[-2] * indices.shape[-1],)  # not -1: the batch may be empty
         flat_indices = indices.reshape(indices.shape[:-2] + windows)
         flat_grad = grad_out.reshape(indices.shape[:-2] + windows)
@@ -76,8 +78,8 @@ class MaxPool2dFunction(torch.autograd.Function):
             flat_indices = torch.where(live, flat_indices, 0)
             flat_grad = torch.where(live, flat_grad, 0.0)
         # in place into a fresh zeros tensor: the out-of-place scatter_add would copy the zeros first
-        grad_x = grad_out.new_zeros(planes).scatter_add_(-1, flat_indices, flat_grad).reshape(shape)
-        return grad_x, None, None, None, None, None
+        grad_x = zero_planes(grad_out, shape, ctx.layout).scatter_add_(-1, flat_indices, flat_grad)
+        return grad_x.view(shape), None, None, None, None, None
 
     @staticmethod
     def jvp(ctx, x_dot, *_):
@@ -152,6 +154,7 @@ class AvgPool2dFunction(torch.autograd.Function):
         x, *pool_args = inputs
         ctx.input_shape = x.shape
         ctx.pool_args = tuple(pool_args)
+        ctx.layout = memory_format_of(x)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -165,7 +168,7 @@ class AvgPool2dFunction(torch.autograd.Function):
         spread = F.conv_transpose2d((grad_out / divisor).reshape(-1, 1, ho, wo), ones, stride=stride)
         (ph, pw), (full_h, full_w) = padding, spread.shape[-2:]
         grad_x = F.pad(spread, (-pw, w + pw - full_w, -ph, h + ph - full_h))
-        return grad_x.reshape(shape), None, None, None, None, None, None
+        return grad_x.reshape(shape).contiguous(memory_format=ctx.layout), None, None, None, None, None, None
 
     @staticmethod
     def jvp(ctx, x_dot, *_):
@@ -204,13 +207,14 @@ class AdaptiveAvgPool2dFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         ctx.input_shape = inputs[0].shape
         ctx.output_size = inputs[1]
+        ctx.layout = memory_format_of(inputs[0])
 
     @staticmethod
     def backward(ctx, grad_out):
         (h, w), (ho, wo) = ctx.input_shape[-2:], grad_out.shape[-2:]
         a_h = _adaptive_average_matrix(h, ho, grad_out)
         a_w = _adaptive_average_matrix(w, wo, grad_out)
-        return a_h.t().matmul(grad_out).matmul(a_w), None
+        return a_h.t().matmul(grad_out).matmul(a_w).contiguous(memory_format=ctx.layout), None
 
     @staticmethod
     def jvp(ctx, x_dot, _):
@@ -227,6 +231,29 @@ def shape_of(x: torch.Tensor) -> torch.Tensor:
     so that under ``torch.compile(dynamic=True)`` backward reads a symbolic size from a saved tensor rather
     than from ``ctx``, which Dynamo cannot lift into the backward graph."""
     return x.new_empty((1,) * x.dim()).expand(x.shape)
+
+
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """The memory format torch's pools give their output for input ``x``: channels_last for a 4-D x whose
+    strides are ordered as channels_last (``Tensor.suggest_memory_format``), the standard one otherwise
+    (always for a per-sample tensor under vmap, whose strides are the batch's). Under ``torch.jit.trace``,
+    whose sizes are traced tensors, only a dense channels_last x counts as one."""
+    if x.dim() != 4 or torch._C._functorch.is_batchedtensor(x):
+        return torch.contiguous_format
+    if torch.jit.is_tracing():
+        dense = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return torch.channels_last if dense else torch.contiguous_format
+    return suggest_memory_format(x)
+
+
+def zero_planes(like: torch.Tensor, shape: torch.Size, layout: torch.memory_format) -> torch.Tensor:
+    """Zeros of ``shape`` (an input's (N, C, H, W) or (C, H, W)) as (N, C, H·W) or (C, H·W) planes, a view of
+    a tensor in memory format ``layout``: the gradient that the max pools' backward scatters into, in the
+    layout of the input it belongs to. ``like.new_zeros``, so vmap batches it."""
+    if layout == torch.channels_last:
+        n, c, h, w = shape
+        return like.new_zeros((n, h, w, c)).permute(0, 3, 1, 2).flatten(-2)
+    return like.new_zeros(shape[:-2] + (shape[-2] * shape[-1],))
 
 
 def _tracing() -> bool:

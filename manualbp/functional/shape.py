@@ -10,32 +10,35 @@ from manualbp.functional._validation import InputError, check_tensor, normalize_
 
 @compile_twin
 class FlattenFunction(torch.autograd.Function):
-    """y = x reshaped to ``out_shape`` (dims start_dim..end_dim merged into one).
+    """y = x with dims start_dim..end_dim (both ≥ 0, normalised) merged into one, as ``torch.flatten``.
 
     x: (d0, ..., d_{n-1})   y: (d0, ..., d_{s-1}, d_s · ... · d_e, d_{e+1}, ...)
 
     dL/dx = dL/dy reshaped back to x's shape (``reshape``, since dL/dy may be non-contiguous)
-    ẏ = ẋ reshaped to ``out_shape``
+    ẏ = ẋ flattened the same way
+
+    The dims are passed as two ints, not as the output shape: ``torch.jit.trace`` (and so the TorchScript
+    ONNX exporter) cannot record a Function whose argument is a tuple.
     """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, out_shape):
-        return x.reshape(out_shape)
+    def forward(x, start_dim, end_dim):
+        return x.flatten(start_dim, end_dim)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.in_shape = inputs[0].shape
-        ctx.out_shape = inputs[1]
+        ctx.dims = inputs[1:]
 
     @staticmethod
     def backward(ctx, grad_out):
-        return grad_out.reshape(ctx.in_shape), None
+        return grad_out.reshape(ctx.in_shape), None, None
 
     @staticmethod
-    def jvp(ctx, x_dot, _):
-        return x_dot.reshape(ctx.out_shape)
+    def jvp(ctx, x_dot, *_):
+        return x_dot.flatten(*ctx.dims)
 
 
 def flatten(input: torch.Tensor, start_dim: int = 0, end_dim: int = -1) -> torch.Tensor:
@@ -48,12 +51,4 @@ def flatten(input: torch.Tensor, start_dim: int = 0, end_dim: int = -1) -> torch
             f"flatten: start_dim ({start_dim}) comes after end_dim ({end_dim}) for an input of shape "
             f"{tuple(input.shape)}"
         )
-    if input.dim() == 0:
-        out_shape = (1,)
-    else:
-        shape = tuple(input.shape)
-        merged = 1
-        for size in shape[start : end + 1]:
-            merged *= size
-        out_shape = shape[:start] + (merged,) + shape[end + 1 :]
-    return apply(FlattenFunction, input, out_shape)
+    return apply(FlattenFunction, input, start, end)

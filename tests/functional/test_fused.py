@@ -97,7 +97,7 @@ def test_to_torch_turns_the_fused_layer_into_relu_then_max_pool():
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
 def test_large_inputs_pooled_in_channels_last_give_torch_values_indices_and_gradients(memory_format):
     """From CHANNELS_LAST_MIN_ELEMENTS on, the CPU pools run on a channels_last copy (faster there):
-    outputs come back in the standard layout, the input is left untouched, the numbers are torch's."""
+    outputs come back in the input's layout (as torch's), the input is left untouched, the numbers are torch's."""
     from manualbp.functional.pooling import CHANNELS_LAST_MIN_ELEMENTS
 
     x = torch.randn(4, 8, 32, 32).contiguous(memory_format=memory_format).requires_grad_()
@@ -107,12 +107,12 @@ def test_large_inputs_pooled_in_channels_last_give_torch_values_indices_and_grad
 
     y, indices = MF.max_pool2d(x, 2, return_indices=True)
     ref_y, ref_indices = torch.nn.functional.max_pool2d(x, 2, return_indices=True)
-    assert y.is_contiguous() and indices.is_contiguous()
+    assert y.is_contiguous(memory_format=memory_format) and indices.is_contiguous(memory_format=memory_format)
     assert torch.equal(y, ref_y) and torch.equal(indices, ref_indices)
     assert_close(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(ref_y, x, g)[0], rtol=0, atol=0)
 
     fused = MF.relu_max_pool2d(x, 2)
     reference = torch.nn.functional.max_pool2d(torch.relu(x), 2)
-    assert fused.is_contiguous() and torch.equal(fused, reference)
+    assert fused.is_contiguous(memory_format=memory_format) and torch.equal(fused, reference)
     assert_close(torch.autograd.grad(fused, x, g)[0], torch.autograd.grad(reference, x, g)[0], rtol=0, atol=0)
     assert torch.equal(x.detach(), before)  # the in-place ReLU ran on a copy

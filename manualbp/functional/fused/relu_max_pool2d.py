@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from manualbp.functional._dispatch import apply, compile_twin
-from manualbp.functional.pooling import _pool_geometry, pool_layout, shape_of
+from manualbp.functional.pooling import _pool_geometry, memory_format_of, pool_layout, shape_of, zero_planes
 
 Pair = tuple[int, int]
 
@@ -92,10 +92,10 @@ def _argmax_positions(code: torch.Tensor, tables: _Tables, plane_size: int, padd
     max in its flattened H·W plane, ``live`` the uint8 0/1 mask of the windows with max > 0.
 
     Position u·kw + v of window (i, j) is origin(i, j) + u·W + v; the offset u·W + v is looked up in a
-    256-entry table indexed by the code (no integer division). A dead window is pointed at its origin,
+    256-entry table indexed by the code (no integer division; an index, which vmap batches). A dead window is pointed at its origin,
     clamped into the plane where padding puts the origin outside it; ``live`` zeroes its gradient.
     """
-    flat = tables.origin + tables.offsets.take(code.long())
+    flat = tables.origin + tables.offsets[code.long()]  # indexing, not take: vmap has a batching rule for it
     if padded:
         flat = flat.clamp(0, plane_size - 1)
     return flat, code.clamp(max=1)
@@ -138,8 +138,9 @@ class ReLUMaxPool2dFunction(torch.autograd.Function):
     def forward(x, kernel_size, stride, padding, ceil_mode):
         y, flat = F.max_pool2d(pool_layout(x, relu=True), kernel_size, stride, padding, 1, ceil_mode=ceil_mode, return_indices=True)
         tables = _tables(x.shape[-2:], flat.shape[-2:], kernel_size, stride, padding, x.device)
-        # the code is computed in the pool's layout and copied to the standard one: 1 byte, not 8
-        return y.contiguous(), _window_code(flat, y > 0, tables).contiguous()
+        # the code is computed in the pool's layout and copied to x's: 1 byte, not 8
+        layout = memory_format_of(x)
+        return y.contiguous(memory_format=layout), _window_code(flat, y > 0, tables).contiguous(memory_format=layout)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -149,6 +150,7 @@ class ReLUMaxPool2dFunction(torch.autograd.Function):
         ctx.save_for_backward(code, shape_of(x))
         ctx.save_for_forward(code, shape_of(x))
         ctx.geometry = (kernel_size, stride, padding)
+        ctx.layout = memory_format_of(x)
 
     @staticmethod
     def backward(ctx, grad_out, grad_code):
@@ -162,8 +164,8 @@ class ReLUMaxPool2dFunction(torch.autograd.Function):
         planes = code.shape[:-2] + (code.shape[-2] * code.shape[-1],)  # not -1: the batch may be empty
         grad = (grad_out * live).reshape(planes)
         # in place into a fresh zeros tensor: the out-of-place scatter_add would copy the zeros first
-        grad_x = grad_out.new_zeros(shape[:-2] + (shape[-2] * shape[-1],)).scatter_add_(-1, flat.reshape(planes), grad)
-        return grad_x.reshape(shape), None, None, None, None
+        grad_x = zero_planes(grad_out, shape, ctx.layout).scatter_add_(-1, flat.reshape(planes), grad)
+        return grad_x.view(shape), None, None, None, None
 
     @staticmethod
     def jvp(ctx, x_dot, *_):
@@ -198,6 +200,12 @@ def relu_max_pool2d(
     a one-byte window code per output (see ``ReLUMaxPool2dFunction``). Dilation 1; kernels of at most
     255 positions."""
     op = "relu_max_pool2d"
+    if torch.onnx.is_in_onnx_export() and not torch.compiler.is_exporting():
+        raise NotImplementedError(
+            f"{op} (manualbp.nn.ReLUMaxPool2d): the TorchScript ONNX exporter (torch.onnx.export(..., "
+            "dynamo=False)) cannot export this Function; export manualbp.to_torch(model) instead, or use "
+            "torch.export / torch.onnx.export(..., dynamo=True)"
+        )
     kernel, stride, pad, _ = _pool_geometry(op, input, kernel_size, stride, padding)
     check_window_code_fits(op, kernel)
     y, _ = apply(ReLUMaxPool2dFunction, input, kernel, stride, pad, bool(ceil_mode))
