@@ -71,7 +71,6 @@ class ClassifierModule(pl.LightningModule):
         self.loss_fn = cross_entropy(backend)
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
         self.test_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
-        self.example_input_array = torch.zeros(2, *in_shape)
 
     def _save_hyperparameters_without_modules(self) -> None:
         """``save_hyperparameters()``, except a ``net`` given as a module object in Python: its weights are in
@@ -82,6 +81,14 @@ class ClassifierModule(pl.LightningModule):
             self.save_hyperparameters()
         if isinstance(self.hparams.get("net"), torch.nn.Module):
             self.save_hyperparameters(ignore=["net"])
+
+    @property
+    def example_input_array(self) -> torch.Tensor:
+        """Two blank images (2, *in_shape) in the module's dtype and on its device, for Lightning's model
+        summary. The trainer's precision plugin casts the module (float64 under ``precision="64-true"``,
+        bfloat16 under ``"bf16-true"``) and every batch it feeds (``Precision.convert_input``), but not this
+        example: made in the module's dtype, it fits the layers at every precision."""
+        return torch.zeros(2, *self.hparams.in_shape, dtype=self.dtype, device=self.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -12,6 +12,8 @@ import numbers
 
 import torch
 
+from manualbp.functional._autocast import ELIGIBLE, autocast_dtype
+
 REDUCTIONS = ("none", "mean", "sum")
 
 
@@ -68,10 +70,18 @@ def _differ(tensors: dict[str, torch.Tensor | None], attribute: str) -> bool:
 
 
 def check_same_dtype(op: str, **tensors: torch.Tensor | None) -> None:
-    """Raise ``DtypeError`` (a TypeError and torch's RuntimeError) unless all given tensors share one dtype."""
-    if _differ(tensors, "dtype"):
+    """Raise ``DtypeError`` (a TypeError and torch's RuntimeError) unless all given tensors share one dtype,
+    or would after the casts ``torch.autocast`` makes for ``op`` (``manualbp.functional._autocast``): under
+    autocast, float16, bfloat16 and float32 tensors all become ``autocast_dtype(op, ...)``."""
+    if _differ(tensors, "dtype") and not _autocast_unifies(op, tensors):
         listing = ", ".join(f"{name} {t.dtype}" for name, t in tensors.items() if t is not None)
         raise DtypeError(f"{op}: expected all tensors to have the same dtype, got {listing}")
+
+
+def _autocast_unifies(op: str, tensors: dict[str, torch.Tensor | None]) -> bool:
+    """Whether autocast is on for ``op`` and casts every given tensor to one dtype (all are eligible)."""
+    given = [t for t in tensors.values() if t is not None]
+    return all(t.dtype in ELIGIBLE for t in given) and autocast_dtype(op, *given) is not None
 
 
 def check_same_device(op: str, **tensors: torch.Tensor | None) -> None:

@@ -23,6 +23,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from manualbp.functional._autocast import autocast_inputs
 from manualbp.functional._dispatch import apply, compile_twin
 from manualbp.functional._inplace import CopyFunction, vmap_in_place
 from manualbp.functional._validation import (
@@ -665,10 +666,14 @@ def _softmax_dim(op: str, input: torch.Tensor, dim: int | None, dtype: torch.dty
 
 
 def softmax(input: torch.Tensor, dim: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Hand-differentiated ``torch.nn.functional.softmax`` along ``dim``."""
-    return apply(SoftmaxFunction, input, _softmax_dim("softmax", input, dim, dtype))
+    """Hand-differentiated ``torch.nn.functional.softmax`` along ``dim`` (float32 under CUDA autocast, ``_autocast``)."""
+    dim = _softmax_dim("softmax", input, dim, dtype)
+    (input,) = autocast_inputs("softmax", input)
+    return apply(SoftmaxFunction, input, dim)
 
 
 def log_softmax(input: torch.Tensor, dim: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Hand-differentiated ``torch.nn.functional.log_softmax`` along ``dim``."""
-    return apply(LogSoftmaxFunction, input, _softmax_dim("log_softmax", input, dim, dtype))
+    """Hand-differentiated ``torch.nn.functional.log_softmax`` along ``dim`` (float32 under CUDA autocast, ``_autocast``)."""
+    dim = _softmax_dim("log_softmax", input, dim, dtype)
+    (input,) = autocast_inputs("log_softmax", input)
+    return apply(LogSoftmaxFunction, input, dim)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from manualbp.functional._autocast import autocast_inputs
 from manualbp.functional._dispatch import apply, compile_twin
 from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import (
@@ -185,9 +186,11 @@ def conv2d(
 
     input: (N, C, H, W) or (C, H, W)   weight: (O, C/groups, kh, kw)   bias: (O,)
     padding: an int, a pair, "valid" or "same" (stride 1 only).
+    Under ``torch.autocast`` input, weight and bias are cast to the autocast dtype first (``_autocast``).
     """
     op = "conv2d"
     check_floating(op, input=input, weight=weight, bias=bias)
+    input, weight, bias = autocast_inputs(op, input, weight, bias)
     check_same_dtype(op, input=input, weight=weight, bias=bias)
     check_same_device(op, input=input, weight=weight, bias=bias)
     check_dim(op, "input", input, (3, 4))

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from manualbp.functional._autocast import autocast_inputs
 from manualbp.functional._dispatch import apply, compile_twin
 from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import InputError, check_floating, check_same_device, check_same_dtype, shape_str
@@ -90,7 +91,9 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     """Hand-differentiated ``torch.nn.functional.linear``: ``input @ weight.T + bias``.
 
     input: (*, in_features)   weight: (out_features, in_features)   bias: (out_features,)
+    Under ``torch.autocast`` all three are cast to the autocast dtype first (``_autocast``).
     """
+    input, weight, bias = autocast_inputs("linear", input, weight, bias)
     check_linear_args("linear", input, weight, bias)
     return apply(LinearFunction, input, weight, bias)
 

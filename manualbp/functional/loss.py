@@ -32,6 +32,7 @@ import warnings
 
 import torch
 
+from manualbp.functional._autocast import autocast_inputs
 from manualbp.functional._dispatch import apply, compile_twin
 from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import (
@@ -448,6 +449,7 @@ def cross_entropy(
     else:
         _check_class_target(op, input, target, ignore_index)
         target = target.long()
+    input, target, weight = autocast_inputs(op, input, target, weight)
     return apply(CrossEntropyFunction, input, target, weight, ignore_index, reduction, float(label_smoothing))
 
 
@@ -468,6 +470,7 @@ def nll_loss(
     reduction = resolve_reduction(op, size_average, reduce, reduction)
     _check_class_loss_args(op, input, target, weight, ignore_index)
     _check_class_target(op, input, target, ignore_index)
+    input, weight = autocast_inputs(op, input, weight)
     return apply(NLLLossFunction, input, target.long(), weight, ignore_index, reduction)
 
 
@@ -505,4 +508,5 @@ def mse_loss(
         )
     if weight is not None and weight.shape != input.shape:
         raise InputError(f"{op}: weight of shape {shape_str(weight)} must have the input's shape {shape_str(input)}")
+    input, target, weight = autocast_inputs(op, input, target, weight)
     return apply(MSELossFunction, input, target, weight, reduction)

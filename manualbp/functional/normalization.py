@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from manualbp.functional._autocast import autocast_inputs, autocast_output
 from manualbp.functional._dispatch import apply, compile_twin
 from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import (
@@ -309,10 +310,13 @@ def batch_norm(
             )
         if running_mean is not None:
             update_running_stats(input, running_mean, running_var, momentum)
-        return apply(BatchNormFunction, input, weight, bias, None, None, float(eps))
-    if running_mean is None:
+        running_mean = running_var = None
+    elif running_mean is None:
         raise InputError(f"{op}: running_mean and running_var must be given in evaluation mode (training=False)")
-    return apply(BatchNormFunction, input, weight, bias, running_mean, running_var, float(eps))
+    input_dtype = input.dtype
+    input, weight, bias, running_mean, running_var = autocast_inputs(op, input, weight, bias, running_mean, running_var)
+    output = apply(BatchNormFunction, input, weight, bias, running_mean, running_var, float(eps))
+    return autocast_output(op, output, input_dtype)
 
 
 def normalized_shape_tuple(op: str, normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
@@ -356,4 +360,6 @@ def layer_norm(
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and tuple(t.shape) != shape:
             raise InputError(f"{op}: {name} of shape {shape_str(t)} does not match normalized_shape {shape}")
-    return apply(LayerNormFunction, input, shape, weight, bias, float(eps))
+    input_dtype = input.dtype
+    input, weight, bias = autocast_inputs(op, input, weight, bias)
+    return autocast_output(op, apply(LayerNormFunction, input, shape, weight, bias, float(eps)), input_dtype)

@@ -53,6 +53,7 @@ CPU_CHECKS = (
     "partial_requires_grad",
     "compile",
     "autocast_cpu_bfloat16",
+    "autocast_chain",
 )
 CUDA_CHECKS = ("cuda", "autocast_float16", "autocast_bfloat16")
 
@@ -194,6 +195,15 @@ class _Errors:
             return
         for label, a, e in zip(labels, actual, expected):
             self.add(label, a, e)
+
+    def add_dtypes(self, labels: Sequence[str], actual: Sequence[Any], expected: Sequence[Any]) -> None:
+        """Fail at the first pair whose dtypes differ (a missing tensor on either side is left to ``add``)."""
+        for label, a, e in zip(labels, actual, expected):
+            if a is not None and e is not None and a.dtype != e.dtype:
+                self.ok = False
+                self.worst = f"{label}: dtype {a.dtype} != reference {e.dtype}"
+                self._worst_excess = math.inf
+                return
 
 
 def _grad_outputs(outputs: Sequence[torch.Tensor], kind: str = "dense") -> list[torch.Tensor]:
@@ -521,6 +531,29 @@ def _check_on(device_type: str, autocast_dtype: torch.dtype | None = None) -> Ca
     return check
 
 
+def _check_autocast_chain(s: _Sample) -> _Errors:
+    """The op as a layer inside a network trained under CPU bfloat16 autocast: its floating inputs arrive
+    in bfloat16 (the output of the layer below), its parameters stay float32. The output dtypes, the
+    gradients' dtypes (each its input's: float32 for the parameters) and the values must be the reference's,
+    the forward under ``torch.autocast``, the backward outside it."""
+    f, r = s.subjects(torch.float32)
+    errors = s.errors(torch.bfloat16)
+    where = "cpu, autocast torch.bfloat16, bfloat16 inputs"
+
+    def chained(subject: _Subject) -> tuple[torch.Tensor, ...]:
+        return tuple(t.to(torch.bfloat16) if i < subject.num_inputs else t for i, t in enumerate(subject.tensors))
+
+    context = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    out_f, grads_f = _vjp(f, chained(f), forward_context=context)
+    out_r, grads_r = _vjp(r, chained(r), forward_context=context)
+    output_labels = [f"output {i} ({where})" for i in range(len(out_r))]
+    grad_labels = [f"grad of {label} ({where})" for label in f.labels]
+    errors.add_all(output_labels, out_f, out_r)
+    errors.add_all(grad_labels, grads_f, grads_r)
+    errors.add_dtypes(output_labels + grad_labels, [*out_f, *grads_f], [*out_r, *grads_r])
+    return errors
+
+
 CHECKS: dict[str, Callable[[_Sample], _Errors]] = {
     "forward": _check_forward,
     "backward_float64": _check_backward(torch.float64),
@@ -536,6 +569,7 @@ CHECKS: dict[str, Callable[[_Sample], _Errors]] = {
     "partial_requires_grad": _check_partial_requires_grad,
     "compile": _check_compile,
     "autocast_cpu_bfloat16": _check_on("cpu", torch.bfloat16),
+    "autocast_chain": _check_autocast_chain,
     "cuda": _check_on("cuda"),
     "autocast_float16": _check_on("cuda", torch.float16),
     "autocast_bfloat16": _check_on("cuda", torch.bfloat16),
