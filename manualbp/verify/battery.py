@@ -96,6 +96,8 @@ class _Subject:
     def __init__(self, target: Callable[..., Any], args: Sequence[Any], state_from: torch.nn.Module | None = None):
         self.args = list(args)
         self.slots = [i for i, a in enumerate(args) if _is_float_tensor(a)]
+        # integer tensors (class targets, indices): not differentiable, but transforms batch them too
+        self.int_slots = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and not a.is_floating_point()]
         self.module = target if isinstance(target, torch.nn.Module) else None
         self.target = target
         if self.module is not None and state_from is not None:
@@ -109,13 +111,23 @@ class _Subject:
     def buffers(self) -> dict[str, torch.Tensor]:
         return {n: b.clone() for n, b in self.module.named_buffers()} if self.module is not None else {}
 
-    def __call__(self, *tensors: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None) -> Any:
-        """The call under a fixed seed."""
-        return seeded(self.unseeded)(*tensors, buffers=buffers)
+    def integer_tensors(self) -> list[torch.Tensor]:
+        """The integer tensor arguments, in order (``ints=`` of a call replaces them)."""
+        return [self.args[i] for i in self.int_slots]
 
-    def unseeded(self, *tensors: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None) -> Any:
+    def __call__(
+        self, *tensors: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None, ints: Sequence[torch.Tensor] | None = None
+    ) -> Any:
+        """The call under a fixed seed."""
+        return seeded(self.unseeded)(*tensors, buffers=buffers, ints=ints)
+
+    def unseeded(
+        self, *tensors: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None, ints: Sequence[torch.Tensor] | None = None
+    ) -> Any:
         full = list(self.args)
         for slot, tensor in zip(self.slots, tensors[: self.num_inputs]):
+            full[slot] = tensor
+        for slot, tensor in zip(self.int_slots, ints if ints is not None else ()):
             full[slot] = tensor
         if self.module is None:
             return self.target(*full)
@@ -384,7 +396,9 @@ def _compare_forward_ad(s: _Sample) -> _Errors:
 
 
 def _check_vmap(s: _Sample) -> _Errors:
-    """vmap over a new leading batch dim of every differentiable input, against a loop over it."""
+    """vmap over a new leading batch dim of every tensor input, against a loop over it: the differentiable
+    ones perturbed per slice, the integer ones (class targets) with their values rolled per slice, so each
+    slice sees other valid values and an op that reads them (a range check) meets a batched tensor."""
     f, _ = s.subjects(torch.float64)
     errors = s.errors(torch.float64)
     g = torch.Generator().manual_seed(3)
@@ -393,14 +407,19 @@ def _check_vmap(s: _Sample) -> _Errors:
     batched = [t.unsqueeze(0) + 0.1 * torch.randn((_VMAP_BATCH, *t.shape), generator=g, dtype=torch.float64).to(t) for t in inputs]
     buffers = f.buffers()
     batched_buffers = {n: b.unsqueeze(0).repeat(_VMAP_BATCH, *([1] * b.dim())) for n, b in buffers.items()}
+    batched_ints = [torch.stack([t.flatten().roll(k).reshape(t.shape) for k in range(_VMAP_BATCH)]) for t in f.integer_tensors()]
 
-    def call(inputs_and_buffers: tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
-        xs, bufs = inputs_and_buffers
-        return tuple(_float_outputs(f(*xs, *params, buffers=bufs)))
+    def call(batch: tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor], tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+        xs, bufs, ints = batch
+        return tuple(_float_outputs(f(*xs, *params, buffers=bufs, ints=ints)))
+
+    def slice_of(k: int) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
+        return tuple(x[k] for x in batched), {n: b[k] for n, b in batched_buffers.items()}, tuple(t[k] for t in batched_ints)
 
     # randomness="same": the loop runs every slice under the same seed, so random layers draw alike
-    vmapped = _run_function("vmap", lambda: torch.func.vmap(call, randomness="same")((tuple(batched), batched_buffers)))
-    looped = [call((tuple(x[k] for x in batched), {n: b[k] for n, b in batched_buffers.items()})) for k in range(_VMAP_BATCH)]
+    whole = (tuple(batched), batched_buffers, tuple(batched_ints))
+    vmapped = _run_function("vmap", lambda: torch.func.vmap(call, randomness="same")(whole))
+    looped = [call(slice_of(k)) for k in range(_VMAP_BATCH)]
     stacked = [torch.stack([outs[i] for outs in looped]) for i in range(len(looped[0]))]
     errors.add_all([f"output {i} (vmap vs loop)" for i in range(len(stacked))], list(vmapped), stacked)
     return errors

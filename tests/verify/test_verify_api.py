@@ -257,3 +257,18 @@ def test_the_pytest_fixture_fails_a_test_with_the_table(pytester):
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*1 check(s) failed*", "*backward_float64*FAIL*", "*compile*pass*"])
     assert "torch.__trace" not in result.stdout.str()  # torch's structured compile trace stays out of the log
+
+
+def test_the_vmap_check_batches_integer_inputs_too():
+    """An op that reads an integer input's values with .item() cannot run under vmap once that input is
+    batched, as a class target is in the per-sample-gradient recipe: the check must see it."""
+
+    def scale_by_largest_target(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return x * target.max().item()
+
+    def reference(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return x * target.max()
+
+    report = verify(scale_by_largest_target, reference, [(torch.randn(3), torch.tensor([1, 2, 0]))], checks=["vmap"])
+    (row,) = report.rows
+    assert row.status == "fail" and ".item()" in row.detail
