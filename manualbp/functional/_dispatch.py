@@ -8,7 +8,7 @@ break ("Unsupported custom jvp"), so ``torch.compile(..., fullgraph=True)`` fail
 from our layers. The same class with ``jvp`` reset to ``torch.autograd.Function.jvp`` compiles
 (forward, ``setup_context`` including ``save_for_forward``, and backward are traced as usual).
 
-So ``@compile_twin`` gives each Function, once, at import time, a subclass that differs only in
+So ``@function`` gives each Function, once, at import time, a subclass that differs only in
 having no ``jvp``, stored as ``Function.compile_twin``; and ``apply(Function, *args)`` applies the
 twin while Dynamo traces (``torch.compiler.is_compiling()``) and the Function itself otherwise. The
 Function classes stay the public, readable objects; the twin is an implementation detail, and
@@ -105,9 +105,6 @@ def function(cls: FunctionType) -> FunctionType:
     cls.call = staticmethod(call)
     return cls
 
-
-#: The name manualbp's own op modules decorate their Functions with.
-compile_twin = function
 
 
 def _eager_twin(cls: FunctionType) -> FunctionType:

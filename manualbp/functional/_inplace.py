@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from manualbp.functional._dispatch import compile_twin
+from manualbp.functional._dispatch import function
 
 
-@compile_twin
+@function
 class CopyFunction(torch.autograd.Function):
     """x₀ = a copy of x, for an in-place Function whose backward needs the input it overwrites (SiLU).
 

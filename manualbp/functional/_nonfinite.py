@@ -12,7 +12,7 @@ once, so a plain call switches it globally, and used as a context manager it res
 state on exit, also when the block raises. Like torch's anomaly mode the state is one process-wide
 flag, not thread-local: the autograd engine runs CUDA backwards on its own device threads.
 
-``check_backward`` wraps a Function's ``backward`` once, at import time (``@compile_twin`` calls it for
+``check_backward`` wraps a Function's ``backward`` once, at import time (``@function`` calls it for
 every Function in ``manualbp.functional``). When the check is off, the wrapper costs one extra Python
 call and one read of the module flag. Measured on one CPU thread, the median backward of ``linear`` on
 (4, 8) inputs and a (3, 8) weight: 51.7 µs without the wrapper, 52.2 µs with the check off, 85.4 µs with

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from manualbp.functional._autocast import autocast_inputs
-from manualbp.functional._dispatch import apply, compile_twin
+from manualbp.functional._dispatch import apply, function
 from manualbp.functional._inplace import CopyFunction, vmap_in_place
 from manualbp.functional._validation import (
     check_choice,
@@ -36,7 +36,7 @@ from manualbp.functional._validation import (
 )
 
 
-@compile_twin
+@function
 class ReLUFunction(torch.autograd.Function):
     """y = max(x, 0).   x, y: any shape.
 
@@ -71,7 +71,7 @@ class ReLUFunction(torch.autograd.Function):
         return x_dot * y.sign()
 
 
-@compile_twin
+@function
 class ReLUInplaceFunction(torch.autograd.Function):
     """y = max(x, 0) written into x (``relu(x, inplace=True)``).   x, y: any shape, one tensor.
 
@@ -108,7 +108,7 @@ class ReLUInplaceFunction(torch.autograd.Function):
         return vmap_in_place(ReLUInplaceFunction, in_dims, x)
 
 
-@compile_twin
+@function
 class ReLU6Function(torch.autograd.Function):
     """y = min(max(x, 0), 6).   x, y: any shape.
 
@@ -140,7 +140,7 @@ class ReLU6Function(torch.autograd.Function):
         return torch.where(_relu6_passes(y), x_dot, 0)
 
 
-@compile_twin
+@function
 class ReLU6InplaceFunction(torch.autograd.Function):
     """y = min(max(x, 0), 6) written into x (``relu6(x, inplace=True)``).   x, y: any shape, one tensor.
 
@@ -183,7 +183,7 @@ def _relu6_passes(y: torch.Tensor) -> torch.Tensor:
     return (y > 0) & (y < 6)
 
 
-@compile_twin
+@function
 class LeakyReLUFunction(torch.autograd.Function):
     """y = x if x > 0 else s·x, s = negative_slope.   x, y: any shape.
 
@@ -213,7 +213,7 @@ class LeakyReLUFunction(torch.autograd.Function):
         return torch.where(x > 0, x_dot, x_dot * ctx.negative_slope)
 
 
-@compile_twin
+@function
 class LeakyReLUInplaceFunction(torch.autograd.Function):
     """y = x if x > 0 else s·x written into x, for s ≥ 0 (``leaky_relu(x, s, inplace=True)``).   x, y: any shape.
 
@@ -252,7 +252,7 @@ class LeakyReLUInplaceFunction(torch.autograd.Function):
         return vmap_in_place(LeakyReLUInplaceFunction, in_dims, x, negative_slope)
 
 
-@compile_twin
+@function
 class ELUFunction(torch.autograd.Function):
     """y = x if x > 0 else α(e^x - 1).   x, y: any shape.
 
@@ -287,7 +287,7 @@ class ELUFunction(torch.autograd.Function):
         return torch.where(x > 0, x_dot, x_dot * negative_side)
 
 
-@compile_twin
+@function
 class ELUInplaceFunction(torch.autograd.Function):
     """y = x if x > 0 else α(e^x - 1) written into x, for α ≥ 0 (``elu(x, α, inplace=True)``).   x, y: any shape.
 
@@ -327,7 +327,7 @@ class ELUInplaceFunction(torch.autograd.Function):
         return vmap_in_place(ELUInplaceFunction, in_dims, x, alpha)
 
 
-@compile_twin
+@function
 class SigmoidFunction(torch.autograd.Function):
     """y = σ(x) = 1 / (1 + e^-x).   x, y: any shape.
 
@@ -356,7 +356,7 @@ class SigmoidFunction(torch.autograd.Function):
         return x_dot * y * (1 - y)
 
 
-@compile_twin
+@function
 class TanhFunction(torch.autograd.Function):
     """y = tanh(x).   x, y: any shape.
 
@@ -391,7 +391,7 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _GELU_CUBIC = 0.044715
 
 
-@compile_twin
+@function
 class GELUFunction(torch.autograd.Function):
     """Gaussian error linear unit.   x, y: any shape.
 
@@ -436,7 +436,7 @@ def _gelu_slope(x: torch.Tensor, approximate: str) -> torch.Tensor:
     return cdf + x * pdf
 
 
-@compile_twin
+@function
 class SiLUFunction(torch.autograd.Function):
     """y = x σ(x) (swish).   x, y: any shape.
 
@@ -465,7 +465,7 @@ class SiLUFunction(torch.autograd.Function):
         return x_dot * _silu_slope(x)
 
 
-@compile_twin
+@function
 class SiLUInplaceFunction(torch.autograd.Function):
     """y = x₀ σ(x₀) written into x, where x₀ is a copy of x taken before (``silu(x, inplace=True)`` passes
     ``copy(x)``, see ``CopyFunction``).   x, x₀, y: any shape.
@@ -517,7 +517,7 @@ def _silu_slope(x: torch.Tensor) -> torch.Tensor:
     return s * (1 + x * (1 - s))
 
 
-@compile_twin
+@function
 class SoftmaxFunction(torch.autograd.Function):
     """y_i = e^{x_i - m} / Σ_j e^{x_j - m} along ``dim``, m = max_j x_j (for stability).   x, y: any shape.
 
@@ -547,7 +547,7 @@ class SoftmaxFunction(torch.autograd.Function):
         return y * (x_dot - (x_dot * y).sum(ctx.dim, keepdim=True))
 
 
-@compile_twin
+@function
 class LogSoftmaxFunction(torch.autograd.Function):
     """y_i = x_i - m - log Σ_j e^{x_j - m} along ``dim``, m = max_j x_j.   x, y: any shape.
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from manualbp.functional._autocast import autocast_inputs
-from manualbp.functional._dispatch import apply, compile_twin
+from manualbp.functional._dispatch import apply, function
 from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import (
     InputError,
@@ -43,7 +43,7 @@ def _pad_far_side(x: torch.Tensor, padding: tuple[Pair, Pair]) -> torch.Tensor:
     return F.pad(x, (0, right - left, 0, bottom - top))
 
 
-@compile_twin
+@function
 class Conv2dFunction(torch.autograd.Function):
     """y = conv2d(x, W) + b.   x: (N, C, H, W) or (C, H, W)   W: (O, C/G, kh, kw)   b: (O,) or None
     y: (N, O, Ho, Wo) or (O, Ho, Wo);   padding = ((top, bottom), (left, right)).

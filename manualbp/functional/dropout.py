@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from manualbp.functional._dispatch import apply, compile_twin
+from manualbp.functional._dispatch import apply, function
 from manualbp.functional._inplace import vmap_in_place
 from manualbp.functional._validation import check_floating, check_inplace_target, check_unit_interval
 
 
-@compile_twin
+@function
 class DropoutFunction(torch.autograd.Function):
     """y = x ⊙ m.   x, m, y: same shape; m holds 0 (dropped) or 1/(1-p) (kept).
 
@@ -43,7 +43,7 @@ class DropoutFunction(torch.autograd.Function):
         return x_dot * mask
 
 
-@compile_twin
+@function
 class DropoutInplaceFunction(torch.autograd.Function):
     """y = x ⊙ m written into x (``dropout(x, p, inplace=True)``).   x, m, y: same shape.
 

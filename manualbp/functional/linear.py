@@ -7,12 +7,12 @@ import math
 import torch
 
 from manualbp.functional._autocast import autocast_inputs
-from manualbp.functional._dispatch import apply, compile_twin
+from manualbp.functional._dispatch import apply, function
 from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import InputError, check_floating, check_same_device, check_same_dtype, shape_str
 
 
-@compile_twin
+@function
 class LinearFunction(torch.autograd.Function):
     """y = x W^T + b.     x: (*, in)   W: (out, in)   b: (out,) or None   y: (*, out)
 

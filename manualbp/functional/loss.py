@@ -33,7 +33,7 @@ import warnings
 import torch
 
 from manualbp.functional._autocast import autocast_inputs
-from manualbp.functional._dispatch import apply, compile_twin
+from manualbp.functional._dispatch import apply, function
 from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import (
     DtypeError,
@@ -157,7 +157,7 @@ def _plain_class_target_grad(
     return (class_softmax(x, cd) * per_sample).scatter_add(cd, safe_target, -per_sample)
 
 
-@compile_twin
+@function
 class CrossEntropyFunction(torch.autograd.Function):
     """Cross entropy of logits x against class indices or class probabilities.
 
@@ -229,7 +229,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         return None if per_sample is None else _reduce(per_sample, ctx.reduction, denom)
 
 
-@compile_twin
+@function
 class NLLLossFunction(torch.autograd.Function):
     """Negative log-likelihood of log-probabilities x at class indices t.
 
@@ -276,7 +276,7 @@ class NLLLossFunction(torch.autograd.Function):
         return _reduce(-(a * x_dot).sum(_class_dim(x_dot)), ctx.reduction, denom)
 
 
-@compile_twin
+@function
 class MSELossFunction(torch.autograd.Function):
     """Mean squared error.   x, t: broadcastable shapes   w: optional elementwise weight of x's shape.
 

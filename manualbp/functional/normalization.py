@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from manualbp.functional._autocast import autocast_inputs, autocast_output
-from manualbp.functional._dispatch import apply, compile_twin
+from manualbp.functional._dispatch import apply, function
 from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import (
     InputError,
@@ -59,7 +59,7 @@ def _sum_over(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     return t.sum(dims) if dims else t
 
 
-@compile_twin
+@function
 class BatchNormFunction(torch.autograd.Function):
     """Batch normalisation.   x, y: (N, C, *)   γ, β: (C,) or None   μ_r, v_r: (C,) or None (fixed statistics)
 
@@ -143,7 +143,7 @@ class BatchNormFunction(torch.autograd.Function):
         )
 
 
-@compile_twin
+@function
 class LayerNormFunction(torch.autograd.Function):
     """Layer normalisation over the trailing dims D = normalized_shape.
 

@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch._prims_common import suggest_memory_format
 
-from manualbp.functional._dispatch import apply, compile_twin
+from manualbp.functional._dispatch import apply, function
 from manualbp.functional._validation import InputError, check_dim, check_floating, int_pair, shape_str
 
 Pair = tuple[int, int]
 
 
-@compile_twin
+@function
 class MaxPool2dFunction(torch.autograd.Function):
     """(y, idx) = max_pool2d(x).   x: (N, C, H, W) or (C, H, W)   y, idx: (N, C, Ho, Wo) or (C, Ho, Wo)
 
@@ -125,7 +125,7 @@ def _avg_pool_divisor(
     return lengths[0][:, None] * lengths[1][None, :]
 
 
-@compile_twin
+@function
 class AvgPool2dFunction(torch.autograd.Function):
     """y = avg_pool2d(x).   x: (N, C, H, W) or (C, H, W)   y: (N, C, Ho, Wo) or (C, Ho, Wo)
 
@@ -186,7 +186,7 @@ def _adaptive_average_matrix(size: int, out: int, like: torch.Tensor) -> torch.T
     return inside.to(like.dtype) / (end - start).to(like.dtype)[:, None]
 
 
-@compile_twin
+@function
 class AdaptiveAvgPool2dFunction(torch.autograd.Function):
     """y = adaptive_avg_pool2d(x).   x: (N, C, H, W) or (C, H, W)   y: (N, C, Ho, Wo) or (C, Ho, Wo)
 

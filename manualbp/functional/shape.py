@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from manualbp.functional._dispatch import apply, compile_twin
+from manualbp.functional._dispatch import apply, function
 from manualbp.functional._validation import InputError, check_tensor, normalize_dim
 
 
-@compile_twin
+@function
 class FlattenFunction(torch.autograd.Function):
     """y = x with dims start_dim..end_dim (both ≥ 0, normalised) merged into one, as ``torch.flatten``.
 

@@ -14,7 +14,7 @@ import manualbp.functional as MF
 from manualbp import NonFiniteGradientError, detect_nonfinite, is_nonfinite_detection_enabled
 from manualbp import nn as mnn
 from manualbp.functional import _nonfinite
-from manualbp.functional._dispatch import compile_twin
+from manualbp.functional._dispatch import function
 from manualbp.verify import seeded
 from tests.conftest import CASES
 from tests.functional.test_dispatch import function_classes
@@ -49,7 +49,7 @@ def test_off_by_default():
 
 
 def test_every_function_class_has_the_checked_backward():
-    """@compile_twin wraps each Function's own backward once; the twin inherits it; the source stays."""
+    """@function wraps each Function's own backward once; the twin inherits it; the source stays."""
     classes = function_classes()
     assert {"LinearFunction", "ReLUMaxPool2dFunction", "CrossEntropyFunction"} <= {c.__name__ for c in classes}
     for cls in classes:
@@ -208,7 +208,7 @@ def test_plain_training_step_stops_before_a_poisoned_batch_reaches_the_weights()
 def test_a_function_with_ctx_in_forward_gets_the_right_input_names():
     """The older style, forward(ctx, ...) without setup_context: gradients still map to the inputs."""
 
-    @compile_twin
+    @function
     class Divide(torch.autograd.Function):
         @staticmethod
         def forward(ctx, numerator, denominator):

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from manualbp.functional._dispatch import apply, compile_twin
+from manualbp.functional._dispatch import apply, function
 from manualbp.functional.linear import check_linear_args, linear_grads, linear_tangent
 
 
-@compile_twin
+@function
 class LinearReLUFunction(torch.autograd.Function):
     """y = max(x W^T + b, 0).    x: (*, in)   W: (out, in)   b: (out,) or None   y: (*, out)
 

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from manualbp.functional._dispatch import apply, compile_twin
+from manualbp.functional._dispatch import apply, function
 from manualbp.functional.pooling import _pool_geometry, memory_format_of, pool_layout, shape_of, zero_planes
 
 Pair = tuple[int, int]
@@ -101,7 +101,7 @@ def _argmax_positions(code: torch.Tensor, tables: _Tables, plane_size: int, padd
     return flat, code.clamp(max=1)
 
 
-@compile_twin
+@function
 class ReLUMaxPool2dFunction(torch.autograd.Function):
     """(y, c) = max_pool2d(relu(x)) and its window codes.   x: (N, C, H, W) or (C, H, W)
     y, c: (N, C, Ho, Wo) or (C, Ho, Wo);  dilation 1, padding at most half the kernel.
