@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch.autograd.gradcheck import GradcheckError
+from torch.utils._pytree import tree_leaves
 
 from manualbp.verify.case import OpCase, seeded
 from manualbp.verify.report import Report, Row
@@ -141,8 +142,8 @@ def _is_float_tensor(x: Any) -> bool:
 
 
 def _float_outputs(out: Any) -> list[torch.Tensor]:
-    outs = out if isinstance(out, (tuple, list)) else (out,)
-    return [o for o in outs if _is_float_tensor(o)]
+    """The floating tensors of an output, however nested (an LSTM's ``(output, (h_n, c_n))``, a PackedSequence)."""
+    return [o for o in tree_leaves(out) if _is_float_tensor(o)]
 
 
 def _leaves(tensors: Sequence[torch.Tensor], requires: Sequence[bool] | None = None) -> list[torch.Tensor]:
@@ -304,10 +305,9 @@ def _copy_to(target: Callable[..., Any], dtype: torch.dtype, device: torch.devic
 def _check_forward(s: _Sample) -> _Errors:
     f, r = s.subjects(torch.float64)
     errors = s.errors(torch.float64)
-    out_f, out_r = f(*f.tensors), r(*r.tensors)
-    outs_f = out_f if isinstance(out_f, (tuple, list)) else (out_f,)
-    outs_r = out_r if isinstance(out_r, (tuple, list)) else (out_r,)
-    errors.add_all([f"output {i}" for i in range(len(outs_r))], list(outs_f), list(outs_r))
+    outs_f = [o for o in tree_leaves(f(*f.tensors)) if isinstance(o, torch.Tensor)]
+    outs_r = [o for o in tree_leaves(r(*r.tensors)) if isinstance(o, torch.Tensor)]
+    errors.add_all([f"output {i}" for i in range(len(outs_r))], outs_f, outs_r)
     return errors
 
 
