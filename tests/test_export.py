@@ -1,5 +1,6 @@
-"""Tracing and exporting eval-mode models: ``torch.jit.trace`` and ``torch.export`` record our layers; the
-TorchScript ONNX exporter records all but the fused ReLU + MaxPool2d, which names itself and the way out."""
+"""Tracing and exporting eval-mode models: ``torch.jit.trace``, ``torch.export`` and the dynamo ONNX exporter
+record our layers; the TorchScript ONNX exporter records all but the fused ReLU + MaxPool2d, which names
+itself and the way out."""
 
 from __future__ import annotations
 
@@ -36,6 +37,19 @@ def test_flatten_traces(start_dim: int, end_dim: int) -> None:
 def test_torch_export_records_lenet5() -> None:
     model, x = _lenet5(), torch.randn(2, 1, 28, 28)
     assert_close(torch.export.export(model, (x,)).module()(x), model(x))
+
+
+def test_dynamo_onnx_exporter_records_lenet5_with_a_dynamic_batch(tmp_path) -> None:
+    """The ONNX file of a manual lenet5, exported at batch 2, computes the model's outputs at batch 5 (run by
+    onnx's reference evaluator)."""
+    from onnx.reference import ReferenceEvaluator
+
+    model, x = _lenet5(), torch.randn(5, 1, 28, 28)
+    program = torch.onnx.export(model, (x[:2],), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+    program.save(tmp_path / "lenet5.onnx")
+    session = ReferenceEvaluator(str(tmp_path / "lenet5.onnx"))
+    (logits,) = session.run(None, {session.input_names[0]: x.numpy()})
+    assert_close(torch.from_numpy(logits), model(x).detach())
 
 
 def test_torchscript_onnx_exporter_names_the_fused_pool_and_the_way_out() -> None:

@@ -134,6 +134,12 @@ def _eager_twin(cls: FunctionType) -> FunctionType:
 _COMBINED_STYLE = torch.autograd.function._SingleLevelFunction.setup_context
 
 
+def capturing_graph() -> bool:
+    """Whether torch.compile or torch.export is tracing the call: a choice made on a tensor's size (a faster
+    layout from some size on) would then tie the graph to that size, and the compiler picks layouts itself."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 def apply(function_cls: type[torch.autograd.Function], *args: Any) -> Any:
     """Apply ``function_cls`` to ``args`` through the twin that suits the moment: the jvp-less twin while
     torch.compile traces, the Function itself under torch.func transforms (vmap, grad, jvp), and the

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from manualbp.functional._autocast import autocast_inputs
 from manualbp.functional._dispatch import apply, function
+from manualbp.functional._layout import memory_format_of
 from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import (
     InputError,
@@ -83,6 +84,7 @@ class Conv2dFunction(torch.autograd.Function):
         ctx.has_bias = bias is not None
         ctx.geometry = (stride, padding, dilation, groups)
         ctx.output_shape = output.shape
+        ctx.layout = conv_memory_format(x, weight)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -97,9 +99,11 @@ class Conv2dFunction(torch.autograd.Function):
         empty = x.numel() == 0  # no products to differentiate (an empty batch or no input channels)
         if ctx.needs_input_grad[0]:
             grad_x = torch.zeros_like(x) if empty else _input_grad(x, weight, grad_out, *ctx.geometry)
+            grad_x = grad_x.contiguous(memory_format=ctx.layout)
             grad_x = grad_x.squeeze(0) if unbatched else grad_x
         if ctx.needs_input_grad[1]:
             grad_w = torch.zeros_like(weight) if empty else _weight_grad(x, weight, grad_out, *ctx.geometry)
+            grad_w = grad_w.contiguous(memory_format=ctx.layout)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.sum((0, 2, 3))
         return grad_x, grad_w, grad_b, None, None, None, None
@@ -116,6 +120,13 @@ class Conv2dFunction(torch.autograd.Function):
         bias_dot = bias_dot.reshape(-1, 1, 1)
         # a fresh tensor, not an expanded view: a tangent must have the output's own layout
         return bias_dot.expand(ctx.output_shape).contiguous() if y_dot is None else y_dot + bias_dot
+
+
+def conv_memory_format(x: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
+    """torch's layout for a convolution's output and all its gradients: channels_last when the (batched)
+    input or the weight is channels_last, contiguous otherwise."""
+    batched = x.unsqueeze(0) if x.dim() == 3 else x
+    return torch.channels_last if torch.channels_last in (memory_format_of(batched), memory_format_of(weight)) else torch.contiguous_format
 
 
 def _input_grad(x, weight, grad_out, stride, padding, dilation, groups):

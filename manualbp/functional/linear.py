@@ -63,7 +63,7 @@ def linear_grads(ctx, grad_out, x, weight):
     x, weight = x.to(grad_out.dtype), weight.to(grad_out.dtype)  # autocast: same precision as the forward
     grad_x = grad_w = grad_b = None
     if ctx.needs_input_grad[0]:
-        grad_x = grad_out.matmul(weight)
+        grad_x = _in_input_layout(grad_out.matmul(weight), x)
     if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
         rows = math.prod(grad_out.shape[:-1])  # not -1: a size-0 dim would make it ambiguous
         g2d = grad_out.reshape(rows, weight.shape[0])
@@ -72,6 +72,22 @@ def linear_grads(ctx, grad_out, x, weight):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g2d.sum(0)
     return grad_x, grad_w, grad_b
+
+
+def _in_input_layout(grad_x: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """dL/dx (row-major) laid out as torch's matmul gives it: column-major when x is a column-major matrix or
+    folds into one without a copy (a transposed input; a channels_last one with a single position), row-major
+    otherwise. A copy only in the column-major case."""
+    rows = math.prod(x.shape[:-1])
+    if x.dim() < 2 or x.is_contiguous() or rows < 2 or torch._C._functorch.is_batchedtensor(x):
+        return grad_x
+    try:
+        folded = x.view(rows, x.shape[-1])
+    except RuntimeError:  # no 2-D view: torch folds a copy, row-major
+        return grad_x
+    if folded.stride(0) != 1:
+        return grad_x
+    return grad_x.reshape(rows, -1).t().contiguous().t().view(x.shape)
 
 
 def linear_tangent(x, weight, x_dot, weight_dot, bias_dot):

@@ -33,7 +33,7 @@ import warnings
 import torch
 
 from manualbp.functional._autocast import autocast_inputs
-from manualbp.functional._dispatch import apply, function
+from manualbp.functional._dispatch import apply, capturing_graph, function
 from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import (
     DtypeError,
@@ -121,10 +121,10 @@ def class_softmax(x: torch.Tensor, cd: int, log: bool = False) -> torch.Tensor:
     For (N, C) logits on the CPU with few classes, torch's kernel along dim 1 works row by row over C values;
     along dim 0 of the transpose the same numbers come out several times faster (measured on 2 threads,
     (512, 10): softmax 50 -> 18 µs, log_softmax 41 -> 20 µs; (128, 10): 14 -> 7 µs; no gain below about
-    128 rows). The result is a transposed view, which the callers only read.
+    128 rows). The result is a transposed view, which the callers only read. Not while a graph is captured.
     """
     normalise = torch.log_softmax if log else torch.softmax
-    if x.dim() == 2 and x.shape[0] >= TRANSPOSED_SOFTMAX_MIN_ROWS and x.device.type == "cpu":
+    if x.dim() == 2 and x.device.type == "cpu" and not capturing_graph() and x.shape[0] >= TRANSPOSED_SOFTMAX_MIN_ROWS:
         return normalise(x.t(), 0).t()
     return normalise(x, cd)
 

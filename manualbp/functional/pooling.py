@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch._prims_common import suggest_memory_format
 
-from manualbp.functional._dispatch import apply, function
+from manualbp.functional._dispatch import apply, capturing_graph, function
+from manualbp.functional._layout import memory_format_of
 from manualbp.functional._validation import InputError, check_dim, check_floating, int_pair, shape_str
 
 Pair = tuple[int, int]
@@ -207,7 +207,8 @@ class AdaptiveAvgPool2dFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         ctx.input_shape = inputs[0].shape
         ctx.output_size = inputs[1]
-        ctx.layout = memory_format_of(inputs[0])
+        # torch averages to 1 x 1 with mean(), whose gradient is contiguous whatever the input's layout
+        ctx.layout = torch.contiguous_format if output.shape[-2:] == (1, 1) else memory_format_of(inputs[0])
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -233,19 +234,6 @@ def shape_of(x: torch.Tensor) -> torch.Tensor:
     return x.new_empty((1,) * x.dim()).expand(x.shape)
 
 
-def memory_format_of(x: torch.Tensor) -> torch.memory_format:
-    """The memory format torch's pools give their output for input ``x``: channels_last for a 4-D x whose
-    strides are ordered as channels_last (``Tensor.suggest_memory_format``), the standard one otherwise
-    (always for a per-sample tensor under vmap, whose strides are the batch's). Under ``torch.jit.trace``,
-    whose sizes are traced tensors, only a dense channels_last x counts as one."""
-    if x.dim() != 4 or torch._C._functorch.is_batchedtensor(x):
-        return torch.contiguous_format
-    if torch.jit.is_tracing():
-        dense = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        return torch.channels_last if dense else torch.contiguous_format
-    return suggest_memory_format(x)
-
-
 def zero_planes(like: torch.Tensor, shape: torch.Size, layout: torch.memory_format) -> torch.Tensor:
     """Zeros of ``shape`` (an input's (N, C, H, W) or (C, H, W)) as (N, C, H·W) or (C, H·W) planes, a view of
     a tensor in memory format ``layout``: the gradient that the max pools' backward scatters into, in the
@@ -254,11 +242,6 @@ def zero_planes(like: torch.Tensor, shape: torch.Size, layout: torch.memory_form
         n, c, h, w = shape
         return like.new_zeros((n, h, w, c)).permute(0, 3, 1, 2).flatten(-2)
     return like.new_zeros(shape[:-2] + (shape[-2] * shape[-1],))
-
-
-def _tracing() -> bool:
-    """Whether torch.compile or torch.export is tracing the call."""
-    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
 def pool_layout(x: torch.Tensor, relu: bool = False) -> torch.Tensor:
@@ -271,7 +254,7 @@ def pool_layout(x: torch.Tensor, relu: bool = False) -> torch.Tensor:
     counting the copy; (128, 16, 10, 10) 0.57 vs 0.15 ms; (512, 6, 28, 28) 6.9 vs 5.1 ms. Below about 32k
     elements the copies cost more than they save ((128, 3, 8, 8): 0.05 vs 0.11 ms), so small inputs stay.
     """
-    if _tracing():  # the compiler chooses layouts itself, and a size test would tie the graph to the batch size
+    if capturing_graph():  # the compiler chooses layouts itself, and a size test would tie the graph to the batch size
         return torch.relu(x) if relu else x
     large = x.numel() >= CHANNELS_LAST_MIN_ELEMENTS
     if large and x.dim() == 4 and x.device.type == "cpu" and not torch._C._functorch.is_batchedtensor(x):

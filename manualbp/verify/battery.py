@@ -11,13 +11,9 @@ graph_break (torch.compile cannot trace a Function that defines ``jvp``; the row
 from __future__ import annotations
 
 import contextlib
-import copy
-import dataclasses
-import logging
 import math
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -26,10 +22,25 @@ import torch.autograd.forward_ad as fwAD
 from torch.autograd.gradcheck import GradcheckError
 from torch.utils._pytree import tree_leaves
 
-from manualbp.verify.case import OpCase, seeded
+from manualbp.verify._harness import (
+    GraphBreak,
+    Tolerance,
+    Unsupported,
+    _Errors,
+    _first_lines,
+    _float_outputs,
+    _grad_outputs,
+    _leaves,
+    _run_function,
+    _Sample,
+    _Subject,
+    _vjp,
+)
+from manualbp.verify.case import OpCase
+from manualbp.verify.memory_format import _check_memory_format
+from manualbp.verify.graph_capture import _check_compile, _check_compile_dynamic, _check_export_dynamic
 from manualbp.verify.report import Report, Row
 
-Tolerance = tuple[float, float]
 SampleInputs = Iterable[Sequence[Any]] | Callable[[torch.dtype, torch.device], Iterable[Sequence[Any]]]
 
 DEFAULT_TOLERANCES: dict[torch.dtype, Tolerance] = {
@@ -53,6 +64,9 @@ CPU_CHECKS = (
     "expanded_grad",
     "partial_requires_grad",
     "compile",
+    "compile_dynamic",
+    "export_dynamic",
+    "memory_format",
     "autocast_cpu_bfloat16",
     "autocast_chain",
 )
@@ -64,242 +78,6 @@ _VMAP_BATCH = 3
 def available_checks() -> tuple[str, ...]:
     """The checks ``verify`` runs by default here: the CPU ones, plus the CUDA ones when a device is present."""
     return CPU_CHECKS + (CUDA_CHECKS if torch.cuda.is_available() else ())
-
-
-class Unsupported(Exception):
-    """Raised inside a check when the function cannot take it (as opposed to taking it and failing)."""
-
-
-class GraphBreak(Exception):
-    """Raised by the compile check when Dynamo cannot trace the Function because it defines ``jvp``:
-    a limit of torch.compile, not a wrong gradient."""
-
-
-_UNSUPPORTED_MARKERS = {
-    "forward_ad": ("jvp",),
-    "vmap": ("setup_context", "generate_vmap_rule", "vmap staticmethod", "batching rule"),
-    "func_grad": ("setup_context", "generate_vmap_rule"),
-}
-
-
-# ---------------------------------------------------------------------------------------------------
-# The subject: a callable (or module) as a pure function of its differentiable tensors
-
-
-class _Subject:
-    """``target`` applied to ``args``, as a function of the differentiable tensors.
-
-    The differentiable tensors are the floating tensor arguments followed by the module's floating
-    parameters. Buffers (running statistics) are cloned on every call, so calls do not leak state
-    into each other and transforms may update them in place.
-    """
-
-    def __init__(self, target: Callable[..., Any], args: Sequence[Any], state_from: torch.nn.Module | None = None):
-        self.args = list(args)
-        self.slots = [i for i, a in enumerate(args) if _is_float_tensor(a)]
-        # integer tensors (class targets, indices): not differentiable, but transforms batch them too
-        self.int_slots = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and not a.is_floating_point()]
-        self.module = target if isinstance(target, torch.nn.Module) else None
-        self.target = target
-        if self.module is not None and state_from is not None:
-            self.module.load_state_dict(state_from.state_dict())
-        params = dict(self.module.named_parameters()) if self.module is not None else {}
-        self.param_names = [n for n, p in params.items() if p.is_floating_point()]
-        self.tensors = tuple(args[i] for i in self.slots) + tuple(params[n].detach() for n in self.param_names)
-        self.labels = [f"input {i}" for i in self.slots] + self.param_names
-        self.num_inputs = len(self.slots)
-
-    def buffers(self) -> dict[str, torch.Tensor]:
-        return {n: b.clone() for n, b in self.module.named_buffers()} if self.module is not None else {}
-
-    def integer_tensors(self) -> list[torch.Tensor]:
-        """The integer tensor arguments, in order (``ints=`` of a call replaces them)."""
-        return [self.args[i] for i in self.int_slots]
-
-    def __call__(
-        self, *tensors: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None, ints: Sequence[torch.Tensor] | None = None
-    ) -> Any:
-        """The call under a fixed seed."""
-        return seeded(self.unseeded)(*tensors, buffers=buffers, ints=ints)
-
-    def unseeded(
-        self, *tensors: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None, ints: Sequence[torch.Tensor] | None = None
-    ) -> Any:
-        full = list(self.args)
-        for slot, tensor in zip(self.slots, tensors[: self.num_inputs]):
-            full[slot] = tensor
-        for slot, tensor in zip(self.int_slots, ints if ints is not None else ()):
-            full[slot] = tensor
-        if self.module is None:
-            return self.target(*full)
-        state = dict(zip(self.param_names, tensors[self.num_inputs :]))
-        state.update(self.buffers() if buffers is None else buffers)
-        return torch.func.functional_call(self.module, state, tuple(full))
-
-
-def _is_float_tensor(x: Any) -> bool:
-    return isinstance(x, torch.Tensor) and x.is_floating_point()
-
-
-def _float_outputs(out: Any) -> list[torch.Tensor]:
-    """The floating tensors of an output, however nested (an LSTM's ``(output, (h_n, c_n))``, a PackedSequence)."""
-    return [o for o in tree_leaves(out) if _is_float_tensor(o)]
-
-
-def _leaves(tensors: Sequence[torch.Tensor], requires: Sequence[bool] | None = None) -> list[torch.Tensor]:
-    requires = requires if requires is not None else [True] * len(tensors)
-    return [t.detach().clone().requires_grad_(r) for t, r in zip(tensors, requires)]
-
-
-# ---------------------------------------------------------------------------------------------------
-# Comparison
-
-
-@dataclass
-class _Errors:
-    """The running comparison of several tensor pairs: the largest errors and where the worst is."""
-
-    rtol: float
-    atol: float
-    ok: bool = True
-    max_abs: float = 0.0
-    max_rel: float = 0.0
-    worst: str = ""
-    _worst_excess: float = -math.inf
-
-    def add(self, label: str, actual: torch.Tensor | None, expected: torch.Tensor | None) -> None:
-        if actual is None and expected is None:
-            return
-        if actual is None or expected is None:
-            reference = expected if actual is None else actual
-            actual = torch.zeros_like(reference) if actual is None else actual
-            expected = torch.zeros_like(reference) if expected is None else expected
-        if actual.shape != expected.shape:
-            self.ok = False
-            self.worst = f"{label}: shape {tuple(actual.shape)} != reference {tuple(expected.shape)}"
-            self._worst_excess = math.inf
-            return
-        a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
-        if a.numel() == 0:
-            return
-        diff = (a - e).abs()
-        both_nan = a.isnan() & e.isnan()
-        same_inf = (a == e) & a.isinf()
-        diff = torch.where(both_nan | same_inf, 0.0, diff.nan_to_num(nan=math.inf))
-        rel = diff / e.abs().clamp_min(torch.finfo(torch.float64).tiny)
-        excess = diff - (self.atol + self.rtol * e.abs().nan_to_num(posinf=0.0))
-        self.max_abs = max(self.max_abs, float(diff.max()))
-        self.max_rel = max(self.max_rel, float(torch.where(diff == 0, 0.0, rel).max()))
-        worst = int(excess.flatten().argmax())
-        if float(excess.flatten()[worst]) > 0:
-            self.ok = False
-        if float(excess.flatten()[worst]) > self._worst_excess:
-            self._worst_excess = float(excess.flatten()[worst])
-            index = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), a.shape)) if a.dim() else ()
-            self.worst = (
-                f"largest error in {label} at {index}: {float(a.flatten()[worst]):.6g} "
-                f"vs reference {float(e.flatten()[worst]):.6g}"
-            )
-
-    def add_all(self, labels: Sequence[str], actual: Sequence[Any], expected: Sequence[Any]) -> None:
-        if len(actual) != len(expected):
-            self.ok = False
-            self.worst = f"{len(actual)} tensors vs {len(expected)} from the reference"
-            return
-        for label, a, e in zip(labels, actual, expected):
-            self.add(label, a, e)
-
-    def add_dtypes(self, labels: Sequence[str], actual: Sequence[Any], expected: Sequence[Any]) -> None:
-        """Fail at the first pair whose dtypes differ (a missing tensor on either side is left to ``add``)."""
-        for label, a, e in zip(labels, actual, expected):
-            if a is not None and e is not None and a.dtype != e.dtype:
-                self.ok = False
-                self.worst = f"{label}: dtype {a.dtype} != reference {e.dtype}"
-                self._worst_excess = math.inf
-                return
-
-
-def _grad_outputs(outputs: Sequence[torch.Tensor], kind: str = "dense") -> list[torch.Tensor]:
-    """dL/dy for each output, drawn from a fixed generator: dense, non-contiguous (a layout ``.view``
-    cannot reshape) or expanded (stride 0)."""
-    g = torch.Generator().manual_seed(1)
-    grads = []
-    for out in outputs:
-        if kind == "expanded":
-            grads.append(torch.randn((), generator=g, dtype=torch.float64).to(out).expand(out.shape))
-        elif kind == "noncontiguous":
-            # dims stored in reverse order (a transposed layout: no .view can flatten it), or every
-            # other element for a 1-D output
-            if out.dim() >= 2:
-                reversed_layout = torch.randn(out.shape[::-1], generator=g, dtype=torch.float64).to(out)
-                grads.append(reversed_layout.permute(*range(out.dim() - 1, -1, -1)))
-            else:
-                grads.append(torch.randn(*out.shape, 2, generator=g, dtype=torch.float64).to(out)[..., 0])
-        else:
-            grads.append(torch.randn(out.shape, generator=g, dtype=torch.float64).to(out))
-    return grads
-
-
-def _vjp(
-    fn: Callable[..., Any],
-    tensors: Sequence[torch.Tensor],
-    kind: str = "dense",
-    requires: Sequence[bool] | None = None,
-    forward_context: Callable[[], Any] = contextlib.nullcontext,
-):
-    """Outputs and the gradients of every tensor (None for those not requiring grad) under dL/dy of ``kind``.
-
-    The forward runs inside ``forward_context()`` (autocast, say), the backward outside it, as in training.
-    """
-    leaves = _leaves(tensors, requires)
-    with forward_context():
-        outputs = _float_outputs(fn(*leaves))
-    wanted = [leaf for leaf in leaves if leaf.requires_grad]
-    differentiable = [(o, g) for o, g in zip(outputs, _grad_outputs(outputs, kind)) if o.requires_grad]
-    grads = iter(
-        torch.autograd.grad([o for o, _ in differentiable], wanted, [g for _, g in differentiable], allow_unused=True)
-        if differentiable and wanted
-        else [None] * len(wanted)
-    )
-    return [o.detach() for o in outputs], [next(grads) if leaf.requires_grad else None for leaf in leaves]
-
-
-# ---------------------------------------------------------------------------------------------------
-# The checks
-
-
-@dataclass
-class _Sample:
-    function: Callable[..., Any]
-    reference: Callable[..., Any]
-    args: Sequence[Any]
-    device: torch.device
-    tolerances: dict[torch.dtype, Tolerance]
-    compile_backend: str
-
-    def subjects(self, dtype: torch.dtype, device: torch.device | None = None) -> tuple[_Subject, _Subject]:
-        device = device or self.device
-        args = [_cast(a, dtype, device) for a in self.args]
-        function = _copy_to(self.function, dtype, device)
-        reference = _copy_to(self.reference, dtype, device)
-        state_from = function if isinstance(reference, torch.nn.Module) and isinstance(function, torch.nn.Module) else None
-        return _Subject(function, args), _Subject(reference, args, state_from)
-
-    def errors(self, dtype: torch.dtype) -> _Errors:
-        rtol, atol = self.tolerances[dtype]
-        return _Errors(rtol, atol)
-
-
-def _cast(arg: Any, dtype: torch.dtype, device: torch.device) -> Any:
-    if not isinstance(arg, torch.Tensor):
-        return arg
-    return arg.detach().to(device=device, dtype=dtype if arg.is_floating_point() else arg.dtype)
-
-
-def _copy_to(target: Callable[..., Any], dtype: torch.dtype, device: torch.device) -> Callable[..., Any]:
-    if isinstance(target, torch.nn.Module):
-        return copy.deepcopy(target).to(device=device, dtype=dtype)
-    return target
 
 
 def _check_forward(s: _Sample) -> _Errors:
@@ -395,51 +173,73 @@ def _compare_forward_ad(s: _Sample) -> _Errors:
     return errors
 
 
-def _check_vmap(s: _Sample) -> _Errors:
-    """vmap over a new leading batch dim of every tensor input, against a loop over it: the differentiable
-    ones perturbed per slice, the integer ones (class targets) with their values rolled per slice, so each
-    slice sees other valid values and an op that reads them (a range check) meets a batched tensor."""
-    f, _ = s.subjects(torch.float64)
-    errors = s.errors(torch.float64)
+Batch = tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor], tuple[torch.Tensor, ...]]
+
+
+def _batched(f: _Subject) -> Batch:
+    """A new leading dim of size ``_VMAP_BATCH`` on every tensor input and buffer: the floating inputs perturbed
+    per slice, the integer ones (class targets) with their values rolled per slice (so each slice sees other
+    valid values, and an op that reads them, a range check, meets a batched tensor), the buffers repeated."""
     g = torch.Generator().manual_seed(3)
     inputs = f.tensors[: f.num_inputs]
-    params = f.tensors[f.num_inputs :]
     batched = [t.unsqueeze(0) + 0.1 * torch.randn((_VMAP_BATCH, *t.shape), generator=g, dtype=torch.float64).to(t) for t in inputs]
-    buffers = f.buffers()
-    batched_buffers = {n: b.unsqueeze(0).repeat(_VMAP_BATCH, *([1] * b.dim())) for n, b in buffers.items()}
-    batched_ints = [torch.stack([t.flatten().roll(k).reshape(t.shape) for k in range(_VMAP_BATCH)]) for t in f.integer_tensors()]
+    buffers = {n: b.unsqueeze(0).repeat(_VMAP_BATCH, *([1] * b.dim())) for n, b in f.buffers().items()}
+    ints = [torch.stack([t.flatten().roll(k).reshape(t.shape) for k in range(_VMAP_BATCH)]) for t in f.integer_tensors()]
+    return tuple(batched), buffers, tuple(ints)
 
-    def call(batch: tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor], tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+
+def _slice(batch: Batch, k: int) -> Batch:
+    xs, buffers, ints = batch
+    return tuple(x[k] for x in xs), {n: b[k] for n, b in buffers.items()}, tuple(t[k] for t in ints)
+
+
+def _check_vmap(s: _Sample) -> _Errors:
+    """vmap over a new leading batch dim of every tensor input (``_batched``), against a loop over it."""
+    f, _ = s.subjects(torch.float64)
+    errors = s.errors(torch.float64)
+    params = f.tensors[f.num_inputs :]
+
+    def call(batch: Batch) -> tuple[torch.Tensor, ...]:
         xs, bufs, ints = batch
         return tuple(_float_outputs(f(*xs, *params, buffers=bufs, ints=ints)))
 
-    def slice_of(k: int) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
-        return tuple(x[k] for x in batched), {n: b[k] for n, b in batched_buffers.items()}, tuple(t[k] for t in batched_ints)
-
     # randomness="same": the loop runs every slice under the same seed, so random layers draw alike
-    whole = (tuple(batched), batched_buffers, tuple(batched_ints))
+    whole = _batched(f)
     vmapped = _run_function("vmap", lambda: torch.func.vmap(call, randomness="same")(whole))
-    looped = [call(slice_of(k)) for k in range(_VMAP_BATCH)]
+    looped = [call(_slice(whole, k)) for k in range(_VMAP_BATCH)]
     stacked = [torch.stack([outs[i] for outs in looped]) for i in range(len(looped[0]))]
     errors.add_all([f"output {i} (vmap vs loop)" for i in range(len(stacked))], list(vmapped), stacked)
     return errors
 
 
 def _check_func_grad(s: _Sample) -> _Errors:
+    """torch.func.grad of <outputs, dL/dy> against the reference's gradients; then the per-sample recipe
+    ``vmap(grad(...))`` over ``_batched`` inputs (parameters shared), against a loop of ``grad`` per slice."""
     f, r = s.subjects(torch.float64)
     errors = s.errors(torch.float64)
+    params = f.tensors[f.num_inputs :]
 
-    def scalar(subject: _Subject) -> Callable[..., torch.Tensor]:
-        def loss(*tensors: torch.Tensor) -> torch.Tensor:
-            outputs = _float_outputs(subject(*tensors))
-            return sum((o * g).sum() for o, g in zip(outputs, _grad_outputs(outputs)))
+    def loss(xs: tuple[torch.Tensor, ...], ps: tuple[torch.Tensor, ...], bufs: dict[str, torch.Tensor] | None = None,
+             ints: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        outputs = _float_outputs(f(*xs, *ps, buffers=bufs, ints=ints))
+        return sum((o * g).sum() for o, g in zip(outputs, _grad_outputs(outputs)))
 
-        return loss
-
-    argnums = tuple(range(len(f.tensors)))
-    grads_f = _run_function("func_grad", lambda: torch.func.grad(scalar(f), argnums=argnums)(*f.tensors))
+    grad = torch.func.grad(loss, argnums=(0, 1))
+    grads_f = _run_function("func_grad", lambda: grad(f.tensors[: f.num_inputs], params))
     _, grads_r = _vjp(r, r.tensors)
-    errors.add_all([f"grad of {label}" for label in f.labels], list(grads_f), grads_r)
+    errors.add_all([f"grad of {label}" for label in f.labels], [*grads_f[0], *grads_f[1]], grads_r)
+
+    whole = _batched(f)
+    def per_sample(batch: Batch) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        xs, bufs, ints = batch
+        return grad(xs, params, bufs, ints)
+
+    vmapped = _run_function("func_grad", lambda: torch.func.vmap(per_sample, randomness="same")(whole))
+    looped = [per_sample(_slice(whole, k)) for k in range(_VMAP_BATCH)]
+    for j, label in enumerate(f.labels):
+        group, index = (0, j) if j < f.num_inputs else (1, j - f.num_inputs)
+        stacked = torch.stack([grads[group][index] for grads in looped])
+        errors.add(f"grad of {label} (vmap(grad) vs loop of grad)", vmapped[group][index], stacked)
     return errors
 
 
@@ -458,76 +258,6 @@ def _check_partial_requires_grad(s: _Sample) -> _Errors:
         which = ", ".join(label for label, req in zip(f.labels, requires) if req)
         errors.add_all([f"grad of {label} (only {which} requiring grad)" for label in f.labels], grads_f, grads_r)
     return errors
-
-
-def _check_compile(s: _Sample) -> _Errors:
-    """torch.compile(fullgraph=True) of the function (through its jvp-less twin when it has one):
-    outputs and gradients equal to eager mode."""
-    f, _ = dataclasses.replace(s, function=_compile_entry(s.function)).subjects(torch.float32)
-    errors = s.errors(torch.float32)
-    torch._dynamo.reset()
-    compiled = seeded(torch.compile(f.unseeded, backend=s.compile_backend, fullgraph=True))
-    try:
-        with _trace_log_kept_for_torch():
-            out_c, grads_c = _vjp(compiled, f.tensors)
-    except torch._dynamo.exc.Unsupported as error:
-        if "custom jvp" in str(error):
-            raise GraphBreak(_custom_jvp_hint(s.function)) from error
-        errors.ok = False
-        errors.worst = "graph break: " + _first_lines(str(error), 1)
-        return errors
-    finally:
-        torch._dynamo.reset()
-    out_e, grads_e = _vjp(f, f.tensors)
-    errors.add_all([f"output {i} (compiled vs eager)" for i in range(len(out_e))], out_c, out_e)
-    errors.add_all([f"grad of {label} (compiled vs eager)" for label in f.labels], grads_c, grads_e)
-    return errors
-
-
-def _function_class(function: Callable[..., Any]) -> type[torch.autograd.Function] | None:
-    """The Function class when ``function`` is its ``apply``, else None."""
-    owner = getattr(function, "__self__", None)
-    is_apply = getattr(function, "__name__", "") == "apply"
-    return owner if is_apply and isinstance(owner, type) and issubclass(owner, torch.autograd.Function) else None
-
-
-def _compile_entry(function: Callable[..., Any]) -> Callable[..., Any]:
-    """``Function.call`` for the ``apply`` of a Function decorated with ``manualbp.function`` (it applies the
-    jvp-less twin while torch.compile traces); ``function`` itself otherwise."""
-    cls = _function_class(function)
-    return cls.call if cls is not None and "compile_twin" in vars(cls) else function
-
-
-def _custom_jvp_hint(function: Callable[..., Any]) -> str:
-    """What to do when Dynamo refuses the Function because it defines jvp."""
-    cls = _function_class(function)
-    name = cls.__name__ if cls is not None else "Function"
-    return (
-        f"Dynamo cannot trace {name}: it defines jvp (graph break 'Unsupported custom jvp'). "
-        f"Decorate it with @manualbp.function and call {name}.call(...), which applies a jvp-less twin "
-        "while torch.compile traces."
-    )
-
-
-@contextlib.contextmanager
-def _trace_log_kept_for_torch() -> Iterator[None]:
-    """Detach, for the block, the handlers that others attached to torch's structured-trace logger.
-
-    ``torch.__trace`` is the machine-readable record of a compilation (read by tlparse when
-    ``TORCH_TRACE`` is set): always at DEBUG, never propagated, and written whenever the logger has a
-    handler. pytest's log capture attaches its handlers to every logger that does not propagate, so
-    each compilation under pytest put dozens of empty ``DEBUG torch.__trace`` lines into a failing
-    test's captured log. Torch's own trace handler stays attached.
-    """
-    trace_log = logging.getLogger("torch.__trace")
-    foreign = [h for h in trace_log.handlers if type(h).__module__.split(".")[0] != "torch"]
-    for handler in foreign:
-        trace_log.removeHandler(handler)
-    try:
-        yield
-    finally:
-        for handler in foreign:
-            trace_log.addHandler(handler)
 
 
 def _check_on(device_type: str, autocast_dtype: torch.dtype | None = None) -> Callable[[_Sample], _Errors]:
@@ -587,6 +317,9 @@ CHECKS: dict[str, Callable[[_Sample], _Errors]] = {
     "expanded_grad": _check_backward(torch.float64, "expanded"),
     "partial_requires_grad": _check_partial_requires_grad,
     "compile": _check_compile,
+    "compile_dynamic": _check_compile_dynamic,
+    "export_dynamic": _check_export_dynamic,
+    "memory_format": _check_memory_format,
     "autocast_cpu_bfloat16": _check_on("cpu", torch.bfloat16),
     "autocast_chain": _check_autocast_chain,
     "cuda": _check_on("cuda"),
@@ -594,17 +327,6 @@ CHECKS: dict[str, Callable[[_Sample], _Errors]] = {
     "autocast_bfloat16": _check_on("cuda", torch.bfloat16),
 }
 
-
-def _run_function(check: str, thunk: Callable[[], Any]) -> Any:
-    """Run the function's side of a check; an error that says the function lacks what the check needs
-    becomes ``Unsupported``."""
-    try:
-        return thunk()
-    except (RuntimeError, NotImplementedError) as error:
-        message = str(error)
-        if any(marker in message for marker in _UNSUPPORTED_MARKERS.get(check, ())):
-            raise Unsupported(_first_lines(message, 1)) from error
-        raise
 
 
 def _missing_save_for_forward(traceback: TracebackType | None) -> str:
@@ -624,8 +346,6 @@ def _missing_save_for_forward(traceback: TracebackType | None) -> str:
     )
 
 
-def _first_lines(text: str, count: int) -> str:
-    return " ".join(line.strip() for line in text.strip().splitlines()[:count])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -688,7 +408,7 @@ def _run_check(label: str, check: str, sample: _Sample) -> Row:
         detail = f"{type(error).__name__}: {_first_lines(str(error), 2)}"
         return Row(label, check, "fail", detail=detail + _missing_save_for_forward(error.__traceback__))
     if errors.ok:
-        return Row(label, check, "pass", errors.max_abs, errors.max_rel)
+        return Row(label, check, "pass", errors.max_abs, errors.max_rel, errors.note)
     return Row(label, check, "fail", errors.max_abs, errors.max_rel, errors.worst)
 
 

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from manualbp.functional._dispatch import apply, function
-from manualbp.functional.pooling import _pool_geometry, memory_format_of, pool_layout, shape_of, zero_planes
+from manualbp.functional._layout import memory_format_of
+from manualbp.functional.pooling import _pool_geometry, pool_layout, shape_of, zero_planes
 
 Pair = tuple[int, int]
 
