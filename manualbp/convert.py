@@ -12,6 +12,7 @@ import torch
 import manualbp.nn as mnn
 from manualbp.nn._base import ManualModule, manual_twin
 from manualbp.nn.fused import LinearReLU, ReLUMaxPool2d
+from manualbp.rules import Rule, apply_rule, detach_rule
 
 # Manual layers without a torch.nn twin of their own: ``to_torch`` swaps each for its ``to_torch()`` composition.
 _FUSED = (LinearReLU, ReLUMaxPool2d)
@@ -23,8 +24,15 @@ _PASS_THROUGH = (torch.nn.Identity,)
 Position = tuple[int, str]
 
 
-def convert(model: torch.nn.Module, strict: bool = False, fuse: bool = False) -> torch.nn.Module:
-    """Replace, recursively and in place, every layer of ``model`` that has a ``manualbp.nn`` twin.
+def convert(
+    model: torch.nn.Module,
+    strict: bool = False,
+    fuse: bool = False,
+    rule: str | Rule = "backprop",
+    example_input: torch.Tensor | None = None,
+) -> torch.nn.Module:
+    """Replace, recursively and in place, every layer of ``model`` that has a ``manualbp.nn`` twin, and give
+    its Linear, LinearReLU and Conv2d layers the learning rule ``rule``.
 
     Every layer keeps its type's role: a Linear stays a (manual) Linear. Only when asked, with ``fuse=True``,
     two consecutive children of a ``torch.nn.Sequential`` (where the order of the children is the order of
@@ -51,8 +59,24 @@ def convert(model: torch.nn.Module, strict: bool = False, fuse: bool = False) ->
     A layer counts when it has no children or owns parameters or buffers itself; plain containers
     (Sequential, ModuleList, a user's Module) are walked, not reported.
 
+    ``rule`` (``manualbp.rules``) decides what carries the error backward through every manual Linear,
+    LinearReLU and Conv2d of the result (those swapped now and those that were manual already):
+    ``"backprop"`` (the default: the true gradient, the plain layers, any other rule removed),
+    ``"feedback_alignment"``, ``"sign_symmetry"``, ``"direct_feedback_alignment"``, or a
+    ``manualbp.rules.Rule`` object (a built-in one with options, or your own). Rules with fixed random
+    matrices give each layer a ``feedback_weight`` buffer, drawn from the rule's seed (0 for a name).
+    ``example_input``, a batch of inputs, is needed only by direct feedback alignment through a Conv2d
+    (the sizes of the layers' inputs depend on the image size): one no-grad forward pass in eval mode
+    measures them.
+
     Returns ``model``, or the twin of ``model`` when ``model`` itself is a layer with a twin.
     """
+    converted = _convert_layers(model, strict, fuse)
+    apply_rule(converted, rule, example_input)
+    return converted
+
+
+def _convert_layers(model: torch.nn.Module, strict: bool, fuse: bool) -> torch.nn.Module:
     replacements: dict[int, torch.nn.Module] = {}
     fused = _fusions(model) if fuse else {}
     left_as_torch: Counter[tuple[str, str]] = Counter()
@@ -65,7 +89,7 @@ def convert(model: torch.nn.Module, strict: bool = False, fuse: bool = False) ->
         )
         if strict:
             raise NotImplementedError(message)
-        warnings.warn(message, UserWarning, stacklevel=2)
+        warnings.warn(message, UserWarning, stacklevel=3)
     if id(model) in replacements:
         return replacements[id(model)]
     _apply(model, replacements, fused, seen=set())
@@ -78,7 +102,8 @@ def to_torch(model: torch.nn.Module) -> torch.nn.Module:
     A fused layer becomes its autograd counterpart (``to_torch()``): ``manualbp.nn.ReLUMaxPool2d`` the
     ``torch.nn.Sequential`` of the ReLU and MaxPool2d it fuses (it has no parameters or buffers),
     ``manualbp.nn.LinearReLU`` an ``AutogradLinearReLU`` (a torch.nn.Linear followed by torch.relu), so the
-    parameter and buffer names stay the same.
+    parameter and buffer names stay the same. A learning rule (``manualbp.rules``) is not carried: the copy
+    computes the true gradient, and has no ``feedback_weight`` buffers.
 
     The copy carries the same configuration, Parameter and buffer values (copied, not shared), hooks and
     train/eval mode; layers that are not manualbp layers are copied as they are. A layer shared between
@@ -86,6 +111,8 @@ def to_torch(model: torch.nn.Module) -> torch.nn.Module:
     Returns the copy, or the twin of the copy when ``model`` itself is a manualbp layer.
     """
     model = copy.deepcopy(model)
+    for module in model.modules():
+        detach_rule(module)
     replacements: dict[int, torch.nn.Module] = {
         id(module): module.to_torch() for module in model.modules() if isinstance(module, (ManualModule, *_FUSED))
     }

@@ -17,6 +17,7 @@ from manualbp.checkpoints import check_checkpoint_fits
 from manualbp.convert import convert, layer_summary
 from manualbp.functional._validation import check_int
 from manualbp.models import Activation, Backend, cross_entropy, layers, lenet5, mlp
+from manualbp.rules import RuleName, apply_rule
 
 
 class ClassifierModule(pl.LightningModule):
@@ -42,6 +43,12 @@ class ClassifierModule(pl.LightningModule):
         dropout: dropout probability after each hidden layer of the MLP (0 for none).
         in_shape: shape (C, H, W) of one image; linked from the data module by the ``manualbp`` command.
         num_classes: number of classes; linked from the data module by the ``manualbp`` command.
+        rule: the learning rule that carries the error backward through the network's Linear and Conv2d
+            layers (``manualbp.rules``): ``backprop`` (the true gradient), ``feedback_alignment`` (a fixed
+            random B instead of W), ``sign_symmetry`` (sign(W)), ``direct_feedback_alignment`` (the output
+            error projected to every hidden layer by its own fixed B). The fixed matrices are the layers'
+            ``feedback_weight`` buffers, drawn from seed 0 and saved in checkpoints. Manual backend only;
+            ``manualbp.callbacks.Alignment`` logs how close each layer's update comes to the true gradient.
     """
 
     def __init__(
@@ -54,6 +61,7 @@ class ClassifierModule(pl.LightningModule):
         dropout: float = 0.0,
         in_shape: Sequence[int] = (1, 28, 28),
         num_classes: int = 10,
+        rule: RuleName = "backprop",
     ) -> None:
         super().__init__()
         if not 0 <= dropout < 1:
@@ -68,6 +76,15 @@ class ClassifierModule(pl.LightningModule):
             self.net = lenet5(in_shape, num_classes, activation, backend)
         else:
             raise ValueError(f"ClassifierModule: arch must be 'mlp' or 'lenet5', got {arch!r}")
+        if rule != "backprop":
+            if backend != "manual":
+                raise ValueError(
+                    f"ClassifierModule: rule={rule!r} needs backend='manual' (a learning rule changes the "
+                    "hand-written backward; autograd's is backprop)"
+                )
+            # the layers are manual already: the step of convert(net, rule=...) that follows the swap; a convolution's
+            # direct feedback matrix is sized by its block's output on an example input
+            apply_rule(self.net, rule, example_input=torch.zeros(2, *in_shape))
         self.loss_fn = cross_entropy(backend)
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
         self.test_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)

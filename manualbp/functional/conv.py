@@ -88,38 +88,56 @@ class Conv2dFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        if grad_out is None:
-            return None, None, None, None, None, None, None
         x, weight = ctx.saved_tensors
-        x, weight = x.to(grad_out.dtype), weight.to(grad_out.dtype)  # autocast: same precision as the forward
-        unbatched = x.dim() == 3
-        if unbatched:
-            x, grad_out = x.unsqueeze(0), grad_out.unsqueeze(0)
-        grad_x = grad_w = grad_b = None
-        empty = x.numel() == 0  # no products to differentiate (an empty batch or no input channels)
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.zeros_like(x) if empty else _input_grad(x, weight, grad_out, *ctx.geometry)
-            grad_x = grad_x.contiguous(memory_format=ctx.layout)
-            grad_x = grad_x.squeeze(0) if unbatched else grad_x
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.zeros_like(weight) if empty else _weight_grad(x, weight, grad_out, *ctx.geometry)
-            grad_w = grad_w.contiguous(memory_format=ctx.layout)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_out.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None, None, None
+        return (*conv2d_grads(ctx, grad_out, x, weight), None, None, None, None)
 
     @staticmethod
     def jvp(ctx, x_dot, weight_dot, bias_dot, *_):
         x, weight = ctx.saved_tensors
-        y_dot = tangent_sum(
-            None if x_dot is None else _conv2d(x_dot, weight, None, *ctx.geometry),
-            None if weight_dot is None else _conv2d(x, weight_dot, None, *ctx.geometry),
-        )
-        if bias_dot is None:
-            return y_dot
-        bias_dot = bias_dot.reshape(-1, 1, 1)
-        # a fresh tensor, not an expanded view: a tangent must have the output's own layout
-        return bias_dot.expand(ctx.output_shape).contiguous() if y_dot is None else y_dot + bias_dot
+        return conv2d_tangent(ctx, x, weight, x_dot, weight_dot, bias_dot)
+
+
+def conv2d_grads(ctx, grad_out, x, weight, input_layout=None):
+    """dL/dx, dL/dW, dL/db of y = conv2d(x, W) + b from G = dL/dy (None when no gradient reached y), each only
+    if ``ctx.needs_input_grad`` asks for it; ``ctx`` holds ``has_bias``, ``geometry`` and ``layout`` (the
+    gradients' memory format; ``input_layout``, when given, dL/dx's).
+
+    ``weight`` is read only to send the error back (dL/dx, the transposed convolution of G with it); dL/dW
+    reads its shape alone. So a Function that saves another tensor of W's shape in its place sends the
+    error back through that one instead (``manualbp.rules``: learning rules), and reduces as this one does.
+    """
+    if grad_out is None:
+        return None, None, None
+    x, weight = x.to(grad_out.dtype), weight.to(grad_out.dtype)  # autocast: same precision as the forward
+    unbatched = x.dim() == 3
+    if unbatched:
+        x, grad_out = x.unsqueeze(0), grad_out.unsqueeze(0)
+    grad_x = grad_w = grad_b = None
+    empty = x.numel() == 0  # no products to differentiate (an empty batch or no input channels)
+    if ctx.needs_input_grad[0]:
+        grad_x = torch.zeros_like(x) if empty else _input_grad(x, weight, grad_out, *ctx.geometry)
+        grad_x = grad_x.contiguous(memory_format=ctx.layout if input_layout is None else input_layout)
+        grad_x = grad_x.squeeze(0) if unbatched else grad_x
+    if ctx.needs_input_grad[1]:
+        grad_w = torch.zeros_like(weight) if empty else _weight_grad(x, weight, grad_out, *ctx.geometry)
+        grad_w = grad_w.contiguous(memory_format=ctx.layout)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_b = grad_out.sum((0, 2, 3))
+    return grad_x, grad_w, grad_b
+
+
+def conv2d_tangent(ctx, x, weight, x_dot, weight_dot, bias_dot):
+    """ẏ = conv2d(ẋ, W) + conv2d(x, Ẇ) + ḃ (None for an absent tangent; None if all are absent); ``ctx`` holds
+    ``geometry`` and ``output_shape``. Like ``conv2d_grads``, ``weight`` is the map ẋ goes through."""
+    y_dot = tangent_sum(
+        None if x_dot is None else _conv2d(x_dot, weight, None, *ctx.geometry),
+        None if weight_dot is None else _conv2d(x, weight_dot, None, *ctx.geometry),
+    )
+    if bias_dot is None:
+        return y_dot
+    bias_dot = bias_dot.reshape(-1, 1, 1)
+    # a fresh tensor, not an expanded view: a tangent must have the output's own layout
+    return bias_dot.expand(ctx.output_shape).contiguous() if y_dot is None else y_dot + bias_dot
 
 
 def conv_memory_format(x: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
@@ -199,9 +217,24 @@ def conv2d(
     padding: an int, a pair, "valid" or "same" (stride 1 only).
     Under ``torch.autocast`` input, weight and bias are cast to the autocast dtype first (``_autocast``).
     """
-    op = "conv2d"
+    return apply(Conv2dFunction, *conv2d_arguments("conv2d", input, weight, bias, stride, padding, dilation, groups))
+
+
+def conv2d_arguments(
+    op: str,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: int | tuple[int, int],
+    padding: str | int | tuple[int, int],
+    dilation: int | tuple[int, int],
+    groups: int,
+) -> tuple:
+    """``conv2d``'s arguments checked (errors name ``op``), cast under autocast, and resolved as
+    ``Conv2dFunction`` takes them: (input, weight, bias, stride pair, ((top, bottom), (left, right)),
+    dilation pair, groups). Shared with the convolution of the learning rules (``manualbp.rules``)."""
     check_floating(op, input=input, weight=weight, bias=bias)
-    input, weight, bias = autocast_inputs(op, input, weight, bias)
+    input, weight, bias = autocast_inputs("conv2d", input, weight, bias)
     check_same_dtype(op, input=input, weight=weight, bias=bias)
     check_same_device(op, input=input, weight=weight, bias=bias)
     check_dim(op, "input", input, (3, 4))
@@ -246,4 +279,4 @@ def conv2d(
             f"{op}: kernel of size {(kh, kw)} (dilated to {effective}) is larger than the padded input of size "
             f"{padded} (input of shape {shape_str(input)}, padding {pad})"
         )
-    return apply(Conv2dFunction, input, weight, bias, stride, pad, dilation, groups)
+    return input, weight, bias, stride, pad, dilation, groups

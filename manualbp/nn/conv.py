@@ -7,6 +7,7 @@ import torch
 from manualbp import functional as MF
 from manualbp.functional._validation import check_int, int_pair
 from manualbp.nn._base import ManualModule
+from manualbp.rules.feedback import conv2d_feedback
 
 _OP = "manualbp.nn.Conv2d"
 
@@ -42,7 +43,12 @@ class Conv2d(ManualModule, torch.nn.Conv2d):
 
     x: (N, C_in, H, W) or (C_in, H, W) -> y: (N, C_out, Ho, Wo) or (C_out, Ho, Wo); backward in
     ``manualbp.functional.Conv2dFunction``. Only ``padding_mode="zeros"`` is supported.
+
+    ``rule``: the learning rule sending the error back (``manualbp.convert(model, rule=...)``, see
+    ``manualbp.rules``); None, the default, is backprop through the plain Function.
     """
+
+    rule = None
 
     def __init__(
         self,
@@ -71,4 +77,16 @@ class Conv2d(ManualModule, torch.nn.Conv2d):
             )
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return MF.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if self.rule is None or not torch.is_grad_enabled():  # no rule, or no backward to change
+            return MF.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return self.rule.forward(self, input)
+
+    def forward_feedback(self, input: torch.Tensor, feedback: torch.Tensor | None) -> torch.Tensor:
+        """The convolution, with the error sent back through ``feedback`` (W's shape) instead of W
+        (``manualbp.rules.Conv2dFeedbackFunction``); None: no error sent back (dL/dx = None)."""
+        return conv2d_feedback(
+            input, self.weight, self.bias, feedback, self.stride, self.padding, self.dilation, self.groups
+        )
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.rule is None else f", rule={self.rule!r}")

@@ -11,6 +11,7 @@ from manualbp.functional._validation import check_int
 from manualbp.functional.fused import check_window_code_fits
 from manualbp.functional.pooling import pool_window
 from manualbp.nn._base import layer_name, share_state
+from manualbp.rules.feedback import linear_relu_feedback
 
 
 class ReLUMaxPool2d(torch.nn.Module):
@@ -104,10 +105,25 @@ class LinearReLU(_AffineLayer):
     ``torch.nn.Linear``'s, so a Linear's state dict loads into it and back; but it is no ``torch.nn.Linear``
     (its output is the ReLU's, and a forward hook sees that). Not a ``ManualModule``: its autograd
     counterpart (``to_torch``) is ``AutogradLinearReLU``, which keeps the parameter names.
+
+    ``rule``: the learning rule sending the error back (``manualbp.convert(model, rule=...)``, see
+    ``manualbp.rules``); None, the default, is backprop through the plain Function.
     """
 
+    rule = None
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return MF.linear_relu(input, self.weight, self.bias)
+        if self.rule is None or not torch.is_grad_enabled():  # no rule, or no backward to change
+            return MF.linear_relu(input, self.weight, self.bias)
+        return self.rule.forward(self, input)
+
+    def forward_feedback(self, input: torch.Tensor, feedback: torch.Tensor | None) -> torch.Tensor:
+        """relu(x Wᵀ + b), with the error sent back through ``feedback`` (W's shape) instead of W
+        (``manualbp.rules.LinearReLUFeedbackFunction``); None: no error sent back (dL/dx = None)."""
+        return linear_relu_feedback(input, self.weight, self.bias, feedback)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.rule is None else f", rule={self.rule!r}")
 
     def _get_name(self) -> str:
         return "manualbp." + type(self).__name__
