@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from manualbp.models import cross_entropy, lenet5, mlp
+from manualbp.models import cross_entropy, lenet5, mlp, recurrent
 
 BACKENDS = ("manual", "autograd")
 
@@ -30,6 +30,9 @@ ARCHS: dict[str, Callable[..., torch.nn.Module]] = {
     "mlp": lambda in_shape, backend: mlp(hidden=(800,), in_shape=in_shape, backend=backend),
     "mlp800x800": lambda in_shape, backend: mlp(hidden=(800, 800), in_shape=in_shape, backend=backend),
     "lenet5": lambda in_shape, backend: lenet5(in_shape=in_shape, backend=backend),
+    # row by row: H steps of C·W features (28 of 28 on MNIST), hidden state 128, as ``--model.arch=lstm``
+    "lstm": lambda in_shape, backend: recurrent("lstm", in_shape=in_shape, backend=backend),
+    "gru": lambda in_shape, backend: recurrent("gru", in_shape=in_shape, backend=backend),
 }
 
 

@@ -1,9 +1,10 @@
 """Training-step time, memory saved for backward and achieved FLOP rate: manual backward against autograd.
 
-For each model (``mlp800x800`` = ``mlp(hidden=(800, 800))``, ``lenet5`` = ``lenet5()``), each batch size
-and each device, both backends are built from the same seed (their state dicts are checked equal), get
-the same float32 batch of 1x28x28 inputs and random labels, and are first checked to give the same loss
-and gradients. Then:
+For each model (``mlp800x800`` = ``mlp(hidden=(800, 800))``, ``lenet5`` = ``lenet5()``, ``lstm`` and ``gru`` =
+``recurrent("lstm"|"gru")``: the image read row by row, 28 steps of 28 pixels, hidden state 128, a Linear
+on the last one; ``--model.arch=lstm|gru`` of ``manualbp fit``), each batch size and each device, both
+backends are built from the same seed (their state dicts are checked equal), get the same float32 batch of
+1x28x28 inputs and random labels, and are first checked to give the same loss and gradients. Then:
 
 * **time**: one training step (zero grads, forward, loss, backward, plain SGD update; the manual network
   uses ``manualbp.functional.cross_entropy``, the autograd one ``torch.nn.functional.cross_entropy``),
@@ -28,7 +29,7 @@ and gradients. Then:
 * **machine rate**: ``machine_gflops``, the median GFLOP/s of a float32 ``--matmul-size`` square matmul
   (2 n^3 FLOPs) on the same device, the ceiling a step's matmuls could reach.
 
-    python experiments/bench.py [--quick] [--models mlp800x800 lenet5] [--batches 32 128 512]
+    python experiments/bench.py [--quick] [--models mlp800x800 lenet5 lstm gru] [--batches 32 128 512]
                                 [--device all|cpu|cuda] [--reps 200] [--warmup 20] [--threads N]
                                 [--json experiments/results/bench_cpu.json]
 
@@ -47,6 +48,7 @@ import os
 import platform
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -57,7 +59,7 @@ from _common import BACKENDS, LOSSES, LossFn, build_pair, make_optimizer, train_
 
 IN_SHAPE = (1, 28, 28)
 NUM_CLASSES = 10
-MODELS = ("mlp800x800", "lenet5")
+MODELS = ("mlp800x800", "lenet5", "lstm", "gru")
 BATCHES = (32, 128, 512)
 LR = 0.01
 
@@ -161,9 +163,19 @@ def saved_for_backward(model: torch.nn.Module, loss_fn: LossFn, x: torch.Tensor,
 
 def step_flops(model: torch.nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> int:
     """FLOPs of forward + loss + backward, as ``FlopCounterMode`` counts them (matmul-like ops only, 2
-    per multiply-add). The gradients it leaves are cleared."""
-    with FlopCounterMode(display=False) as counter:
-        loss_fn(model(x), y).backward()
+    per multiply-add). The gradients it leaves are cleared.
+
+    oneDNN and cuDNN are off while counting: with them ``torch.nn.LSTM`` runs as one fused op (oneDNN's
+    on the CPU, cuDNN's on CUDA) that the counter does not see, without them as the matmuls it counts.
+    Convolutions are counted before any backend is chosen, so the other models' counts do not change."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")  # from flags() on a CPU build
+        with (
+            torch.backends.mkldnn.flags(enabled=False),
+            torch.backends.cudnn.flags(enabled=False),
+            FlopCounterMode(display=False) as counter,
+        ):
+            loss_fn(model(x), y).backward()
     model.zero_grad(set_to_none=True)
     return int(counter.get_total_flops())
 

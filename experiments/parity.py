@@ -11,14 +11,15 @@ training.
 Data: scikit-learn's 8x8 digits (``manualbp.data.DigitsDataModule``, offline) by default; with
 ``--data-dir DIR`` MNIST from DIR in torchvision's layout (``MNISTDataModule(data_dir=DIR, download=False)``).
 
-    python experiments/parity.py [--arch mlp|lenet5] [--epochs 10] [--optimizer adam|sgd] [--lr 1e-3]
+    python experiments/parity.py [--arch mlp|lenet5|lstm|gru] [--epochs 10] [--optimizer adam|sgd] [--lr 1e-3]
                                  [--batch-size 64] [--data-dir DIR] [--out experiments/results] [--name NAME]
 
 writes ``NAME.csv`` (step, manual_loss, autograd_loss, abs_diff) and ``NAME.png`` (both loss curves, and
 their absolute difference on a second, logarithmic y axis) under ``--out``, and prints the largest
 absolute and relative difference. NAME defaults to ``parity`` for the digits run with the mlp and to
 ``parity_<data>_<arch>`` otherwise, so runs do not overwrite each other. ``mlp`` is ``mlp(hidden=(800,))``,
-the ``manualbp fit`` default.
+the ``manualbp fit`` default; ``lstm`` and ``gru`` read the image row by row with a hidden state of 128, as
+``--model.arch=lstm|gru``. Other architectures of ``experiments/_common.py`` (``mlp800x800``) are accepted too.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from _common import BACKENDS, LOSSES, build_pair, make_optimizer, train_step
+from _common import ARCHS, BACKENDS, LOSSES, build_pair, make_optimizer, train_step
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -161,7 +162,7 @@ def plot(path: Path, manual: Sequence[float], autograd: Sequence[float], title: 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", default="mlp", choices=["mlp", "lenet5"])
+    parser.add_argument("--arch", default="mlp", choices=list(ARCHS))
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (for quick checks)")
     parser.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
+from manualbp.models import Cell
+
 # The ClassifierModule options that decide the network's shape and layers; backend and dropout do not
 # (a checkpoint of either backend loads into the other).
-_NETWORK_OPTIONS = ("arch", "net", "hidden", "activation", "in_shape", "num_classes")
+_NETWORK_OPTIONS = ("arch", "net", "hidden", "activation", "hidden_size", "num_layers", "bidirectional", "in_shape", "num_classes")
+# Options of the recurrent archs only.
+_RECURRENT_OPTIONS = ("hidden_size", "num_layers", "bidirectional")
 # Options the manualbp command links from the data module.
 _FROM_DATA = ("in_shape", "num_classes")
 
@@ -57,15 +61,19 @@ def check_checkpoint_fits(
 
 def _differing_options(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """The network options on which ``saved`` and ``current`` disagree, skipping those that do not apply
-    (``arch``, ``hidden``, ``activation`` when a ``net`` is given; ``hidden`` for lenet5)."""
+    (``arch``, ``hidden``, ``activation`` and the recurrent options when a ``net`` is given; ``hidden`` but for the
+    MLP; ``activation`` for the recurrent archs, the recurrent options for the others)."""
     own_net = saved.get("net") is not None or current.get("net") is not None
     differing = []
     for option in _NETWORK_OPTIONS:
         if option not in saved or option not in current:
             continue
-        if own_net and option in ("arch", "hidden", "activation"):
+        recurrent = current.get("arch") in get_args(Cell)
+        if own_net and option in ("arch", "hidden", "activation", *_RECURRENT_OPTIONS):
             continue
         if option == "hidden" and current.get("arch") != "mlp":
+            continue
+        if (option == "activation" and recurrent) or (option in _RECURRENT_OPTIONS and not recurrent):
             continue
         if _normalised(saved[option]) != _normalised(current[option]):
             differing.append(option)

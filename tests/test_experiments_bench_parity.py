@@ -65,15 +65,42 @@ def test_bench_tiny_run_writes_rows_with_required_keys(experiments, tmp_path, ca
     assert "lenet5" in capsys.readouterr().out
 
 
+@pytest.fixture
+def torch_threads():
+    """Restores torch's CPU thread count after a test that sets it (``bench.py --threads``)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bench_rows_of_the_recurrent_classifiers(experiments, tmp_path, torch_threads):
+    bench = experiments("bench")
+    out = tmp_path / "bench_recurrent.json"
+    argv = ["--models", "lstm", "gru", "--batches", "2", "--device", "cpu", "--reps", "2", "--warmup", "1"]
+    # one thread: 28 small steps, each a sync point for torch's thread pool, crawl when other processes share the cores
+    argv += ["--threads", "1", "--matmul-size", "64", "--matmul-reps", "2", "--json", str(out)]
+    bench.main(argv)
+    rows = json.loads(out.read_text())
+    assert [(r["model"], r["batch"]) for r in rows] == [("lstm", 2), ("gru", 2)]
+    for row, gates in zip(rows, (4, 3)):
+        assert REQUIRED_BENCH_KEYS <= set(row)
+        for key in ("manual_ms", "autograd_ms", "time_ratio", "saved_bytes_ratio", "gflops"):
+            assert math.isfinite(row[key]) and row[key] > 0, key
+        # the input projections and recurrent matmuls of 28 steps, forward and backward (no input gradient),
+        # are counted: at least the forward's 2·N·T·gates·hidden·(input + hidden) FLOPs, twice
+        assert row["flops_per_step"] >= 2 * 2 * 2 * 28 * gates * 128 * (28 + 128)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_bench_tiny_run_on_cuda(experiments, tmp_path):
     bench = experiments("bench")
     out = tmp_path / "bench_cuda.json"
-    argv = ["--models", "mlp800x800", "lenet5", "--batches", "8", "--device", "cuda", "--reps", "3"]
+    argv = ["--models", "mlp800x800", "lenet5", "lstm", "gru", "--batches", "8", "--device", "cuda", "--reps", "3"]
     argv += ["--warmup", "1", "--matmul-size", "256", "--matmul-reps", "2", "--json", str(out)]
     bench.main(argv)
     rows = json.loads(out.read_text())
-    assert [(r["model"], r["device"]) for r in rows] == [("mlp800x800", "cuda"), ("lenet5", "cuda")]
+    assert [r["model"] for r in rows] == ["mlp800x800", "lenet5", "lstm", "gru"]
+    assert {r["device"] for r in rows} == {"cuda"}
     for row in rows:
         assert REQUIRED_BENCH_KEYS <= set(row)
         assert row["manual_ms"] > 0 and row["autograd_ms"] > 0 and row["machine_gflops"] > 0
@@ -106,10 +133,11 @@ def test_step_flops_counts_linear_training_step(experiments):
     assert model.weight.grad is None
 
 
-def test_parity_tiny_run_on_digits(experiments, tmp_path, capsys):
+@pytest.mark.parametrize("arch", ["mlp", "lstm"])
+def test_parity_tiny_run_on_digits(experiments, tmp_path, capsys, arch):
     parity = experiments("parity")
     out_dir = tmp_path / "results"
-    result = parity.main(["--epochs", "1", "--max-steps", "6", "--out", str(out_dir), "--name", "tiny"])
+    result = parity.main(["--arch", arch, "--epochs", "1", "--max-steps", "6", "--out", str(out_dir), "--name", "tiny"])
     png, csv_path = out_dir / "tiny.png", out_dir / "tiny.csv"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with csv_path.open() as f:

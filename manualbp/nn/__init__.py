@@ -16,6 +16,7 @@ from manualbp.nn.linear import Linear
 from manualbp.nn.loss import CrossEntropyLoss, MSELoss, NLLLoss
 from manualbp.nn.normalization import BatchNorm1d, BatchNorm2d, LayerNorm
 from manualbp.nn.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from manualbp.nn.recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from manualbp.nn.shape import Flatten
 
 __all__ = [
@@ -30,6 +31,10 @@ __all__ = [
     "CrossEntropyLoss",
     "Dropout",
     "Flatten",
+    "GRU",
+    "GRUCell",
+    "LSTM",
+    "LSTMCell",
     "LayerNorm",
     "LeakyReLU",
     "Linear",
@@ -39,6 +44,8 @@ __all__ = [
     "ManualModule",
     "MaxPool2d",
     "NLLLoss",
+    "RNN",
+    "RNNCell",
     "ReLU",
     "ReLU6",
     "ReLUMaxPool2d",

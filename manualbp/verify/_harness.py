@@ -229,6 +229,7 @@ class _Sample:
     device: torch.device
     tolerances: dict[torch.dtype, Tolerance]
     compile_backend: str
+    batch_dim: int | None = 0
 
     def subjects(self, dtype: torch.dtype, device: torch.device | None = None) -> tuple[_Subject, _Subject]:
         device = device or self.device

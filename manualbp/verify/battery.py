@@ -109,7 +109,7 @@ def _check_gradcheck(second_order: bool) -> Callable[[_Sample], _Errors]:
         errors.max_abs = errors.max_rel = math.nan  # gradcheck reports a verdict, not our error measures
         run = torch.autograd.gradgradcheck if second_order else torch.autograd.gradcheck
         try:
-            run(f, _leaves(f.tensors))
+            run(lambda *tensors: tuple(_float_outputs(f(*tensors))), _leaves(f.tensors))
         except GradcheckError as error:
             errors.ok = False
             errors.worst = _first_lines(str(error), 1).split(", numerical")[0].rstrip(",")
@@ -362,6 +362,7 @@ def verify(
     device: torch.device | str = "cpu",
     name: str | None = None,
     compile_backend: str = "aot_eager",
+    batch_dim: int | None = 0,
 ) -> Report:
     """Check ``function`` against ``reference`` on every sample, with every check; return the report.
 
@@ -376,6 +377,10 @@ def verify(
     name: the case label of the rows ("sample 0", "sample 1", ... by default, or ``name``, ``name[1]``).
     compile_backend: the torch.compile backend of the "compile" check ("aot_eager": fast, and it catches
         every graph break; "inductor" also generates code).
+    batch_dim: the batch dim of the first tensor argument (1 for a sequence in (T, N, ...)), which the
+        ``compile_dynamic`` and ``export_dynamic`` checks vary, with the same dim of the others (counted from
+        the end); the last dim is tried when the reference refuses other sizes in it. None: the sample has no
+        batch dim (an unbatched sequence), and those checks run at its own size.
     """
     selected = tuple(checks) if checks is not None else available_checks()
     unknown = [c for c in selected if c not in CHECKS]
@@ -389,7 +394,7 @@ def verify(
     report = Report()
     for index, args in enumerate(samples):
         label = (name if index == 0 else f"{name}[{index}]") if name else f"sample {index}"
-        sample = _Sample(function, reference, tuple(args), device, limits, compile_backend)
+        sample = _Sample(function, reference, tuple(args), device, limits, compile_backend, batch_dim)
         for check in selected:
             report.rows.append(_run_check(label, check, sample))
     return report
@@ -417,5 +422,6 @@ def verify_cases(cases: Iterable[OpCase], checks: Sequence[str] | None = None, *
     report = Report()
     for case in cases:
         manual, reference = case.build(torch.float64)
-        report.extend(verify(manual, reference, [case.sample(requires_grad=False)], checks=checks, name=case.id, **options))
+        sample = [case.sample(requires_grad=False)]
+        report.extend(verify(manual, reference, sample, checks=checks, name=case.id, batch_dim=case.batch_dim, **options))
     return report

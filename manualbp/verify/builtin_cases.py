@@ -7,11 +7,13 @@ compared with the ``torch.nn.Sequential`` of the layers it fuses (``OpCase(..., 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+import manualbp.functional as MF
 import manualbp.nn as mnn
 from manualbp.verify.case import InputMaker, OpCase
 
@@ -89,6 +91,73 @@ def in_place(case_id: str, layer: str, *ctor_args: Any, inputs: InputMaker, **ct
 
 def class_weight(num_classes: int) -> Maker:
     return lambda g: torch.rand(num_classes, generator=g, dtype=torch.float64) + 0.5
+
+
+class WithCellState(torch.nn.Module):
+    """``layer(input, (h0, c0))`` as a function of three tensors: the battery's inputs are tensors, and an LSTM
+    (or LSTMCell) takes its initial states as a pair."""
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, input: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor) -> Any:
+        return self.layer(input, (h0, c0))
+
+
+class Packed(torch.nn.Module):
+    """A recurrent layer on a padded batch-first input whose sequences have the given ``lengths``: returns (the
+    output, zero beyond each sequence's end, the final state).
+
+    A manual layer gets the ``PackedSequence`` of manualbp's ``pack_padded_sequence`` (``enforce_sorted=False``)
+    and its output goes through manualbp's ``pad_packed_sequence``. A torch layer runs on each sequence alone,
+    which is what packing means (torch's packed kernels do not run under ``torch.func.jvp``); the same layer on
+    torch's own PackedSequence, dropout included, is compared in tests/nn/test_recurrent.py."""
+
+    def __init__(self, layer: torch.nn.Module, lengths: list[int]) -> None:
+        super().__init__()
+        self.layer = layer
+        self.lengths = lengths
+
+    def forward(self, input: torch.Tensor) -> Any:
+        if input.shape[0] != len(self.lengths):
+            raise ValueError(f"Packed: {len(self.lengths)} lengths for a batch of {input.shape[0]}")
+        if isinstance(self.layer, mnn.ManualModule):
+            packed = MF.pack_padded_sequence(input, self.lengths, batch_first=True, enforce_sorted=False)
+            output, state = self.layer(packed)
+            return MF.pad_packed_sequence(output, batch_first=True, total_length=input.shape[1])[0], state
+        results = [self.layer(input[b : b + 1, :length]) for b, length in enumerate(self.lengths)]
+        output = torch.cat([torch.nn.functional.pad(out, (0, 0, 0, input.shape[1] - out.shape[1])) for out, _ in results])
+        states = [state for _, state in results]  # each (layers · directions, 1, H), or a pair of them (LSTM)
+        if isinstance(states[0], tuple):
+            return output, tuple(torch.cat(parts, dim=1) for parts in zip(*states))
+        return output, torch.cat(states, dim=1)
+
+
+def wrapped(
+    case_id: str,
+    wrap: Callable[[torch.nn.Module], torch.nn.Module],
+    layer: str,
+    *ctor_args: Any,
+    inputs: InputMaker,
+    **ctor_kwargs: Any,
+) -> OpCase:
+    """A case comparing ``wrap(manualbp.nn.<layer>(...))`` with ``wrap(torch.nn.<layer>(...))`` (numbers only)."""
+
+    def build(namespace: Any) -> Callable[[], torch.nn.Module]:
+        return lambda: wrap(getattr(namespace, layer)(*ctor_args, **ctor_kwargs))
+
+    return OpCase(case_id, build(mnn), build(torch.nn), inputs, is_twin=False)
+
+
+def time_major(case: OpCase) -> OpCase:
+    """``case`` of a sequence in (T, N, features): its batch dim, which the dynamic-shape checks vary, is 1."""
+    return dataclasses.replace(case, batch_dim=1)
+
+
+def unbatched_sequence(case: OpCase) -> OpCase:
+    """``case`` of one sequence (T, features): no batch dim (the dynamic-shape checks run at its own size)."""
+    return dataclasses.replace(case, batch_dim=None)
 
 
 BUILTIN_CASES: list[OpCase] = [
@@ -406,6 +475,79 @@ BUILTIN_CASES: list[OpCase] = [
     fused("fused-linear_relu-nobias-3d", lambda: mnn.LinearReLU(5, 4, bias=False), inputs=args(randn(2, 3, 5))),
     fused("fused-linear_relu-unbatched", lambda: mnn.LinearReLU(5, 4), inputs=args(randn(5))),
     fused("fused-linear_relu-dead_units", lambda: mnn.LinearReLU(3, 6), inputs=args(randn(4, 3, offset=-2.0))),
+    # recurrent: (T, B, I) time-major unless batch_first; training mode (dropout: the seed gives both sides one mask)
+    time_major(twin("rnn-tanh", "RNN", 2, 3, inputs=args(randn(2, 3, 2)))),
+    twin(
+        "rnn-relu-2layers-nobias-batch_first-h0",
+        "RNN",
+        2,
+        2,
+        2,
+        nonlinearity="relu",
+        bias=False,
+        batch_first=True,
+        inputs=args(randn(3, 2, 2), randn(2, 3, 2)),
+    ),
+    unbatched_sequence(
+    twin(
+        "rnn-unbatched-bidirectional-2layers-dropout0.5",
+        "RNN",
+        2,
+        2,
+        2,
+        bidirectional=True,
+        dropout=0.5,
+        inputs=args(randn(2, 2))),
+    ),
+    time_major(twin("lstm", "LSTM", 2, 3, inputs=args(randn(2, 3, 2)))),
+    wrapped(
+        "lstm-2layers-bidirectional-batch_first-dropout0.5-h0-c0",
+        WithCellState,
+        "LSTM",
+        2,
+        2,
+        2,
+        bidirectional=True,
+        batch_first=True,
+        dropout=0.5,
+        inputs=args(randn(3, 2, 2), randn(4, 3, 2), randn(4, 3, 2)),
+    ),
+    unbatched_sequence(twin("lstm-proj-unbatched-nobias", "LSTM", 2, 3, proj_size=2, bias=False, inputs=args(randn(2, 2)))),
+    wrapped(
+        "lstm-packed-bidirectional",
+        lambda layer: Packed(layer, [2, 1, 2]),
+        "LSTM",
+        2,
+        2,
+        bidirectional=True,
+        batch_first=True,
+        inputs=args(randn(3, 2, 2)),
+    ),
+    time_major(twin("gru", "GRU", 2, 3, inputs=args(randn(2, 3, 2)))),
+    twin(
+        "gru-2layers-bidirectional-nobias-batch_first-dropout0.5",
+        "GRU",
+        2,
+        2,
+        2,
+        bidirectional=True,
+        bias=False,
+        batch_first=True,
+        dropout=0.5,
+        inputs=args(randn(3, 2, 2)),
+    ),
+    unbatched_sequence(twin("gru-unbatched-h0", "GRU", 2, 3, inputs=args(randn(2, 2), randn(1, 3)))),
+    wrapped(
+        "gru-packed-2layers", lambda layer: Packed(layer, [1, 2, 2]), "GRU", 2, 2, 2, batch_first=True, inputs=args(randn(3, 2, 2))
+    ),
+    twin("rnn_cell-tanh", "RNNCell", 2, 3, inputs=args(randn(3, 2))),
+    twin(
+        "rnn_cell-relu-unbatched-nobias-h0", "RNNCell", 2, 3, bias=False, nonlinearity="relu", inputs=args(randn(2), randn(3))
+    ),
+    wrapped("lstm_cell-h0-c0", WithCellState, "LSTMCell", 2, 3, inputs=args(randn(3, 2), randn(3, 3), randn(3, 3))),
+    twin("lstm_cell-unbatched-nobias", "LSTMCell", 2, 3, bias=False, inputs=args(randn(2))),
+    twin("gru_cell", "GRUCell", 2, 3, inputs=args(randn(3, 2))),
+    twin("gru_cell-unbatched-nobias-h0", "GRUCell", 2, 3, bias=False, inputs=args(randn(2), randn(3))),
 ]
 
 

@@ -23,6 +23,8 @@ class OpCase:
     ``is_twin``: the manual module is the torch twin of the reference (a ``manualbp.nn`` layer subclassing
     the reference's ``torch.nn`` class, same constructor, repr and state); False for a manual module whose
     reference is a composition of torch layers (a fused layer), for which only the numbers are compared.
+    ``batch_dim``: the batch dim of the first input (``verify``'s ``batch_dim``): 1 for a sequence in
+    (T, N, features), None for an unbatched sequence.
     """
 
     id: str
@@ -31,6 +33,7 @@ class OpCase:
     inputs: InputMaker
     train: bool = True
     is_twin: bool = True
+    batch_dim: int | None = 0
 
     def build(
         self, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"

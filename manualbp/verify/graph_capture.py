@@ -35,7 +35,7 @@ def _check_compile_dynamic(s: _Sample) -> _Errors:
 
 
 def _one_size_note(samples: Sequence[Sequence[Any]]) -> str:
-    return "" if len(samples) > 1 else "one size only: no dim of the sample can vary (the reference refuses other sizes)"
+    return "" if len(samples) > 1 else "one size only: the sample has no batch dim, or the reference refuses other sizes"
 
 
 def _compiled_vs_eager(s: _Sample, samples: Sequence[Sequence[Any]], dynamic: bool) -> _Errors:
@@ -124,15 +124,15 @@ class _Exportable(torch.nn.Module):
 
 
 def _two_batch_sizes(s: _Sample) -> list[list[Any]]:
-    """The sample grown by one and by two along its batch dimension: dim 0, or else the last dim, of every
-    tensor argument whose size there is the first tensor's (``_grown``), the first of those dims the
-    reference accepts at both sizes (an unbatched sample may vary in its last dim, a sequence length or a
-    width). Both sizes are at least 2: torch specialises sizes 0 and 1. ``[sample]`` when no dim can vary
-    (an unbatched Linear, a LayerNorm over the whole input)."""
+    """The sample grown by one and by two along its batch dimension: ``s.batch_dim`` (0 by default), or else
+    the last dim, of every tensor argument whose size there is the first tensor's (``_grown``), the first of
+    those dims the reference accepts at both sizes (an unbatched image may vary in its width). Both sizes are
+    at least 2: torch specialises sizes 0 and 1. ``[sample]`` when no dim can vary (an unbatched Linear, a
+    LayerNorm over the whole input) or the sample has no batch dim (``batch_dim=None``)."""
     tensors = [a for a in s.args if isinstance(a, torch.Tensor)]
-    if not tensors or tensors[0].dim() == 0:
+    if not tensors or tensors[0].dim() == 0 or s.batch_dim is None:
         return [list(s.args)]
-    for dim in dict.fromkeys((0, tensors[0].dim() - 1)):
+    for dim in dict.fromkeys((s.batch_dim % tensors[0].dim(), tensors[0].dim() - 1)):
         candidates = [_grown(s.args, dim, by) for by in (1, 2)]
         try:
             for args in candidates:

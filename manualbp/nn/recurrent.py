@@ -1,0 +1,141 @@
+"""manualbp.nn.RNN, LSTM, GRU and their cells: torch.nn's recurrent layers with backpropagation through time
+written by hand (``manualbp.functional.recurrent``)."""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+from types import ModuleType
+
+import torch
+from torch.nn.utils.rnn import PackedSequence
+
+from manualbp import functional as MF
+from manualbp.functional._validation import check_choice
+from manualbp.nn._base import ManualModule, layer_name
+
+NONLINEARITIES = ("tanh", "relu")
+
+
+def _allow_rnn_in_dynamo() -> None:
+    """Let torch.compile trace these layers.
+
+    Dynamo refuses every instance of ``torch.nn.RNN``, ``GRU`` and ``LSTM`` (graph break "Attempted to wrap RNN,
+    GRU, or LSTM") unless ``torch._dynamo.config.allow_rnn`` is set; the layers here are such instances, with a
+    forward of Python and Functions that Dynamo traces like any other. The flag also lets Dynamo trace torch's
+    own recurrent modules (each one op; measured to compile and agree with eager mode with the aot_eager and
+    inductor backends, torch 2.14). Set now if Dynamo is loaded, else the moment it loads: importing it here
+    would add seconds to ``import manualbp``.
+    """
+    config = sys.modules.get("torch._dynamo.config")
+    if config is not None:
+        config.allow_rnn = True
+    else:
+        sys.meta_path.insert(0, _WhenDynamoLoads())
+
+
+class _WhenDynamoLoads(importlib.abc.MetaPathFinder):
+    """Sets ``allow_rnn`` right after ``torch._dynamo.config`` is first executed, then leaves ``sys.meta_path``."""
+
+    def find_spec(self, fullname: str, path: object, target: object = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname != "torch._dynamo.config":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        execute = spec.loader.exec_module
+
+        def exec_module(module: ModuleType) -> None:
+            execute(module)
+            module.allow_rnn = True
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+_allow_rnn_in_dynamo()
+
+
+class _FlatWeights:
+    """The twin's ``_flat_weights`` list kept apart.
+
+    ``torch.nn.RNNBase`` lists its weights in ``_flat_weights`` and writes a weight set by name into that list,
+    in place; ``share_state`` copies dicts but would hand both layers the same list, so setting a weight on one
+    would change what the other computes with. The new layer gets a list of its own, as torch builds one after
+    ``.to()``.
+    """
+
+    @classmethod
+    def from_torch(cls, module: torch.nn.Module):
+        manual = super().from_torch(module)
+        manual._init_flat_weights()
+        return manual
+
+    def to_torch(self) -> torch.nn.Module:
+        twin = super().to_torch()
+        twin._init_flat_weights()
+        return twin
+
+    def _weights(self) -> list[torch.Tensor]:
+        """The weights by name, in torch's order (read afresh: ``functional_call`` may have swapped them)."""
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+
+class RNN(_FlatWeights, ManualModule, torch.nn.RNN):
+    """Elman RNN (tanh or relu), as ``torch.nn.RNN`` (same arguments, parameters, init, repr; batched, unbatched
+    and ``PackedSequence`` input). input: (T, B, I) or (B, T, I) with batch_first, (T, I), or packed; returns
+    (output, h_n). Backward: ``manualbp.functional.RNNFunction`` per layer and direction."""
+
+    def forward(self, input: torch.Tensor | PackedSequence, hx: torch.Tensor | None = None):
+        return MF.rnn(
+            input, hx, self._weights(), self.nonlinearity, self.bias, self.num_layers, self.dropout, self.training,
+            self.bidirectional, self.batch_first,
+        )
+
+
+class LSTM(_FlatWeights, ManualModule, torch.nn.LSTM):
+    """LSTM, as ``torch.nn.LSTM`` (proj_size included); returns (output, (h_n, c_n)). Backward:
+    ``manualbp.functional.LSTMFunction`` per layer and direction."""
+
+    def forward(self, input: torch.Tensor | PackedSequence, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
+        return MF.lstm(
+            input, hx, self._weights(), self.bias, self.num_layers, self.dropout, self.training, self.bidirectional,
+            self.batch_first,
+        )
+
+
+class GRU(_FlatWeights, ManualModule, torch.nn.GRU):
+    """GRU, as ``torch.nn.GRU``; returns (output, h_n). Backward: ``manualbp.functional.GRUFunction`` per layer
+    and direction."""
+
+    def forward(self, input: torch.Tensor | PackedSequence, hx: torch.Tensor | None = None):
+        return MF.gru(
+            input, hx, self._weights(), self.bias, self.num_layers, self.dropout, self.training, self.bidirectional,
+            self.batch_first,
+        )
+
+
+class RNNCell(ManualModule, torch.nn.RNNCell):
+    """One Elman RNN step, as ``torch.nn.RNNCell``: input (B, I) or (I,), hx (B, H) or (H,) or None -> h'."""
+
+    def check_supported(self) -> None:
+        # torch builds a cell with any string and fails at its first forward
+        check_choice(layer_name(self), "nonlinearity", self.nonlinearity, NONLINEARITIES)
+
+    def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None) -> torch.Tensor:
+        return MF.rnn_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity)
+
+
+class LSTMCell(ManualModule, torch.nn.LSTMCell):
+    """One LSTM step, as ``torch.nn.LSTMCell``: input (B, I) or (I,), hx = (h, c) or None -> (h', c')."""
+
+    def forward(self, input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
+        return MF.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+
+
+class GRUCell(ManualModule, torch.nn.GRUCell):
+    """One GRU step, as ``torch.nn.GRUCell``: input (B, I) or (I,), hx (B, H) or (H,) or None -> h'."""
+
+    def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None) -> torch.Tensor:
+        return MF.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
