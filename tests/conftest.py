@@ -14,6 +14,11 @@ settings.register_profile("ci", derandomize=True, max_examples=200, **_PROFILE_D
 settings.register_profile("fuzz", max_examples=5_000, **_PROFILE_DEFAULTS)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# pytest-xdist runs one worker per core (addopts: -n auto); each worker gets its share of the cores, so the
+# workers' torch threads do not compete (most checks are small ops that one thread runs as fast).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 CASES = [pytest.param(case, id=case.id) for case in BUILTIN_CASES]
 
 

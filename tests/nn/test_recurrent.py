@@ -11,13 +11,13 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torch.testing import assert_close
 from torch.utils._pytree import tree_leaves
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import manualbp
 import manualbp.functional as MF
 import manualbp.nn as mnn
 from manualbp.functional._validation import DtypeError, InputError
 from manualbp.verify import seeded
+from tests.functional.test_hand_written import _AtenOpLog
 
 F64 = torch.float64
 LAYERS = ["RNN", "LSTM", "GRU"]
@@ -327,15 +327,6 @@ def test_one_manual_node_per_layer_and_direction_and_no_native_node(name, kwargs
     for t in [out, *_tensors(state)]:
         assert isinstance(t.grad_fn, torch.autograd.function.BackwardCFunction)
 
-
-class _AtenOpLog(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func.overloadpacket))
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("name", LAYERS + CELLS)
