@@ -22,6 +22,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from manualbp.rules import Rule
+
 Op = Callable[..., torch.Tensor]
 
 
@@ -106,3 +108,16 @@ class DFAReference(torch.nn.Sequential):
             else:
                 x = module(x)
         return injected(x, pairs)
+
+
+class NoisyFeedback(Rule):
+    """The README's example of a user's rule: dL/dx = G · (W + σ ξ), a fresh ξ ~ N(0, 1) every forward pass."""
+
+    name = "noisy_feedback"
+
+    def __init__(self, sigma: float = 0.1, seed: int = 0) -> None:
+        super().__init__(seed)
+        self.sigma = sigma
+
+    def feedback_matrix(self, weight, feedback_weight):
+        return weight + self.sigma * torch.randn_like(weight)

@@ -21,7 +21,8 @@ from torch.testing import assert_close
 import manualbp
 import manualbp.nn as mnn
 from manualbp.models import lenet5, mlp
-from manualbp.rules import BUFFER, DirectFeedbackAlignment, FeedbackAlignment, Rule, SignSymmetry
+from manualbp.rules import BUFFER, DirectFeedbackAlignment, FeedbackAlignment, SignSymmetry
+from tests.rules.references import NoisyFeedback
 
 
 def _convnet() -> torch.nn.Sequential:
@@ -136,16 +137,6 @@ def test_sign_symmetry_follows_the_weights_every_step():
 
 def test_a_users_rule_is_a_feedback_matrix():
     """The README's example: backprop plus noise in the feedback, dL/dx = G · (W + σ ξ)."""
-
-    class NoisyFeedback(Rule):
-        name = "noisy_feedback"
-
-        def __init__(self, sigma: float = 0.1, seed: int = 0) -> None:
-            super().__init__(seed)
-            self.sigma = sigma
-
-        def feedback_matrix(self, weight, feedback_weight):
-            return weight + self.sigma * torch.randn_like(weight)
 
     torch.manual_seed(0)
     layer = manualbp.convert(mnn.Linear(4, 3), rule=NoisyFeedback(0.5))

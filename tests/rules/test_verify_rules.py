@@ -40,7 +40,7 @@ import manualbp
 import manualbp.nn as mnn
 from manualbp.rules import Rule
 from manualbp.verify import CPU_CHECKS, verify
-from tests.rules.references import DFAReference, FeedbackReference, buffer_matrix, injected, sign_matrix
+from tests.rules.references import DFAReference, FeedbackReference, NoisyFeedback, buffer_matrix, injected, sign_matrix
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")  # torch's conv2d
 
@@ -51,19 +51,6 @@ CHECKS_WITH_DOUBLE = [check for check in CPU_CHECKS if check != "gradcheck"]
 
 def _randn(*shape: int) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-
-
-class NoisyFeedback(Rule):
-    """The README's example of a user's rule: dL/dx = G · (W + σ ξ), a fresh ξ ~ N(0, 1) every forward pass."""
-
-    name = "noisy_feedback"
-
-    def __init__(self, sigma: float = 0.1, seed: int = 0) -> None:
-        super().__init__(seed)
-        self.sigma = sigma
-
-    def feedback_matrix(self, weight, feedback_weight):
-        return weight + self.sigma * torch.randn_like(weight)
 
 
 def _noisy_matrix(weight, feedback_weight):
