@@ -7,12 +7,16 @@ layers of an existing torch model for manual ones (``manualbp.to_torch``, a copy
 during a forward and backward. ``manualbp.detect_nonfinite()`` makes every manual backward raise
 ``NonFiniteGradientError`` at the first gradient holding nan or inf, naming the op and the input.
 
-``manualbp.models``, ``manualbp.verify``, ``manualbp.data``, ``manualbp.lightning`` and ``manualbp.callbacks``
-are attributes too, imported on first use: the last three bring in Lightning, which takes seconds to import.
+``manualbp.per_sample_grads(model)`` and ``manualbp.clip_per_sample(model, max_grad_norm)`` (context managers
+around a backward) compute per-sample gradients and clip them per sample, DP-SGD's step, inside the
+hand-written backward (``manualbp.per_sample``).
+
+``manualbp.models``, ``manualbp.verify``, ``manualbp.per_sample``, ``manualbp.data``, ``manualbp.lightning``
+and ``manualbp.callbacks`` are attributes too, imported on first use: the last three bring in Lightning,
+which takes seconds to import.
 """
 
 import importlib
-from types import ModuleType
 
 from manualbp import _requirements  # noqa: F401 (first: on an older torch, import fails here with the fix)
 from manualbp import functional, nn
@@ -23,12 +27,14 @@ from manualbp.trace import trace
 
 __all__ = [
     "NonFiniteGradientError",
+    "clip_per_sample",
     "convert",
     "detect_nonfinite",
     "function",
     "functional",
     "is_nonfinite_detection_enabled",
     "nn",
+    "per_sample_grads",
     "to_torch",
     "trace",
 ]
@@ -36,14 +42,19 @@ __version__ = "0.1.0"
 
 # Submodules imported when first read as attributes of the package (PEP 562), so that ``import manualbp``
 # does not pay for Lightning, torchvision and matplotlib.
-_LAZY_SUBMODULES = ("callbacks", "data", "lightning", "models", "verify")
+_LAZY_SUBMODULES = ("callbacks", "data", "lightning", "models", "per_sample", "verify")
+
+# Functions read from a submodule on first use, by the same rule: attribute name -> submodule.
+_LAZY_FUNCTIONS = {"clip_per_sample": "per_sample", "per_sample_grads": "per_sample"}
 
 
-def __getattr__(name: str) -> ModuleType:
+def __getattr__(name: str) -> object:
     if name in _LAZY_SUBMODULES:
         return importlib.import_module(f"manualbp.{name}")
+    if name in _LAZY_FUNCTIONS:
+        return getattr(importlib.import_module(f"manualbp.{_LAZY_FUNCTIONS[name]}"), name)
     raise AttributeError(f"module 'manualbp' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY_SUBMODULES])
+    return sorted({*globals(), *_LAZY_SUBMODULES, *_LAZY_FUNCTIONS})

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args
 
 import pytorch_lightning as pl
@@ -18,6 +19,7 @@ from manualbp.checkpoints import check_checkpoint_fits
 from manualbp.convert import convert, layer_summary
 from manualbp.functional._validation import check_int
 from manualbp.models import Activation, Backend, Cell, cross_entropy, layers, lenet5, mlp, recurrent
+from manualbp.per_sample.dp import DPSGD, DifferentialPrivacy
 from manualbp.rules import RuleName, apply_rule
 
 Arch = Literal["mlp", "lenet5", Cell]
@@ -62,6 +64,16 @@ class ClassifierModule(pl.LightningModule):
             error projected to every hidden layer by its own fixed B). The fixed matrices are the layers'
             ``feedback_weight`` buffers, drawn from seed 0 and saved in checkpoints. Manual backend only;
             ``manualbp.callbacks.Alignment`` logs how close each layer's update comes to the true gradient.
+        dp: train with DP-SGD (``--model.dp.noise_multiplier``, ``--model.dp.max_grad_norm``, ``--model.dp.delta``;
+            None, the default: no DP). The training batches are drawn by Poisson sampling (Opacus's
+            ``DPDataLoader`` replaces the data module's training loader: each image in with probability
+            1 / batches per epoch), each image's gradient is clipped to total norm ``max_grad_norm`` inside the
+            hand-written backward (``manualbp.clip_per_sample``), Gaussian noise of std
+            ``noise_multiplier · max_grad_norm`` is added to their sum, which is divided by the expected batch
+            size (``manualbp.per_sample.add_noise``, as Opacus's optimizer), and ``epsilon``, the privacy spent
+            at ``delta`` by Opacus's RDP accountant, is logged every epoch (and kept in checkpoints). Needs the
+            manual backend, a data module, one batch per optimizer step and no trainer-level gradient clipping
+            (the recurrent archs' default clipping to norm 1 is then left out); Opacus must be installed.
     """
 
     def __init__(
@@ -78,8 +90,11 @@ class ClassifierModule(pl.LightningModule):
         in_shape: Sequence[int] = (1, 28, 28),
         num_classes: int = 10,
         rule: RuleName = "backprop",
+        dp: DifferentialPrivacy | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(dp, DifferentialPrivacy):  # a plain dict in the hyperparameters (saved below): checkpoints
+            dp = dataclasses.asdict(dp)  # then load with torch.load's weights_only, and hparams.yaml stays plain
         if not 0 <= dropout < 1:
             raise ValueError(f"ClassifierModule: dropout must lie in [0, 1), got {dropout}")
         check_int("ClassifierModule", "num_classes", num_classes, 2)
@@ -104,6 +119,11 @@ class ClassifierModule(pl.LightningModule):
             # the layers are manual already: the step of convert(net, rule=...) that follows the swap; a convolution's
             # direct feedback matrix is sized by its block's output on an example input
             apply_rule(self.net, rule, example_input=torch.zeros(2, *in_shape))
+        if isinstance(dp, Mapping):  # as the hyperparameters hold it
+            dp = DifferentialPrivacy(**dp)
+        if dp is not None:
+            _check_dp(dp, backend)
+        self._dp = None if dp is None else DPSGD(dp)
         self.loss_fn = cross_entropy(backend)
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
         self.test_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
@@ -131,9 +151,59 @@ class ClassifierModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
+        if self._dp is not None:  # DP-SGD: the summed loss, whose clipped gradient gets the noise (see dp)
+            loss = self.loss_fn(self(images), labels, reduction="sum")
+            if len(labels):  # a Poisson batch may be empty
+                self.log("train_loss", loss.detach() / len(labels), prog_bar=True, batch_size=len(labels))
+            return loss
         loss = self.loss_fn(self(images), labels)
         self.log("train_loss", loss, prog_bar=True)
         return loss
+
+    # ---- DP-SGD (dp): Poisson batches, per-sample clipping in the backward, noise, privacy accounting ------------
+
+    def setup(self, stage: str) -> None:
+        """With ``dp``, the data module's training loader is replaced by Opacus's Poisson-sampling one for the fit."""
+        if self._dp is None or stage != "fit":
+            return
+        datamodule = self.trainer.datamodule
+        if datamodule is None:
+            raise ValueError("ClassifierModule(dp=...): DP-SGD training needs a data module (its training loader is "
+                             "replaced by a Poisson-sampling one)")
+        make_loader = datamodule.train_dataloader
+        datamodule.train_dataloader = lambda: self._dp.poisson_loader(make_loader())
+
+    def teardown(self, stage: str) -> None:
+        datamodule = None if self._trainer is None else self.trainer.datamodule
+        if self._dp is not None and stage == "fit" and datamodule is not None:
+            vars(datamodule).pop("train_dataloader", None)  # the data module's own loader again
+
+    def on_fit_start(self) -> None:
+        if self._dp is None:
+            return
+        if self.trainer.gradient_clip_val is not None:
+            raise ValueError("ClassifierModule(dp=...): DP-SGD clips each sample's gradient (dp.max_grad_norm); "
+                             "leave --trainer.gradient_clip_val unset")
+        if self.trainer.accumulate_grad_batches != 1:
+            raise ValueError("ClassifierModule(dp=...): DP-SGD takes one Poisson batch per optimizer step; "
+                             "leave --trainer.accumulate_grad_batches at 1")
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """With ``dp``, the backward inside ``clip_per_sample``: ``p.grad`` is the sum of the clipped per-sample
+        gradients."""
+        if self._dp is None:
+            return super().backward(loss, *args, **kwargs)
+        with self._dp.clip(self.net):
+            super().backward(loss, *args, **kwargs)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """With ``dp``: the noise, the division by the expected batch size, and one step of the accountant."""
+        if self._dp is not None:
+            self._dp.privatize(p for p in self.net.parameters() if p.requires_grad)
+
+    def on_train_epoch_end(self) -> None:
+        if self._dp is not None:
+            self.log("epsilon", self._dp.epsilon(), prog_bar=True)
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, accuracy: torchmetrics.Metric) -> None:
         images, labels = batch
@@ -172,7 +242,7 @@ class ClassifierModule(pl.LightningModule):
     ) -> None:
         """Lightning's clipping as the trainer sets it; the recurrent archs clip the gradient norm to 1 when it
         sets none (an RNN's gradient through many steps can spike)."""
-        if gradient_clip_val is None and self._recurrent:
+        if gradient_clip_val is None and self._recurrent and self._dp is None:  # DP-SGD clips per sample
             gradient_clip_val, gradient_clip_algorithm = 1.0, "norm"
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
@@ -180,6 +250,8 @@ class ClassifierModule(pl.LightningModule):
         """Save the state of the random generator of the model's device type, so that a fit resumed from this
         checkpoint draws the same dropout masks as one that never stopped."""
         checkpoint["rng_state"] = {self.device.type: _rng_state(self.device)}
+        if self._dp is not None:
+            checkpoint["dp_accountant"] = self._dp.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check that ``checkpoint`` was made by this network (``CheckpointMismatchError`` naming the option
@@ -193,6 +265,8 @@ class ClassifierModule(pl.LightningModule):
         state = checkpoint.get("rng_state", {}).get(self.device.type)
         if resuming_fit and state is not None:
             _set_rng_state(state, self.device)
+        if resuming_fit and self._dp is not None and "dp_accountant" in checkpoint:
+            self._dp.load_state_dict(checkpoint["dp_accountant"])  # the privacy spent so far counts on
 
     def configure_callbacks(self) -> list[pl.Callback]:
         """Checkpoints, unless the trainer has checkpoint callbacks of the user's own (they win) or checkpointing
@@ -205,6 +279,16 @@ class ClassifierModule(pl.LightningModule):
             return []
         best = ModelCheckpoint(monitor="val_acc", mode="max", filename="{epoch}-{val_acc:.4f}")
         return [best, ModelCheckpoint(filename="last")]
+
+
+def _check_dp(dp: DifferentialPrivacy, backend: Backend) -> None:
+    if not isinstance(dp, DifferentialPrivacy):
+        raise TypeError(f"ClassifierModule: dp must be a DifferentialPrivacy or None, got {type(dp).__name__}")
+    if backend != "manual":
+        raise ValueError(
+            "ClassifierModule: dp (DP-SGD) needs backend='manual': each sample's gradient is clipped inside the "
+            "hand-written backward (manualbp.clip_per_sample)"
+        )
 
 
 def _is_lightning_default(callback: pl.Callback) -> bool:

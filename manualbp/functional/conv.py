@@ -29,6 +29,7 @@ from manualbp.functional._validation import (
     int_pair,
     shape_str,
 )
+from manualbp.functional._reduction import REDUCTION, OuterTerms
 
 Pair = tuple[int, int]
 
@@ -113,17 +114,81 @@ def conv2d_grads(ctx, grad_out, x, weight, input_layout=None):
     if unbatched:
         x, grad_out = x.unsqueeze(0), grad_out.unsqueeze(0)
     grad_x = grad_w = grad_b = None
-    empty = x.numel() == 0  # no products to differentiate (an empty batch or no input channels)
     if ctx.needs_input_grad[0]:
+        empty = x.numel() == 0  # no products to differentiate (an empty batch or no input channels)
         grad_x = torch.zeros_like(x) if empty else _input_grad(x, weight, grad_out, *ctx.geometry)
         grad_x = grad_x.contiguous(memory_format=ctx.layout if input_layout is None else input_layout)
         grad_x = grad_x.squeeze(0) if unbatched else grad_x
-    if ctx.needs_input_grad[1]:
-        grad_w = torch.zeros_like(weight) if empty else _weight_grad(x, weight, grad_out, *ctx.geometry)
-        grad_w = grad_w.contiguous(memory_format=ctx.layout)
-    if ctx.has_bias and ctx.needs_input_grad[2]:
-        grad_b = grad_out.sum((0, 2, 3))
+    needs = (ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2])
+    if REDUCTION.mode is not None and any(needs):  # per-sample gradients or clipping (manualbp.per_sample)
+        terms = Conv2dTerms(grad_out, x, weight, ctx.geometry, ctx.layout, needs, batched=not unbatched)
+        grad_w, grad_b = REDUCTION.mode.reduce(ctx, terms)
+    elif any(needs):
+        grad_w, grad_b = conv2d_reduction(grad_out, x, weight, ctx.geometry, ctx.layout, *needs)
     return grad_x, grad_w, grad_b
+
+
+def conv2d_reduction(grad_out, x, weight, geometry, layout, needs_weight, needs_bias):
+    """dL/dW (x correlated with G; in ``layout``) and dL/db = Σ_{n, i, j} G, None where not asked for; x and
+    G batched. ``weight`` gives dL/dW's shape (and dtype) only."""
+    grad_w = grad_b = None
+    if needs_weight:
+        empty = x.numel() == 0  # no products to differentiate (an empty batch or no input channels)
+        grad_w = torch.zeros_like(weight) if empty else _weight_grad(x, weight, grad_out, *geometry)
+        grad_w = grad_w.contiguous(memory_format=layout)
+    if needs_bias:
+        grad_b = grad_out.sum((0, 2, 3))
+    return grad_w, grad_b
+
+
+class Conv2dTerms(OuterTerms):
+    """The reduction of y = conv2d(x, W) + b, for the reduction seam (``manualbp.functional._reduction.REDUCTION``).
+
+    Per sample n and group γ, with P_nt the patch of x̄ that output position t = (i, j) reads (its C/G channels
+    of group γ by kh by kw, flattened as W[o] is: ``unfold``) and G_nt = dL/dy[n, group γ's channels, i, j]:
+
+        dL/dW_n[γ's rows] = Σ_t G_ntᵀ P_nt     (O/G, C/G·kh·kw)        dL/db_n[o] = Σ_{i, j} dL/dy[n, o, i, j]
+
+    a sum of outer products over T = Ho·Wo positions, one block per group (``factors``, for the ghost norm).
+    Materialised, all samples at once, it is ``_weight_grad``'s correlation with one group per sample and
+    group (``_weight_grad_per_sample``): measured 2x faster than unfold + matmul on LeNet-5's convolutions.
+    ``plain`` is ``conv2d_reduction``.
+    """
+
+    def __init__(self, grad_out, x, weight, geometry, layout, needs, batched) -> None:
+        self.grad_out, self.x, self.weight, self.geometry, self.layout = grad_out, x, weight, geometry, layout
+        self.needs, self.batched, self.batch = needs, batched, x.shape[0]
+        self.weight_shape = weight.shape
+        out_channels, per_group, kh, kw = weight.shape
+        groups = geometry[3]
+        self.positions = grad_out.shape[2] * grad_out.shape[3]
+        self.block = (out_channels // groups, per_group * kh * kw)
+
+    def factors(self, g):
+        stride, padding, dilation, groups = self.geometry
+        (top, _), (left, _) = padding
+        n, channels = self.x.shape[:2]
+        kh, kw = self.weight_shape[2:]
+        if self.x.numel() == 0:
+            patches = self.x.new_zeros(n, channels * kh * kw, self.positions)
+        else:
+            patches = F.unfold(_pad_far_side(self.x, padding), (kh, kw), dilation, (top, left), stride)
+        patches = patches.reshape(n, groups, self.block[1], self.positions).transpose(-1, -2)
+        return g.reshape(n, groups, self.block[0], self.positions).transpose(-1, -2), patches
+
+    def weight_per_sample(self, g, out=None):  # small: into new memory
+        if self.x.numel() == 0:
+            return self.x.new_zeros(self.batch, *self.weight_shape)
+        return _weight_grad_per_sample(self.x, self.weight, g, *self.geometry)
+
+    def bias_per_sample(self, g):
+        return g.sum((2, 3))
+
+    def weight_layout(self, grad_w):
+        return grad_w.contiguous(memory_format=self.layout)
+
+    def plain(self, g):
+        return conv2d_reduction(g, self.x, self.weight, self.geometry, self.layout, *self.needs)
 
 
 def conv2d_tangent(ctx, x, weight, x_dot, weight_dot, bias_dot):
@@ -176,6 +241,21 @@ def _weight_grad(x, weight, grad_out, stride, padding, dilation, groups):
     gg = grad_out.reshape(n, groups, o // groups, ho, wo).permute(1, 2, 0, 3, 4).reshape(o, n, ho, wo)
     grad_w = F.conv2d(xg, gg, None, dilation, (top, left), stride, groups)
     return grad_w[..., :kh, :kw].transpose(0, 1)
+
+
+def _weight_grad_per_sample(x, weight, grad_out, stride, padding, dilation, groups):
+    """dL/dW of each sample, (N, O, C/G, kh, kw): ``_weight_grad``'s correlation with the batch folded into the
+    groups, one per (sample, group): x as (C/G, N·G, H, W), dL/dy as N·O kernels of one channel."""
+    (top, _), (left, _) = padding
+    n = x.shape[0]
+    o, cg, kh, kw = weight.shape
+    ho, wo = grad_out.shape[2:]
+    xp = _pad_far_side(x, padding)
+    hp, wp = xp.shape[2:]
+    xg = xp.reshape(n * groups, cg, hp, wp).transpose(0, 1)  # channel n·G + γ holds sample n's group γ
+    gg = grad_out.reshape(n * o, 1, ho, wo)  # kernel n·O + o: group n·G + o // (O/G), as conv2d pairs them
+    grad_w = F.conv2d(xg, gg, None, dilation, (top, left), stride, n * groups)
+    return grad_w[..., :kh, :kw].reshape(cg, n, o, kh, kw).permute(1, 2, 0, 3, 4)
 
 
 def _conv2d(x, weight, bias, stride, padding, dilation, groups):

@@ -1,4 +1,4 @@
-"""Affine map y = x W^T + b with its hand-written backward."""
+"""Affine map y = x W^T + b with its hand-written backward (its reduction through ``functional._reduction``)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 
 from manualbp.functional._autocast import autocast_inputs
 from manualbp.functional._dispatch import apply, function
+from manualbp.functional._reduction import REDUCTION, OuterTerms
 from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import InputError, check_floating, check_same_device, check_same_dtype, shape_str
 
@@ -59,19 +60,52 @@ def linear_grads(ctx, grad_out, x, weight):
 
     Shared by every Function whose last step is this affine map (``LinearFunction``, and
     ``LinearReLUFunction`` with G = dL/dy ⊙ [y > 0]); ``ctx.has_bias`` says whether b exists.
+    dL/dW and dL/db are the reduction: ``linear_reduction``, or the per-sample mode in ``REDUCTION``.
     """
     x, weight = x.to(grad_out.dtype), weight.to(grad_out.dtype)  # autocast: same precision as the forward
-    grad_x = grad_w = grad_b = None
+    grad_x = None
     if ctx.needs_input_grad[0]:
         grad_x = _in_input_layout(grad_out.matmul(weight), x)
-    if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
-        rows = math.prod(grad_out.shape[:-1])  # not -1: a size-0 dim would make it ambiguous
-        g2d = grad_out.reshape(rows, weight.shape[0])
-        if ctx.needs_input_grad[1]:
-            grad_w = g2d.t().matmul(x.reshape(rows, weight.shape[1]))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = g2d.sum(0)
-    return grad_x, grad_w, grad_b
+    needs = (ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2])
+    if not any(needs):
+        return grad_x, None, None
+    if REDUCTION.mode is not None:  # per-sample gradients or clipping (manualbp.per_sample)
+        return (grad_x, *REDUCTION.mode.reduce(ctx, LinearTerms(grad_out, x, needs)))
+    return (grad_x, *linear_reduction(grad_out, x, *needs))
+
+
+def linear_reduction(grad_out, x, needs_weight, needs_bias):
+    """dL/dW = Gᵀ · X and dL/db = Σ G over every leading dim (None where not asked for); G: (*, out), x: (*, in)."""
+    rows = math.prod(grad_out.shape[:-1])  # not -1: a size-0 dim would make it ambiguous
+    g2d = grad_out.reshape(rows, grad_out.shape[-1])
+    grad_w = g2d.t().matmul(x.reshape(rows, x.shape[-1])) if needs_weight else None
+    grad_b = g2d.sum(0) if needs_bias else None
+    return grad_w, grad_b
+
+
+class LinearTerms(OuterTerms):
+    """The reduction of y = x Wᵀ + b, for ``REDUCTION.mode``. G: (N, *, out), x: (N, *, in), T = prod(*):
+
+        dL/dW_n = Σ_t G_ntᵀ x_nt  (out, in)          dL/db_n = Σ_t G_nt
+    """
+
+    def __init__(self, grad_out: torch.Tensor, x: torch.Tensor, needs: tuple[bool, bool]) -> None:
+        self.grad_out, self.x, self.needs = grad_out, x, needs
+        self.batched = x.dim() >= 2
+        self.batch = x.shape[0] if self.batched else 1
+        self.weight_shape = torch.Size((grad_out.shape[-1], x.shape[-1]))
+        self.positions = math.prod(x.shape[1:-1])  # not -1: N or T may be 0
+        self.block = tuple(self.weight_shape)
+
+    def factors(self, g):
+        n, t, (out_features, in_features) = self.batch, self.positions, self.weight_shape
+        return g.reshape(n, 1, t, out_features), self.x.reshape(n, 1, t, in_features)
+
+    def bias_per_sample(self, g):
+        return g.reshape(self.batch, self.positions, self.weight_shape[0]).sum(1)
+
+    def plain(self, g):
+        return linear_reduction(g, self.x, *self.needs)
 
 
 def _in_input_layout(grad_x: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

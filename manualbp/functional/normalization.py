@@ -47,6 +47,7 @@ from manualbp.functional._validation import (
     is_int,
     shape_str,
 )
+from manualbp.functional._reduction import REDUCTION, per_sample_factor
 
 
 def _channel_shape(x: torch.Tensor) -> list[int]:
@@ -102,6 +103,8 @@ class BatchNormFunction(torch.autograd.Function):
         dims = (0, *range(2, x.dim()))
         shape = _channel_shape(x)
         batch_stats = mean is None
+        if batch_stats and REDUCTION.mode is not None:  # per-sample gradients: batch statistics mix the samples
+            REDUCTION.mode.refuse(ctx, _affine_ordinals(weight), "batch_norm with batch statistics (training mode)")
         x_hat, inv_std = _batch_normalize(x, mean, var, ctx.eps)
         g = grad_out if weight is None else grad_out * weight.reshape(shape)
 
@@ -111,10 +114,12 @@ class BatchNormFunction(torch.autograd.Function):
                 grad_x = inv_std * (g - g.mean(dims, keepdim=True) - x_hat * (g * x_hat).mean(dims, keepdim=True))
             else:
                 grad_x = g * inv_std
-        if weight is not None and ctx.needs_input_grad[1]:
-            grad_w = (grad_out * x_hat).sum(dims)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_out.sum(dims)
+        needs = (weight is not None and ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2])
+        if REDUCTION.mode is not None and any(needs):  # per-sample gradients or clipping (manualbp.per_sample)
+            terms = AffineTerms(grad_out, x_hat, dims, needs, _affine_ordinals(weight))
+            grad_w, grad_b = REDUCTION.mode.reduce(ctx, terms)
+        elif any(needs):
+            grad_w, grad_b = affine_reduction(grad_out, x_hat, dims, *needs)
         if not batch_stats and ctx.needs_input_grad[3]:
             grad_mean = -(g * inv_std).sum(dims)
         if not batch_stats and ctx.needs_input_grad[4]:
@@ -187,10 +192,12 @@ class LayerNormFunction(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = inv_std * (g - g.mean(dims, keepdim=True) - x_hat * (g * x_hat).mean(dims, keepdim=True))
-        if weight is not None and ctx.needs_input_grad[2]:
-            grad_w = _sum_over(grad_out * x_hat, tuple(range(lead)))
-        if ctx.has_bias and ctx.needs_input_grad[3]:
-            grad_b = _sum_over(grad_out, tuple(range(lead)))
+        needs = (weight is not None and ctx.needs_input_grad[2], ctx.has_bias and ctx.needs_input_grad[3])
+        if REDUCTION.mode is not None and any(needs):  # per-sample gradients or clipping (manualbp.per_sample)
+            terms = AffineTerms(grad_out, x_hat, tuple(range(lead)), needs, _affine_ordinals(weight))
+            grad_w, grad_b = REDUCTION.mode.reduce(ctx, terms)
+        elif any(needs):
+            grad_w, grad_b = affine_reduction(grad_out, x_hat, tuple(range(lead)), *needs)
         return grad_x, None, grad_w, grad_b, None
 
     @staticmethod
@@ -200,6 +207,54 @@ class LayerNormFunction(torch.autograd.Function):
         x_hat, inv_std = _layer_normalize(x, dims, ctx.eps)
         x_hat_dot = None if x_dot is None else _normalized_tangent(x_dot, x_hat, inv_std, dims)
         return _affine_tangent(x_hat, x_hat_dot, weight, weight_dot, bias_dot)
+
+
+def affine_reduction(grad_out, x_hat, dims, needs_weight, needs_bias):
+    """dL/dγ = Σ dL/dy · x̂ and dL/dβ = Σ dL/dy over ``dims`` (None where not asked for), for y = γ x̂ + β."""
+    grad_w = _sum_over(grad_out * x_hat, dims) if needs_weight else None
+    grad_b = _sum_over(grad_out, dims) if needs_bias else None
+    return grad_w, grad_b
+
+
+def _affine_ordinals(weight: torch.Tensor | None) -> tuple[int, int]:
+    """Positions of γ and β among the Function's tensor inputs (x first; an absent γ is no input)."""
+    return 1, 1 + (weight is not None)
+
+
+class AffineTerms:
+    """The reduction of y = γ x̂ + β (batch norm with fixed statistics, layer norm), for the reduction seam
+    (``manualbp.functional._reduction.REDUCTION``). ``dims``: the dims the plain reduction sums over, the batch
+    dim 0 among them when x has one; per sample the sum runs over the others:
+
+        dL/dγ_n = Σ dL/dy_n · x̂_n        dL/dβ_n = Σ dL/dy_n        (sums over ``dims`` but the batch dim)
+
+    tensors of the parameters' size per sample, so they are always materialised (N · C or N · prod(D) values).
+    """
+
+    def __init__(self, grad_out, x_hat, dims, needs, ordinals) -> None:
+        self.grad_out, self.x_hat, self.dims, self.needs, self.ordinals = grad_out, x_hat, dims, needs, ordinals
+        self.batched = 0 in dims
+        self.batch = x_hat.shape[0] if self.batched else 1
+
+    def per_sample(self, scale=None, out=None):  # the parameters' size per sample: into new memory
+        g = self.grad_out if scale is None else self.grad_out * scale
+        return affine_reduction(g, self.x_hat, self.dims[1:], *self.needs)
+
+    def sq_norms(self):
+        self.kept = self.per_sample()
+        return sum(g.square().flatten(1).sum(1) for g in self.kept if g is not None)
+
+    def reduce(self, scale=None):
+        g = self.grad_out if scale is None else self.grad_out * per_sample_factor(scale, self.grad_out)
+        return affine_reduction(g, self.x_hat, self.dims, *self.needs)
+
+    def weighted(self, scale):
+        scale = scale.to(self.grad_out.dtype)
+        return tuple(None if g is None else torch.tensordot(scale, g, dims=1) for g in self.kept)
+
+    def total(self, samples, scale=None):
+        factor = 1 if scale is None else 1 / scale
+        return tuple(None if g is None else g.sum(0) * factor for g in samples)
 
 
 def _batch_normalize(

@@ -46,6 +46,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from manualbp.functional._autocast import ELIGIBLE, autocast_dtype
 from manualbp.functional._dispatch import apply, function
+from manualbp.functional._reduction import REDUCTION, SequenceTerms, sequence_outer_sum
 from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import (
     DtypeError,
@@ -153,14 +154,6 @@ def _doubled(t: torch.Tensor | None, start: int, stop: int, double: bool = True)
     return t * (scale if t.dim() == 1 else scale.unsqueeze(1))
 
 
-def _weight_grad(grad: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-    """Σ_{t,b} grad[t, b]ᵀ inputs[t, b]: one matmul over all steps, (T, B, G) x (T, B, F) -> (G, F).
-
-    Computed as (inputsᵀ grad)ᵀ: with F the narrow side (F = I = 28 against G = 512 rows, T·B = 3584) the matmul
-    takes 1.7 ms instead of 2.7 (one CPU thread); the transpose is copied, so the gradient is contiguous."""
-    return inputs.flatten(0, 1).t().mm(grad.flatten(0, 1)).t().contiguous()
-
-
 def _in_place() -> bool:
     """Whether a loop may write its results into preallocated buffers (``_Steps``): in plain eager mode, not while
     autograd records the loop (a backward with ``create_graph``), a torch.func transform runs it (vmap may batch
@@ -230,13 +223,36 @@ def _zeros_or(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(like) if t is None else _batched(t)
 
 
-def _input_grads(
-    d_pre: torch.Tensor, x: torch.Tensor, w_ih: torch.Tensor, batch_first: bool, need_x: bool, need_w: bool
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """dL/dx = dL/da · W_ih (in x's layout) and dL/dW_ih = Σ_t dL/da_tᵀ x_t, each only when asked for."""
-    grad_x = _as_input(d_pre.matmul(w_ih), x.dim(), batch_first) if need_x else None
-    grad_w = _weight_grad(d_pre, _time_major(x, batch_first)) if need_w else None
-    return grad_x, grad_w
+def _parameter_grads(ctx, entries) -> tuple[torch.Tensor | None, ...]:
+    """The gradients of the layer's parameters, one per entry (its position among the Function's inputs, G, X):
+    a weight's dL/dW = Σ_{t,b} G[t, b]ᵀ X[t, b] (``sequence_outer_sum``), a bias's (X None) dL/db = Σ_{t,b} G[t, b];
+    None where not asked for. The reduction seam's mode forms them when one is open (``manualbp.per_sample``)."""
+    needs = tuple(ctx.needs_input_grad[i] for i, _, _ in entries)
+    if REDUCTION.mode is not None and any(needs):
+        ordinals = tuple(ctx.ordinals[i] for i, _, _ in entries)
+        terms = SequenceTerms([(g, x) for _, g, x in entries], needs, ordinals, batched=ctx.batched)
+        return REDUCTION.mode.reduce(ctx, terms)
+    bias_sums: dict[int, torch.Tensor] = {}  # b_ih and b_hh often share G: summed once
+    grads = []
+    for (_, g, x), need in zip(entries, needs):
+        if not need:
+            grads.append(None)
+        elif x is not None:
+            grads.append(sequence_outer_sum(g, x))
+        else:
+            if id(g) not in bias_sums:
+                bias_sums[id(g)] = g.sum((0, 1))
+            grads.append(bias_sums[id(g)])
+    return tuple(grads)
+
+
+def _tensor_ordinals(inputs: Sequence[object]) -> list[int]:
+    """Each input's position among the tensor inputs (the graph node's ``next_functions``, which skip None)."""
+    ordinals, count = [], 0
+    for value in inputs:
+        ordinals.append(count)
+        count += isinstance(value, torch.Tensor)
+    return ordinals
 
 
 def _pre_tangent(x, w_ih, x_t, w_ih_t, bias_t, batch_first, h_prev, w_hh_t) -> torch.Tensor | None:
@@ -301,6 +317,7 @@ class RNNFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, h0, w_ih, w_hh, b_ih, _, mask, ctx.reverse, ctx.batch_first, ctx.relu = inputs
+        ctx.ordinals, ctx.batched = _tensor_ordinals(inputs), x.dim() == 3
         ctx.set_materialize_grads(False)  # absent grads and tangents arrive as None (see _tangents)
         ctx.save_for_backward(x, h0, w_ih, w_hh, mask, output[0])
         ctx.save_for_forward(x, h0, w_ih, w_hh, mask, output[0])
@@ -321,14 +338,12 @@ class RNNFunction(torch.autograd.Function):
             d_pre.keep(step)
         d_pre = d_pre.tensor()
         need = ctx.needs_input_grad
-        grad_x, grad_w_ih = _input_grads(d_pre, x, w_ih, ctx.batch_first, need[0], need[2])
-        grad_w_hh = _weight_grad(d_pre, _previous(ys, _batched(h0), mask, ctx.reverse)) if need[3] else None
-        grad_b = d_pre.sum((0, 1)) if ctx.has_bias and (need[4] or need[5]) else None
-        grad_h0 = _as_state(dh, h0) if need[1] else None
-        return (
-            grad_x, grad_h0, grad_w_ih, grad_w_hh, grad_b if need[4] else None, grad_b if need[5] else None,
-            None, None, None, None,
+        grad_x = _as_input(d_pre.matmul(w_ih), x.dim(), ctx.batch_first) if need[0] else None
+        h_prev = _previous(ys, _batched(h0), mask, ctx.reverse)
+        weights = _parameter_grads(
+            ctx, [(2, d_pre, _time_major(x, ctx.batch_first)), (3, d_pre, h_prev), (4, d_pre, None), (5, d_pre, None)]
         )
+        return (grad_x, _as_state(dh, h0) if need[1] else None, *weights, None, None, None, None)
 
     @staticmethod
     def jvp(ctx, x_t, h0_t, w_ih_t, w_hh_t, b_ih_t, b_hh_t, *_):
@@ -425,6 +440,7 @@ class LSTMFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, h0, c0, w_ih, w_hh, b_ih, _, w_hr, mask, ctx.reverse, ctx.batch_first = inputs
+        ctx.ordinals, ctx.batched = _tensor_ordinals(inputs), x.dim() == 3
         y, _, _, gates, cells = output
         ctx.set_materialize_grads(False)  # absent grads and tangents arrive as None (see _tangents)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, mask, y, gates, cells)
@@ -462,14 +478,14 @@ class LSTMFunction(torch.autograd.Function):
             d_out.append(error_h)
         d_pre = d_pre.tensor()
         need = ctx.needs_input_grad
-        grad_x, grad_w_ih = _input_grads(d_pre, x, w_ih, ctx.batch_first, need[0], need[3])
-        grad_w_hh = _weight_grad(d_pre, _previous(ys, _batched(h0), mask, ctx.reverse)) if need[4] else None
-        grad_b = d_pre.sum((0, 1)) if ctx.has_bias and (need[5] or need[6]) else None
-        grad_w_hr = _weight_grad(_in_time_order(d_out, not ctx.reverse), hat) if need[7] else None
+        grad_x = _as_input(d_pre.matmul(w_ih), x.dim(), ctx.batch_first) if need[0] else None
+        h_prev = _previous(ys, _batched(h0), mask, ctx.reverse)
+        d_hat = _in_time_order(d_out, not ctx.reverse) if w_hr is not None else None
+        entries = [(3, d_pre, _time_major(x, ctx.batch_first)), (4, d_pre, h_prev), (5, d_pre, None), (6, d_pre, None)]
+        weights = _parameter_grads(ctx, entries + ([(7, d_hat, hat)] if w_hr is not None else []))
         return (
             grad_x, _as_state(dh, h0) if need[1] else None, _as_state(dc, c0) if need[2] else None,
-            grad_w_ih, grad_w_hh, grad_b if need[5] else None, grad_b if need[6] else None, grad_w_hr,
-            None, None, None,
+            *weights[:4], weights[4] if w_hr is not None else None, None, None, None,
         )
 
     @staticmethod
@@ -575,6 +591,7 @@ class GRUFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, h0, w_ih, w_hh, b_ih, _, mask, ctx.reverse, ctx.batch_first = inputs
+        ctx.ordinals, ctx.batched = _tensor_ordinals(inputs), x.dim() == 3
         y, _, gates = output
         ctx.set_materialize_grads(False)  # absent grads and tangents arrive as None (see _tangents)
         ctx.save_for_backward(x, h0, w_ih, w_hh, mask, y, gates)
@@ -611,14 +628,11 @@ class GRUFunction(torch.autograd.Function):
         d_r, d_z, _ = d_q.chunk(3, -1)
         d_p = torch.cat([d_r, d_z, d_n], -1)  # [dL/da_r, dL/da_z, dL/da_n]
         need = ctx.needs_input_grad
-        grad_x, grad_w_ih = _input_grads(d_p, x, w_ih, ctx.batch_first, need[0], need[2])
-        return (
-            grad_x, _as_state(dh, h0) if need[1] else None, grad_w_ih,
-            _weight_grad(d_q, h_prev) if need[3] else None,
-            d_p.sum((0, 1)) if ctx.has_bias and need[4] else None,
-            d_q.sum((0, 1)) if ctx.has_bias and need[5] else None,
-            None, None, None,
+        grad_x = _as_input(d_p.matmul(w_ih), x.dim(), ctx.batch_first) if need[0] else None
+        weights = _parameter_grads(
+            ctx, [(2, d_p, _time_major(x, ctx.batch_first)), (3, d_q, h_prev), (4, d_p, None), (5, d_q, None)]
         )
+        return (grad_x, _as_state(dh, h0) if need[1] else None, *weights, None, None, None)
 
     @staticmethod
     def jvp(ctx, x_t, h0_t, w_ih_t, w_hh_t, b_ih_t, b_hh_t, *_):

@@ -50,19 +50,27 @@ from manualbp.functional.linear import check_linear_args, linear_grads, linear_t
 
 class _Needs(NamedTuple):
     """The part of a ctx that ``linear_grads`` and ``conv2d_grads`` read, with dL/dx not asked for: how a
-    Function with no feedback (M = None) reduces without sending the error back."""
+    Function with no feedback (M = None) reduces without sending the error back. ``autograd_node`` is the
+    real ctx, the graph node whose inputs the reduction seam follows to the parameters (``graph_node``)."""
 
     needs_input_grad: tuple[bool, ...]
     has_bias: bool
     geometry: tuple | None = None
     layout: torch.memory_format | None = None
+    autograd_node: object = None
 
 
 def _grads_ctx(ctx):
     """``ctx`` itself when the Function sends the error back, else ``_Needs`` with dL/dx not asked for."""
     if ctx.sends_feedback:
         return ctx
-    return _Needs((False, *ctx.needs_input_grad[1:]), ctx.has_bias, getattr(ctx, "geometry", None), getattr(ctx, "layout", None))
+    return _Needs(
+        (False, *ctx.needs_input_grad[1:]),
+        ctx.has_bias,
+        getattr(ctx, "geometry", None),
+        getattr(ctx, "layout", None),
+        ctx,
+    )
 
 
 def _matrix(weight, feedback):

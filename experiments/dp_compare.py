@@ -1,0 +1,165 @@
+"""DP-SGD on MNIST: manualbp's (``manualbp fit --model.dp...``) against Opacus's own ``PrivacyEngine``.
+
+The manualbp run is the ``manualbp`` command (Lightning; per-sample clipping inside the hand-written backward):
+
+    manualbp fit --data=MNISTDataModule --data.data_dir=../shared/data/mnist --trainer.max_epochs=10 \\
+        --model.dp.noise_multiplier=1.0 --model.dp.max_grad_norm=1.0 --model.dp.delta=1e-5 \\
+        --trainer.default_root_dir=RUN_DIR
+
+This script trains the same network the same way with Opacus: ``manualbp.models.mlp()`` (Flatten, Linear
+784->800, ReLU, Linear 800->10) built by torch.nn from seed 0 (the manual run's initial weights: the command
+seeds 0 before building its model, and both backends initialise alike), the same ``MNISTDataModule`` (the same
+training/validation split and test set), Adam with lr 1e-3, batch 128 turned into Poisson sampling with
+q = 1 / batches per epoch, noise multiplier 1.0, clipping norm 1.0, δ = 1e-5, 10 epochs, Opacus's RDP
+accountant; ``PrivacyEngine.make_private(..., grad_sample_mode="hooks")``. Like the command, it tests the
+weights of the epoch with the best validation accuracy, and reports the last epoch's test accuracy too.
+
+With ``--manual-run RUN_DIR`` (the manualbp run's ``default_root_dir``) it reads that run's ``metrics.csv``
+(ε per epoch, val_acc, the test_acc of its best checkpoint), tests its ``last.ckpt``, and writes both side by
+side (``--reuse-opacus JSON`` takes the Opacus side from an earlier output instead of training again):
+
+    python experiments/dp_compare.py --data-dir ../shared/data/mnist --manual-run /tmp/manual_dp \\
+        --json experiments/results/dp_compare_mnist.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from manualbp.data import MNISTDataModule
+from manualbp.models import mlp
+
+
+def evaluate(model: torch.nn.Module, loader) -> float:
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in loader:
+            correct += (model(x).argmax(1) == y).sum().item()
+            total += len(y)
+    model.train()
+    return correct / total
+
+
+def train_opacus(args: argparse.Namespace) -> dict:
+    from opacus import PrivacyEngine
+
+    data = MNISTDataModule(data_dir=args.data_dir, download=False)
+    data.prepare_data()
+    data.setup("fit")
+    data.setup("test")
+    torch.manual_seed(args.seed)
+    model = mlp(backend="autograd")
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    engine = PrivacyEngine(accountant="rdp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, optimizer, train_loader = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=data.train_dataloader(),
+            noise_multiplier=args.noise_multiplier,
+            max_grad_norm=args.max_grad_norm,
+            poisson_sampling=True,
+            grad_sample_mode="hooks",
+        )
+    epochs, best, best_state = [], -1.0, None
+    start = time.perf_counter()
+    for epoch in range(args.epochs):
+        for x, y in train_loader:
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        val_acc = evaluate(model, data.val_dataloader())
+        epsilon = engine.get_epsilon(args.delta)
+        epochs.append({"epoch": epoch, "val_acc": val_acc, "epsilon": epsilon})
+        print(f"opacus epoch {epoch}: val_acc {val_acc:.4f} epsilon {epsilon:.3f}", flush=True)
+        if val_acc > best:
+            best, best_state = val_acc, copy.deepcopy(model._module.state_dict())
+    seconds = time.perf_counter() - start
+    last_test = evaluate(model, data.test_dataloader())
+    model._module.load_state_dict(best_state)
+    best_test = evaluate(model, data.test_dataloader())
+    return {
+        "test_acc_best_val_epoch": best_test,
+        "test_acc_last_epoch": last_test,
+        "epsilon": epochs[-1]["epsilon"],
+        "train_seconds": seconds,
+        "epochs": epochs,
+    }
+
+
+def read_manual_run(run_dir: Path, data_dir: str) -> dict:
+    """ε and val_acc per epoch and the test_acc of the best checkpoint from the manualbp run's metrics.csv (its
+    latest version), the test accuracy of its last checkpoint (evaluated here), and its fit's wall time (from
+    the times its files were written: config.yaml at the start, last.ckpt at the end of the last epoch)."""
+    from manualbp.lightning import ClassifierModule
+
+    versions = run_dir.glob("lightning_logs/version_*/metrics.csv")
+    metrics = sorted(versions, key=lambda p: int(p.parent.name.split("_")[1]))[-1]
+    last = metrics.parent / "checkpoints" / "last.ckpt"
+    data = MNISTDataModule(data_dir=data_dir, download=False)
+    data.setup("test")
+    model = ClassifierModule.load_from_checkpoint(last, map_location="cpu")
+    last_test = evaluate(model, data.test_dataloader())
+    seconds = last.stat().st_mtime - (metrics.parent / "config.yaml").stat().st_mtime
+    epochs: dict[int, dict] = {}
+    test_acc = None
+    with metrics.open() as f:
+        for row in csv.DictReader(f):
+            if row.get("test_acc"):
+                test_acc = float(row["test_acc"])
+                continue
+            epoch = epochs.setdefault(int(row["epoch"]), {"epoch": int(row["epoch"])})
+            for key in ("val_acc", "epsilon"):
+                if row.get(key):
+                    epoch[key] = float(row[key])
+    listed = [epochs[k] for k in sorted(epochs)]
+    return {
+        "metrics_csv": str(metrics),
+        "test_acc_best_val_epoch": test_acc,
+        "test_acc_last_epoch": last_test,
+        "epsilon": listed[-1].get("epsilon"),
+        "train_seconds_from_file_times": seconds,
+        "epochs": listed,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", default="../shared/data/mnist")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--noise-multiplier", type=float, default=1.0)
+    parser.add_argument("--max-grad-norm", type=float, default=1.0)
+    parser.add_argument("--delta", type=float, default=1e-5)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--manual-run", type=Path, default=None, help="default_root_dir of the manualbp DP run")
+    parser.add_argument("--reuse-opacus", type=Path, default=None, help="take the Opacus result from this JSON")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    result = {"settings": {k: v for k, v in vars(args).items() if k not in ("json", "manual_run", "reuse_opacus")}}
+    result["settings"]["manual_run"] = str(args.manual_run) if args.manual_run else None
+    if args.reuse_opacus is not None:  # an earlier run's Opacus result, not trained again
+        result["opacus"] = json.loads(args.reuse_opacus.read_text())["opacus"]
+    else:
+        result["opacus"] = train_opacus(args)
+    if args.manual_run is not None:
+        result["manualbp"] = read_manual_run(args.manual_run, args.data_dir)
+    print(json.dumps({k: v for k, v in result.items() if k != "settings"}, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

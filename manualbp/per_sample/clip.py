@@ -1,0 +1,120 @@
+"""``clip_per_sample``: the batch's gradient with each sample's gradient clipped, in one backward pass."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import torch
+
+from manualbp.per_sample._mode import PerSampleError, PerSampleMode
+
+#: Added to a norm before dividing by it, as Opacus's DPOptimizer does: c_n = min(1, C / (||g_n|| + 1e-6)).
+EPSILON = 1e-6
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in at least float32: squared norms summed in half precision would overflow or round away."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+class PerSampleClip(PerSampleMode):
+    """What ``clip_per_sample`` returns and its ``with`` block binds: ``norms``, the (N,) per-sample gradient
+    norms ||g_n|| (over all the model's trainable parameters, before clipping) of the latest backward in the
+    block (None before one); ``max_grad_norm`` and ``loss_reduction`` as given.
+
+    As the seam's mode: a layer's reduction keeps its terms and returns no parameter gradient; at the end of
+    the backward (``_finish``) the norms and clip factors are computed from the kept terms and each layer's
+    gradient is formed from its error signal weighted by them (see ``manualbp.per_sample``)."""
+
+    op = "clip_per_sample"
+
+    def __init__(self, model: torch.nn.Module, max_grad_norm: float, loss_reduction: str = "mean") -> None:
+        super().__init__(model, loss_reduction)
+        if isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, (int, float)) or not (
+            math.isfinite(max_grad_norm) and max_grad_norm > 0
+        ):
+            raise ValueError(f"{self.op}: max_grad_norm must be a positive finite number, got {max_grad_norm!r}")
+        self.max_grad_norm = float(max_grad_norm)
+        self.norms: torch.Tensor | None = None
+        self._records: list = []
+
+    def _result(self) -> PerSampleClip:
+        return self
+
+    def _begin(self) -> None:
+        self._records = []
+
+    def _close(self) -> None:
+        self._records = []
+
+    def _reduce(self, terms, params):
+        self._records.append((terms, params))
+        if all(p is not None for p, need in zip(params, terms.needs) if need):
+            return (None,) * len(params)  # formed at the end of the backward, clipped
+        plain = terms.reduce()  # a parameter not of the model (shared with another): as usual
+        return tuple(g if p is None else None for g, p in zip(plain, params))
+
+    def _accumulated(self, param: torch.Tensor) -> None:
+        raise self._unsupported([param])  # its gradient would reach p.grad unclipped
+
+    def _finish(self) -> None:
+        records, self._records = self._records, []
+        if not records:
+            return
+        sizes = {terms.batch for terms, _ in records}
+        if len(sizes) > 1:
+            raise PerSampleError(f"{self.op}: the model's layers saw batches of different sizes {sorted(sizes)}")
+        batch = sizes.pop()
+        norms = self._norms(records).sqrt() * self._scale(batch)
+        factors = (self.max_grad_norm / (norms + EPSILON)).clamp(max=1.0)
+        with torch.no_grad():
+            for terms, params in records:
+                for p, grad in zip(params, terms.weighted(factors)):
+                    if p is None or grad is None:
+                        continue
+                    grad = grad.to(p.dtype)
+                    if p.grad is None:
+                        p.grad = grad
+                    else:
+                        p.grad += grad
+        self.norms = norms
+
+    def _norms(self, records) -> torch.Tensor:
+        """Σ over the model's parameters of ||dL/dp_n||² (of G's scale), (N,): from each layer's factors,
+        or, for a parameter several layers use, from the sum of its materialised per-sample gradients."""
+        uses = Counter(id(p) for _, params in records for p in params if p is not None)
+        total, shared = 0, {}
+        for terms, params in records:
+            whole = all(p is not None and uses[id(p)] == 1 for p, need in zip(params, terms.needs) if need)
+            if whole:
+                total = total + _wide(terms.sq_norms())
+                continue
+            for p, sample in zip(params, terms.per_sample()):
+                if p is None or sample is None:
+                    continue
+                if uses[id(p)] > 1:
+                    shared[id(p)] = sample if id(p) not in shared else shared[id(p)] + sample
+                else:
+                    total = total + _wide(sample).square().flatten(1).sum(1)
+        for sample in shared.values():
+            total = total + _wide(sample).square().flatten(1).sum(1)
+        return total
+
+
+def clip_per_sample(model: torch.nn.Module, max_grad_norm: float, loss_reduction: str = "mean") -> PerSampleClip:
+    """Context manager: a backward inside it leaves in each trainable parameter's ``p.grad`` of ``model`` the
+    mean (``loss_reduction="mean"``) or sum (``"sum"``) over the batch of the per-sample gradients g_n, each
+    clipped to total norm ``max_grad_norm`` = C over all parameters: Σ_n c_n g_n (divided by N for "mean"),
+    c_n = min(1, C / (||g_n|| + 1e-6)) as Opacus clips. ``clip.norms``: the (N,) norms ||g_n|| before clipping.
+
+    g_n is sample n's own gradient as ``per_sample_grads`` defines it (the rows of a "mean" loss scaled by N).
+    One backward pass; the (N, *p.shape) tensors are not built where a layer's factors give the norms more
+    cheaply (see ``manualbp.per_sample``). The same layers and errors as ``per_sample_grads``; a gradient
+    already in ``p.grad`` is added to, as autograd does.
+
+        >>> with manualbp.clip_per_sample(model, max_grad_norm=1.0, loss_reduction="sum") as clip:
+        ...     manualbp.functional.cross_entropy(model(x), y, reduction="sum").backward()
+        >>> clip.norms.shape                             # (N,)
+    """
+    return PerSampleClip(model, max_grad_norm, loss_reduction)

@@ -1,0 +1,46 @@
+"""The layer configurations the per-sample tests run on: the built-in op cases of every supported layer
+that take a batch (``manualbp.verify.builtin_cases``), and a few more that reach each way of taking a norm."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import manualbp.nn as mnn
+from manualbp.verify.builtin_cases import BUILTIN_CASES, args, fused, randn, twin
+
+#: The built-in cases of the supported layers with a batch dim (BatchNorm: eval mode, running statistics).
+_PREFIXES = ("linear-", "fused-linear_relu-", "conv2d-", "layer_norm-", "batch_norm1d-eval", "batch_norm2d-eval")
+_EXCLUDED = ("unbatched", "no_running_stats", "no_affine")
+
+EXTRA_CASES = [
+    # a sequence, T (O + K) > O K: the norm from the materialised per-sample gradients
+    twin("linear-seq10-materialised", "Linear", 3, 2, inputs=args(randn(3, 10, 3))),
+    # a short sequence of wide rows, T (O + K) < O K: the ghost norm
+    twin("linear-seq2-ghost", "Linear", 8, 8, inputs=args(randn(3, 2, 8))),
+    fused("fused-linear_relu-seq3-ghost", lambda: mnn.LinearReLU(9, 7), inputs=args(randn(3, 3, 9))),
+    # convolutions: few positions and many features (ghost), many positions (materialised), one position
+    twin("conv2d-ghost", "Conv2d", 4, 8, 3, inputs=args(randn(3, 4, 4, 4))),
+    twin("conv2d-groups2-ghost", "Conv2d", 4, 8, 3, groups=2, inputs=args(randn(3, 4, 4, 4))),
+    twin("conv2d-lenet_like-materialised", "Conv2d", 1, 6, 5, padding=2, inputs=args(randn(3, 1, 8, 8))),
+    twin("conv2d-one_position", "Conv2d", 3, 4, 3, inputs=args(randn(3, 3, 3, 3))),
+    twin("layer_norm-seq", "LayerNorm", 5, inputs=args(randn(3, 4, 5, scale=2.0, offset=1.0))),
+]
+
+LAYER_CASES = [c for c in BUILTIN_CASES if c.id.startswith(_PREFIXES) and not any(e in c.id for e in _EXCLUDED)]
+LAYER_CASES += EXTRA_CASES
+LAYER_PARAMS = [pytest.param(c, id=c.id) for c in LAYER_CASES]
+
+#: Batch-norm cases that normalise with the statistics of the batch: they mix the samples.
+MIXING_PARAMS = [
+    pytest.param(c, id=c.id)
+    for c in BUILTIN_CASES
+    if c.id.startswith("batch_norm") and ("train" in c.id or "no_running_stats" in c.id)
+]
+
+
+def batch_input(case, batch: int = 4, seed: int = 0) -> torch.Tensor:
+    """A float64 input like the case's first one, with ``batch`` samples (its other dims kept)."""
+    (x, *_) = case.sample()
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((batch, *x.shape[1:]), generator=g, dtype=torch.float64)
