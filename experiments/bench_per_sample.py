@@ -18,6 +18,8 @@ of the model (a step of one never changes another's weights):
   ``PrivacyEngine.make_private`` (σ = 1, C = 1, expected batch size = the batch) with
   ``grad_sample_mode="hooks"`` (per-sample gradients materialised, then clipped) and ``"ghost"`` (ghost
   clipping: norms in a first backward, a second backward of the reweighted loss);
+* ``manualbp_clip_without_noise``: ``manualbp_clip`` with σ = 0 (no normals drawn), an extra row: the
+  difference to ``manualbp_clip`` is what drawing the noise costs;
 * ``opacus_hooks_grad_sample``: Opacus's per-sample method alone, an extra row: the twin wrapped in
   ``GradSampleModule`` (hooks), forward and backward (``p.grad_sample``), no clipping, no update;
 * ``backpack_batchgrad``: the twin's forward and backward under BackPACK's ``BatchGrad`` (``p.grad_batch``);
@@ -85,8 +87,9 @@ SPEC_METHODS = (
     "backpack_batchgrad",
     "torch_func_vmap",
 )
-#: Extra rows: the manual plain step, and Opacus's per-sample method without the DP step.
-EXTRA_METHODS = ("plain_manual", "opacus_hooks_grad_sample")
+#: Extra rows: the manual plain step, Opacus's per-sample method without the DP step, and manualbp's DP step
+#: without the noise (what drawing it costs).
+EXTRA_METHODS = ("plain_manual", "opacus_hooks_grad_sample", "manualbp_clip_without_noise")
 METHODS = SPEC_METHODS + EXTRA_METHODS
 #: The peers' per-sample methods, which ``manualbp_grad_sample`` must beat.
 PEER_PER_SAMPLE = ("backpack_batchgrad", "torch_func_vmap", "opacus_hooks_grad_sample")
@@ -179,12 +182,15 @@ def methods(name: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, Callable[[
         with manualbp.per_sample_grads(gs_model, "mean"):
             loss_m(gs_model(x), y).backward()
 
-    def manualbp_clip():
-        clip_sgd.zero_grad(set_to_none=True)
-        with manualbp.clip_per_sample(clip_model, CLIP, loss_reduction="sum"):
-            loss_m(clip_model(x), y, reduction="sum").backward()
-        add_noise(clip_model.parameters(), NOISE, CLIP, batch, generator=noise_gen)
-        clip_sgd.step()
+    def dp_step(noise: float):
+        def step():
+            clip_sgd.zero_grad(set_to_none=True)
+            with manualbp.clip_per_sample(clip_model, CLIP, loss_reduction="sum"):
+                loss_m(clip_model(x), y, reduction="sum").backward()
+            add_noise(clip_model.parameters(), noise, CLIP, batch, generator=noise_gen)
+            clip_sgd.step()
+
+        return step
 
     def opacus_step(module, optimizer, criterion):
         def step():
@@ -209,13 +215,14 @@ def methods(name: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, Callable[[
     fns = {
         "plain_autograd": plain_autograd,
         "manualbp_grad_sample": manualbp_grad_sample,
-        "manualbp_clip": manualbp_clip,
+        "manualbp_clip": dp_step(NOISE),
         "opacus_hooks": opacus_step(*hooks),
         "opacus_ghost": opacus_step(*ghost),
         "backpack_batchgrad": backpack_batchgrad,
         "torch_func_vmap": torch_func_vmap,
         "plain_manual": plain_manual,
         "opacus_hooks_grad_sample": opacus_hooks_grad_sample,
+        "manualbp_clip_without_noise": dp_step(0.0),
     }
     assert tuple(fns) == METHODS
     return fns

@@ -38,7 +38,7 @@ def experiments(monkeypatch):
         return importlib.import_module(name)
 
     yield load
-    for name in ("bench", "parity", "_common"):
+    for name in ("bench", "bench_per_sample", "parity", "_common"):
         sys.modules.pop(name, None)
 
 
@@ -63,6 +63,24 @@ def test_bench_tiny_run_writes_rows_with_required_keys(experiments, tmp_path, ca
     assert 0.1 < row["saved_bytes_ratio"] <= 0.5
     assert row["manual_ms_p25"] <= row["manual_ms"] <= row["manual_ms_p75"]
     assert "lenet5" in capsys.readouterr().out
+
+
+def test_bench_per_sample_tiny_run_writes_a_row_per_method(experiments, tmp_path, capsys):
+    bench = experiments("bench_per_sample")
+    out = tmp_path / "per_sample.json"
+    bench.main(["--models", "lenet5", "--batches", "4", "--reps", "2", "--warmup", "1", "--json", str(out)])
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert [r["method"] for r in rows] == list(bench.METHODS)
+    assert {"plain_autograd", "manualbp_grad_sample", "manualbp_clip", "opacus_hooks", "opacus_ghost",
+            "backpack_batchgrad", "torch_func_vmap"} <= set(bench.METHODS)
+    plain = next(r["ms"] for r in rows if r["method"] == "plain_autograd")
+    for row in rows:
+        assert {"model", "batch", "method", "ms", "ratio_to_plain"} <= set(row)
+        assert (row["model"], row["batch"]) == ("lenet5", 4)
+        assert math.isfinite(row["ms"]) and row["ms"] > 0
+        assert row["ratio_to_plain"] == pytest.approx(row["ms"] / plain)
+    assert "manualbp_clip" in capsys.readouterr().out
 
 
 @pytest.fixture

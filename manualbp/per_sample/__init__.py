@@ -7,7 +7,8 @@ states the interface): plain, the layer sums over the batch as it always did; in
 below, the layer passes its *terms* (G and x, with the formulas of its kind: per-sample gradients, their
 squared norms, the reduction with each sample's G_n weighted) to the context's mode. The two modes are
 written once, here, for Linear, LinearReLU (any leading dims), Conv2d (every stride, padding, dilation,
-groups, bias or not), LayerNorm and BatchNorm with fixed statistics (eval mode), with or without a learning
+groups, bias or not), LayerNorm, BatchNorm with fixed statistics (eval mode) and the recurrent layers (RNN,
+LSTM, GRU, their cells; the sums over a sequence's steps), with or without a learning
 rule (``manualbp.rules``: a rule changes the feedback, the seam the reduction; they compose).
 
 ``per_sample_grads(model, loss_reduction)``: around the backward, each of ``model``'s trainable parameters

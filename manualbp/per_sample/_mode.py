@@ -90,7 +90,7 @@ class PerSampleMode:
         if not terms.batched:
             raise PerSampleError(
                 f"{self.op}: {self._layer(params)} got an input without a batch dim; per-sample gradients take "
-                "dim 0 of a layer's input as the batch"
+                "the batch dim of a layer's input (dim 0; a time-major sequence's dim 1) as the samples"
             )
         self._queue_finish()
         return self._reduce(terms, params)
@@ -161,7 +161,8 @@ class PerSampleMode:
         return PerSampleError(
             f"{self.op}: {names} got a gradient from a layer that does not compute per-sample gradients (a torch.nn "
             "layer, or a manualbp one without them). They are computed by manualbp.nn's Linear, LinearReLU, Conv2d, "
-            "LayerNorm and BatchNorm in eval mode; manualbp.convert(model) swaps torch.nn layers for them"
+            "LayerNorm, BatchNorm in eval mode, RNN, LSTM, GRU and their cells; manualbp.convert(model) swaps torch.nn "
+            "layers for them"
         )
 
     def _queue_finish(self) -> None:

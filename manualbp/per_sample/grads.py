@@ -102,10 +102,11 @@ def per_sample_grads(model: torch.nn.Module, loss_reduction: str = "mean") -> _G
     Row n is the gradient of sample n's own loss term ℓ_n (Opacus's convention): with
     ``loss_reduction="mean"`` (the loss is (1/N) Σ_n ℓ_n) the rows are scaled back by N, so
     ``p.grad_sample.mean(0)`` equals ``p.grad``; with ``"sum"`` (Σ_n ℓ_n), ``p.grad_sample.sum(0)`` does. N is
-    dim 0 of each layer's input.
+    dim 0 of each layer's input (a recurrent layer's batch dim: dim 1 of a time-major sequence).
 
     Computed inside the hand-written backward of manualbp's Linear and LinearReLU (any leading dims), Conv2d
-    (any stride, padding, dilation, groups), LayerNorm and BatchNorm in eval mode, under any learning rule.
+    (any stride, padding, dilation, groups), LayerNorm, BatchNorm in eval mode, RNN, LSTM and GRU (stacked,
+    bidirectional, packed) and their cells, under any learning rule.
     A layer that mixes the samples (BatchNorm with batch statistics), a parameter whose gradient comes from
     any other layer, or an input without a batch dim raises ``PerSampleError`` naming it.
 
