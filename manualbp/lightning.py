@@ -74,6 +74,11 @@ class ClassifierModule(pl.LightningModule):
             at ``delta`` by Opacus's RDP accountant, is logged every epoch (and kept in checkpoints). Needs the
             manual backend, a data module, one batch per optimizer step and no trainer-level gradient clipping
             (the recurrent archs' default clipping to norm 1 is then left out); Opacus must be installed.
+        compile: run the network through ``torch.compile`` (inductor), compiled in place
+            (``self.net.compile()``: parameter names and checkpoints stay as they are). The first steps compile
+            (seconds), the last smaller batch of an epoch once more. Either backend; the manual network's
+            hand-written backward is traced into the compiled graph. Not with ``dp``: clipping per sample is
+            chosen when a backward runs, which a compiled backward has fixed before.
     """
 
     def __init__(
@@ -91,6 +96,7 @@ class ClassifierModule(pl.LightningModule):
         num_classes: int = 10,
         rule: RuleName = "backprop",
         dp: DifferentialPrivacy | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(dp, DifferentialPrivacy):  # a plain dict in the hyperparameters (saved below): checkpoints
@@ -124,6 +130,13 @@ class ClassifierModule(pl.LightningModule):
         if dp is not None:
             _check_dp(dp, backend)
         self._dp = None if dp is None else DPSGD(dp)
+        if compile:
+            if dp is not None:
+                raise ValueError(
+                    "ClassifierModule: compile=True and dp (DP-SGD) do not combine: the per-sample clipping is chosen "
+                    "when a backward runs, and a compiled backward is fixed when it is traced"
+                )
+            self.net.compile()
         self.loss_fn = cross_entropy(backend)
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
         self.test_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)

@@ -51,3 +51,35 @@ def test_lenet5_compiles_with_dynamic_shapes_and_exports_with_a_dynamic_batch():
     program = torch.export.export(model.eval(), (torch.randn(2, 1, 8, 8),), dynamic_shapes=({0: torch.export.Dim("batch")},))
     x = torch.randn(7, 1, 8, 8)
     assert_close(program.module()(x), model(x))
+
+
+@pytest.mark.slow
+def test_the_classifier_trains_compiled_as_it_does_eager():
+    """``ClassifierModule(compile=True)`` (``--model.compile=true``): the network compiled in place, names kept;
+    two Lightning training steps give the eager module's weights."""
+    import pytorch_lightning as pl
+
+    from manualbp.data import DigitsDataModule
+    from manualbp.lightning import ClassifierModule
+
+    weights = {}
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        pl.seed_everything(0)
+        module = ClassifierModule(arch="lenet5", in_shape=(1, 8, 8), compile=compiled)
+        trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, limit_val_batches=0)
+        trainer.fit(module, datamodule=DigitsDataModule(batch_size=32))
+        assert (module.net._compiled_call_impl is not None) == compiled
+        weights[compiled] = module.state_dict()
+    assert list(weights[True]) == list(weights[False])  # the same names: checkpoints move both ways
+    for name, value in weights[True].items():
+        assert_close(value, weights[False][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_compile_refuses_dp():
+    from manualbp.lightning import ClassifierModule
+    from manualbp.per_sample import DifferentialPrivacy
+
+    with pytest.raises(ValueError, match="dp"):
+        ClassifierModule(compile=True, dp=DifferentialPrivacy(1.0, 1.0))
