@@ -26,17 +26,58 @@ backends are built from the same seed (their state dicts are checked equal), get
   arithmetic a training step cannot avoid; the same count is used for both backends (they do the same
   math). ``manual_counted_flops`` is the counter's figure over the manual model, as a cross-check.
   ``gflops`` = that count / manual median time; ``autograd_gflops`` likewise.
-* **machine rate**: ``machine_gflops``, the median GFLOP/s of a float32 ``--matmul-size`` square matmul
-  (2 n^3 FLOPs) on the same device, the ceiling a step's matmuls could reach.
+* **machine rate**: ``machine_gflops``, the ceiling a step's matmuls could reach, measured inside each
+  row's timing loop, so under the same load as that row's steps (not once per run: a ceiling measured
+  in a quiet or a busy minute made the share of it anything from 0.7 to 1.7). A float32
+  ``--matmul-size`` square ``torch.mm`` into a preallocated output (2 n^3 FLOPs) is timed like a step,
+  ``--matmul-reps`` times per row: one sample just before the first timed repetition, one just after
+  the last, the others evenly between repetitions (one untimed matmul first; after a sample inside the
+  loop, one untimed step per backend re-warms the caches that the matmul's operands evicted, so no
+  timed step starts cold). ``machine_gflops`` is the best (highest) sample, the rate the machine
+  showed it could reach while the row ran; ``machine_gflops_median`` and ``machine_gflops_min`` show
+  the spread. ``machine_share`` = ``gflops`` / ``machine_gflops`` (``autograd_machine_share`` for the
+  autograd step): the fraction of the machine's matmul rate a manual step achieves.
+* **compiled** (``--compile``): each configuration gets a second row, ``"compiled": true`` (eager rows
+  ``false``), where both models are wrapped in ``torch.compile(model, dynamic=False)`` (the default
+  inductor backend, static shapes: the batch is fixed). Only the model is compiled: each backend's own
+  loss and the SGD update stay eager, as in the eager row. The pair is built afresh from the same seed
+  (equal state dicts). Per configuration, ``torch._dynamo.reset()``, then, inside a fresh, empty
+  inductor cache directory (``torch._inductor.utils.fresh_cache()``: no compiled graph or kernel of an
+  earlier run or configuration is reused) a throwaway elementwise function is compiled first (it pays
+  the one-time costs: imports, compiler start-up, so that the backend compiled first is not charged
+  them: about 11 s on the first configuration of a 2-core CPU run, under 1 s later; reported as
+  ``compile_warmup_s``), then the manual model, then the autograd one (swapping the order does not
+  change the two times). The first training step of each (forward, loss, backward: dynamo and inductor
+  compile the forward graph, AOTAutograd the backward graph at the first backward; then the SGD update)
+  is timed by wall clock as ``manual_compile_s`` / ``autograd_compile_s`` (seconds, a synchronize
+  before and after on CUDA) and is not one of the timed steps. Its loss and gradients (taken before its
+  update) are checked equal between the two compiled models with the same float32 tolerances as the
+  eager check. ``manual_graphs`` / ``autograd_graphs`` and ``..._graph_breaks`` count what dynamo
+  captured (one graph and no break when the whole forward compiled). Then warm-up and interleaved
+  timing (machine-rate samples included) exactly as for the eager row, under
+  ``torch.compiler.set_stance("fail_on_recompile")``: a recompilation during warm-up or timing (a guard
+  failing) raises instead of being timed. ``time_ratio`` is then compiled manual over compiled
+  autograd. Saved bytes are measured on the compiled models, the same way (the pack hook sees the
+  tensors that the compiled forward saves for the compiled backward, under the same no-recompile
+  stance). The FLOP count is not measured through compiled code: it is the eager count (the same math),
+  taken on the fresh pair before it is compiled. When a model's compiling first step raises, the
+  compiled row has only model, batch, device, ``compiled``, ``compile_error`` (the backend and the
+  error's first line) and what was measured of the compilation before it, the table says so, and the
+  run goes on (with torch 2.14.1 on the CPU, the
+  autograd ``lstm``, ``torch.nn.LSTM`` on oneDNN's ``mkldnn_rnn_layer``, fails this way in inductor's
+  generated alignment check; the manual one compiles).
 
     python experiments/bench.py [--quick] [--models mlp800x800 lenet5 lstm gru] [--batches 32 128 512]
                                 [--device all|cpu|cuda] [--reps 200] [--warmup 20] [--threads N]
+                                [--matmul-size 2048] [--matmul-reps 10] [--compile]
                                 [--json experiments/results/bench_cpu.json]
 
-prints a table, and with ``--json PATH`` writes a list of rows, one per (model, batch, device), with the
-keys model, batch, device, manual_ms, autograd_ms, time_ratio, manual_saved_bytes, autograd_saved_bytes,
-saved_bytes_ratio, gflops, machine_gflops and more (spreads, autograd_gflops, flops_per_step, threads,
-``loadavg_1min`` before/after the configuration, to show whether other processes shared the cores).
+prints a table, and with ``--json PATH`` writes a list of rows, one per (model, batch, device), two with
+``--compile`` (eager, then compiled), with the keys model, batch, device, compiled, manual_ms,
+autograd_ms, time_ratio, manual_saved_bytes, autograd_saved_bytes, saved_bytes_ratio, gflops,
+machine_gflops, machine_share and more (spreads, autograd_gflops, flops_per_step, threads, the
+compiled rows' compile times, ``loadavg_1min`` before/after the row, to show whether other processes
+shared the cores).
 """
 
 from __future__ import annotations
@@ -50,6 +91,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -91,27 +133,61 @@ def time_call_ms(fn: Callable[[], object], device: torch.device) -> float:
     return (time.perf_counter() - start_s) * 1e3
 
 
+#: The key of the matmul probe's times in what ``time_interleaved`` returns.
+PROBE = "machine_matmul"
+
+
+def probe_positions(reps: int, samples: int) -> list[int]:
+    """Where ``samples`` probe samples go among ``reps`` repetitions: position p means before repetition p
+    (p == reps: after the last). One sample at each end, the others evenly between; a single sample in
+    the middle."""
+    if samples == 1:
+        return [reps // 2]
+    return [round(i * reps / (samples - 1)) for i in range(samples)]
+
+
 def time_interleaved(
-    fns: dict[str, Callable[[], object]], reps: int, warmup: int, device: torch.device
+    fns: dict[str, Callable[[], object]], reps: int, warmup: int, device: torch.device,
+    probe: Callable[[], object] | None = None, probe_samples: int = 0,
 ) -> dict[str, list[float]]:
     """Milliseconds per call for each of ``fns``: ``warmup`` untimed calls each, then ``reps`` timed
     calls each, interleaved, with the order reversed every repetition (A B, B A, A B, ...).
+
+    With a ``probe`` (the machine-rate matmul), also ``probe_samples`` timed calls of it spread over the
+    repetitions (``probe_positions``), under the key ``PROBE``: one untimed call of it after the warm-up,
+    and after each sample taken before a repetition, one untimed call of each of ``fns`` (in the coming
+    repetition's order), so that the step timed next does not start with the caches the probe evicted.
 
     Python's garbage collector is paused while timing, as ``timeit`` does.
     """
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
     order = list(fns)
     times: dict[str, list[float]] = {key: [] for key in order}
+    at: dict[int, int] = {}
+    if probe is not None and probe_samples > 0:
+        probe()
+        times[PROBE] = []
+        for pos in probe_positions(reps, probe_samples):
+            at[pos] = at.get(pos, 0) + 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     gc.collect()
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for rep in range(reps):
-            for key in order if rep % 2 == 0 else reversed(order):
+        for rep in range(reps + 1):
+            rep_order = order if rep % 2 == 0 else order[::-1]
+            if rep in at:
+                for _ in range(at[rep]):
+                    times[PROBE].append(time_call_ms(probe, device))
+                if rep < reps:
+                    for key in rep_order:
+                        fns[key]()
+            if rep == reps:
+                break
+            for key in rep_order:
                 times[key].append(time_call_ms(fns[key], device))
     finally:
         if gc_was_enabled:
@@ -180,76 +256,210 @@ def step_flops(model: torch.nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torc
     return int(counter.get_total_flops())
 
 
-def machine_gflops(device: torch.device, n: int = 2048, reps: int = 10, warmup: int = 2) -> float:
-    """Median GFLOP/s of an n x n float32 matmul (2 n^3 FLOPs) on ``device``."""
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=gen).to(device)
-    b = torch.randn(n, n, generator=gen).to(device)
-    out = torch.empty(n, n, device=device)
-    times = time_interleaved({"mm": lambda: torch.mm(a, b, out=out)}, reps, warmup, device)["mm"]
-    return 2 * n**3 / (statistics.median(times) / 1e3) / 1e9
+class MatmulProbe:
+    """The machine-rate probe: an n x n float32 matmul (2 n^3 FLOPs) on ``device``, into a preallocated
+    output; ``gflops(ms)`` turns the time of one call into GFLOP/s."""
+
+    def __init__(self, device: torch.device, n: int = 2048) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.a = torch.randn(n, n, generator=gen).to(device)
+        self.b = torch.randn(n, n, generator=gen).to(device)
+        self.out = torch.empty(n, n, device=device)
+        self.flops = 2 * n**3
+
+    def __call__(self) -> torch.Tensor:
+        return torch.mm(self.a, self.b, out=self.out)
+
+    def gflops(self, ms: float) -> float:
+        return self.flops / (ms / 1e3) / 1e9
 
 
 # --------------------------------------------------------------------------------------------------
 # One configuration
 
 
-def check_same_step(models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Tensor) -> None:
-    """Both backends give the same loss and parameter gradients on (x, y); the gradients are cleared.
+def _same_step_tolerance(device: torch.device) -> dict[str, float]:
+    """float32 tolerances of the same-step checks.
 
     On CUDA the tolerance is looser: cuDNN runs float32 convolutions in TF32 by default (10-bit
     mantissa), and the two backends reach different convolution kernels (autograd's convolution
     backward, the manual conv_transpose2d/conv2d), so they round differently; a wrong gradient is still
     off by far more.
     """
-    tol = dict(rtol=1e-4, atol=1e-5) if x.device.type == "cpu" else dict(rtol=1e-2, atol=1e-3)
+    return dict(rtol=1e-4, atol=1e-5) if device.type == "cpu" else dict(rtol=1e-2, atol=1e-3)
+
+
+def assert_same_step(
+    results: dict[str, tuple[torch.Tensor, list[torch.Tensor]]], device: torch.device
+) -> None:
+    """``results[backend]`` = (loss, parameter gradients): the manual and autograd ones agree."""
+    tol = _same_step_tolerance(device)
+    (loss_m, grads_m), (loss_a, grads_a) = results["manual"], results["autograd"]
+    torch.testing.assert_close(loss_m, loss_a, **tol)
+    assert len(grads_m) == len(grads_a)
+    for gm, ga in zip(grads_m, grads_a):
+        torch.testing.assert_close(gm, ga, **tol)
+
+
+def check_same_step(models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Tensor) -> None:
+    """Both backends give the same loss and parameter gradients on (x, y); the gradients are cleared
+    (tolerances: ``_same_step_tolerance``)."""
     results = {}
     for backend, model in models.items():
         loss = LOSSES[backend](model(x), y)
         loss.backward()
         results[backend] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
         model.zero_grad(set_to_none=True)
-    (loss_m, grads_m), (loss_a, grads_a) = results["manual"], results["autograd"]
-    torch.testing.assert_close(loss_m, loss_a, **tol)
-    for gm, ga in zip(grads_m, grads_a):
-        torch.testing.assert_close(gm, ga, **tol)
+    assert_same_step(results, x.device)
+
+
+# --------------------------------------------------------------------------------------------------
+# Compilation
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def first_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor
+) -> tuple[float, torch.Tensor, list[torch.Tensor]]:
+    """The first training step of a freshly compiled model: (wall seconds, loss, gradients).
+
+    The seconds cover forward + loss + backward (where dynamo/inductor compile the forward graph and
+    AOTAutograd the backward one) and the SGD update, not the copies of the loss and gradients taken
+    between the two for the same-step check (the gradients are those of the initial weights)."""
+    device = x.device
+    _sync(device)
+    start = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    _sync(device)
+    seconds = time.perf_counter() - start
+    result = loss.detach().clone(), [p.grad.clone() for p in model.parameters()]
+    start = time.perf_counter()
+    optimizer.step()
+    _sync(device)
+    return seconds + time.perf_counter() - start, *result
+
+
+class CompileFailed(RuntimeError):
+    """A model's first, compiling step raised: the message names the backend and the error; ``info`` holds
+    what ``compile_pair`` measured before it (the compile times of the models compiled first)."""
+
+    def __init__(self, message: str, info: dict[str, object]) -> None:
+        super().__init__(message)
+        self.info = info
+
+
+def compile_pair(
+    models: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer], x: torch.Tensor,
+    y: torch.Tensor,
+) -> tuple[dict[str, torch.nn.Module], dict[str, object]]:
+    """Both models wrapped in ``torch.compile(model, dynamic=False)`` (inductor) and compiled by their
+    first training step (``first_step``), inside a fresh inductor cache after a throwaway compile; the
+    two first steps are checked to compute the same loss and gradients (a mismatch raises
+    AssertionError; a first step that raises, CompileFailed). Returns the compiled models and
+    {"manual_compile_s", "autograd_compile_s", "compile_warmup_s" (the throwaway compile's seconds),
+    "<backend>_graphs", "<backend>_graph_breaks"}."""
+    from torch._dynamo.utils import counters
+    from torch._inductor.utils import fresh_cache
+
+    device = x.device
+    torch._dynamo.reset()
+    compiled: dict[str, torch.nn.Module] = {}
+    info: dict[str, object] = {}
+    results = {}
+    failure = None
+    with fresh_cache():
+        # one-time costs (imports, the C++ compiler or Triton starting, cache directories) go here
+        start = time.perf_counter()
+        warm = torch.compile(lambda t: torch.relu(t * 2 + 1), dynamic=False)
+        warm(torch.randn(8, device=device))
+        _sync(device)
+        info["compile_warmup_s"] = time.perf_counter() - start
+        for backend in BACKENDS:
+            counters.clear()
+            compiled[backend] = torch.compile(models[backend], dynamic=False)
+            try:
+                seconds, loss, grads = first_step(compiled[backend], optimizers[backend], LOSSES[backend], x, y)
+            except Exception as error:  # noqa: BLE001 - reported as the row's compile_error
+                lines = str(error).strip().splitlines() or [""]
+                failure = CompileFailed(f"{backend} model: {type(error).__name__}: {lines[0]}", dict(info))
+                failure.__cause__ = error
+                break
+            info[f"{backend}_compile_s"] = seconds
+            info[f"{backend}_graphs"] = int(counters["stats"]["unique_graphs"])
+            info[f"{backend}_graph_breaks"] = int(sum(counters["graph_break"].values()))
+            results[backend] = (loss, grads)
+    if failure is not None:
+        raise failure
+    for backend in BACKENDS:
+        optimizers[backend].zero_grad(set_to_none=True)
+    assert_same_step(results, device)
+    return compiled, info
 
 
 def bench_config(
-    model_name: str, batch: int, device: torch.device, reps: int, warmup: int, seed: int = 0
+    model_name: str, batch: int, device: torch.device, reps: int, warmup: int,
+    probe: MatmulProbe | None = None, probe_samples: int = 10, compiled: bool = False, seed: int = 0,
 ) -> dict[str, object]:
-    """Measure one (model, batch, device) configuration; returns its row (without machine_gflops)."""
+    """Measure one (model, batch, device) configuration, eager or compiled; returns its row. With a
+    ``probe``, the machine rate is sampled ``probe_samples`` times during the timing loop."""
     models = build_pair(model_name, IN_SHAPE, seed=seed, device=device)
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(batch, *IN_SHAPE, generator=gen).to(device)
     y = torch.randint(0, NUM_CLASSES, (batch,), generator=gen).to(device)
-    check_same_step(models, x, y)
-
-    saved = {backend: saved_for_backward(models[backend], LOSSES[backend], x, y) for backend in BACKENDS}
+    # counted on the eager models (before any compilation): the same math for a compiled row
     flops = step_flops(models["autograd"], LOSSES["autograd"], x, y)
     manual_counted = step_flops(models["manual"], LOSSES["manual"], x, y)
 
     optimizers = {backend: make_optimizer(models[backend], "sgd", LR) for backend in BACKENDS}
-    steps = {
-        backend: (lambda b=backend: train_step(models[b], optimizers[b], LOSSES[b], x, y)) for backend in BACKENDS
-    }
-    times = time_interleaved(steps, reps, warmup, device)
+    compile_info: dict[str, object] = {}
+    if compiled:
+        models, compile_info = compile_pair(models, optimizers, x, y)
+    else:
+        check_same_step(models, x, y)
+    # no recompilation once compiled: a guard failing while measuring raises instead of compiling again
+    stance = torch.compiler.set_stance("fail_on_recompile") if compiled else nullcontext()
+    with stance:
+        saved = {backend: saved_for_backward(models[backend], LOSSES[backend], x, y) for backend in BACKENDS}
+        steps = {
+            backend: (lambda b=backend: train_step(models[b], optimizers[b], LOSSES[b], x, y)) for backend in BACKENDS
+        }
+        times = time_interleaved(steps, reps, warmup, device, probe, probe_samples)
     stats = {backend: summarize_ms(times[backend]) for backend in BACKENDS}
     pair_ratios = [m / a for m, a in zip(times["manual"], times["autograd"])]
     manual_ms, autograd_ms = stats["manual"]["median"], stats["autograd"]["median"]
+    gflops = flops / (manual_ms / 1e3) / 1e9
+    autograd_gflops = flops / (autograd_ms / 1e3) / 1e9
+    machine = None
+    if probe is not None and times.get(PROBE):
+        machine = [probe.gflops(ms) for ms in times[PROBE]]
     return {
         "model": model_name,
         "batch": batch,
         "device": device.type,
+        "compiled": compiled,
         "manual_ms": manual_ms,
         "autograd_ms": autograd_ms,
         "time_ratio": manual_ms / autograd_ms,
         "manual_saved_bytes": saved["manual"]["bytes"],
         "autograd_saved_bytes": saved["autograd"]["bytes"],
         "saved_bytes_ratio": saved["manual"]["bytes"] / saved["autograd"]["bytes"],
-        "gflops": flops / (manual_ms / 1e3) / 1e9,
-        "machine_gflops": None,  # filled in by run()
-        "autograd_gflops": flops / (autograd_ms / 1e3) / 1e9,
+        "gflops": gflops,
+        "machine_gflops": max(machine) if machine else None,
+        "machine_share": gflops / max(machine) if machine else None,
+        "autograd_gflops": autograd_gflops,
+        "autograd_machine_share": autograd_gflops / max(machine) if machine else None,
+        "machine_gflops_median": statistics.median(machine) if machine else None,
+        "machine_gflops_min": min(machine) if machine else None,
+        "machine_samples": len(machine) if machine else 0,
+        "manual_compile_s": compile_info.get("manual_compile_s"),
+        "autograd_compile_s": compile_info.get("autograd_compile_s"),
+        **{key: value for key, value in compile_info.items() if not key.endswith("_compile_s")},
         "manual_ms_p25": stats["manual"]["p25"],
         "manual_ms_p75": stats["manual"]["p75"],
         "autograd_ms_p25": stats["autograd"]["p25"],
@@ -296,12 +506,13 @@ def resolve_devices(choice: str) -> list[torch.device]:
 
 def run(
     models: Sequence[str], batches: Sequence[int], devices: Sequence[torch.device], reps: int, warmup: int,
-    matmul_size: int, matmul_reps: int,
+    matmul_size: int, matmul_reps: int, with_compiled: bool = False,
 ) -> list[dict[str, object]]:
-    """All rows, configuration by configuration (devices outermost)."""
+    """All rows, configuration by configuration (devices outermost); with ``with_compiled``, each
+    configuration's eager row is followed by its compiled row."""
     rows = []
     for device in devices:
-        rate = machine_gflops(device, matmul_size, matmul_reps)
+        probe = MatmulProbe(device, matmul_size)
         extra = {
             "device_name": _device_name(device),
             "threads": torch.get_num_threads(),
@@ -313,34 +524,53 @@ def run(
             extra["tf32_cudnn"] = torch.backends.cudnn.allow_tf32
         for model_name in models:
             for batch in batches:
-                load_before = os.getloadavg()[0]
-                row = bench_config(model_name, batch, device, reps, warmup)
-                row["machine_gflops"] = rate
-                # 1-minute load average before and after (this process counts about its thread count): more means
-                # other processes competed for the cores
-                row["loadavg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
-                row.update(extra)
-                rows.append(row)
-                print(f"  measured {model_name} batch {batch} on {device.type}", flush=True)
+                for compiled in (False, True) if with_compiled else (False,):
+                    load_before = os.getloadavg()[0]
+                    try:
+                        row = bench_config(model_name, batch, device, reps, warmup, probe, matmul_reps, compiled)
+                    except CompileFailed as error:  # a row that says so, and the other rows still measured
+                        row = {"model": model_name, "batch": batch, "device": device.type, "compiled": True,
+                               "compile_error": str(error), **error.info}
+                        print(f"  {model_name} batch {batch} on {device.type}: compile failed: {error}", flush=True)
+                    else:
+                        kind = "compiled" if compiled else "eager"
+                        print(f"  measured {model_name} batch {batch} on {device.type} ({kind})", flush=True)
+                    # 1-minute load average before and after (this process counts about its thread count): more
+                    # means other processes competed for the cores
+                    row["loadavg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+                    row.update(extra)
+                    rows.append(row)
     return rows
 
 
 def format_table(rows: Sequence[dict[str, object]]) -> str:
-    """A readable table of the rows: medians with IQR, ratios, saved MiB, GFLOP/s."""
+    """A readable table of the rows: medians with IQR, ratios, saved MiB, GFLOP/s, the share of the
+    machine's matmul rate, and for compiled rows (mode ``comp``) the compile times."""
     header = (
-        f"{'model':<11} {'batch':>5} {'dev':<4} {'manual ms (IQR)':>24} {'autograd ms (IQR)':>24} {'ratio':>6} "
-        f"{'saved MiB m/a':>15} {'ratio':>6} {'GFLOP':>7} {'GFLOP/s m/a':>13} {'peak':>6}"
+        f"{'model':<11} {'batch':>5} {'dev':<4} {'mode':<5} {'manual ms (IQR)':>24} {'autograd ms (IQR)':>24} "
+        f"{'ratio':>6} {'saved MiB m/a':>15} {'ratio':>6} {'GFLOP':>7} {'GFLOP/s m/a':>13} {'peak':>6} "
+        f"{'share':>5} {'compile s m/a':>13}"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
+        if r.get("compile_error"):
+            lines.append(f"{r['model']:<11} {r['batch']:>5} {r['device']:<4} {'comp':<5} compile failed: "
+                         f"{r['compile_error']}")
+            continue
+        peak = f"{r['machine_gflops']:>6.1f}" if r.get("machine_gflops") else f"{'-':>6}"
+        share = f"{r['machine_share']:>5.2f}" if r.get("machine_share") else f"{'-':>5}"
+        if r.get("compiled"):
+            compile_s = f"{r['manual_compile_s']:>6.1f}/{r['autograd_compile_s']:<6.1f}"
+        else:
+            compile_s = f"{'-':>13}"
         lines.append(
-            f"{r['model']:<11} {r['batch']:>5} {r['device']:<4} "
+            f"{r['model']:<11} {r['batch']:>5} {r['device']:<4} {'comp' if r.get('compiled') else 'eager':<5} "
             f"{r['manual_ms']:>8.3f} ({r['manual_ms_p25']:6.3f}-{r['manual_ms_p75']:7.3f}) "
             f"{r['autograd_ms']:>8.3f} ({r['autograd_ms_p25']:6.3f}-{r['autograd_ms_p75']:7.3f}) "
             f"{r['time_ratio']:>6.3f} "
             f"{r['manual_saved_bytes'] / 2**20:>7.2f}/{r['autograd_saved_bytes'] / 2**20:<7.2f} "
             f"{r['saved_bytes_ratio']:>6.3f} {r['flops_per_step'] / 1e9:>7.3f} "
-            f"{r['gflops']:>6.1f}/{r['autograd_gflops']:<6.1f} {r['machine_gflops']:>6.1f}"
+            f"{r['gflops']:>6.1f}/{r['autograd_gflops']:<6.1f} {peak} {share} {compile_s}"
         )
     return "\n".join(lines)
 
@@ -353,7 +583,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
     parser.add_argument("--reps", type=int, default=None, help="timed steps per backend (default 200, quick 20)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps per backend (default 20, quick 3)")
     parser.add_argument("--matmul-size", type=int, default=2048)
-    parser.add_argument("--matmul-reps", type=int, default=None, help="default 10, quick 3")
+    parser.add_argument(
+        "--matmul-reps", type=int, default=None,
+        help="machine-rate matmul samples per row, spread over its timing loop (default 10, quick 3)",
+    )
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="also a row per configuration with both models torch.compile'd (inductor), compile time apart",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (under a minute on 2 CPU cores)")
     parser.add_argument("--json", type=Path, default=None, help="write the rows to this JSON file")
@@ -372,15 +609,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
         f"{reps} interleaved timed steps per backend after {warmup} warm-up steps",
         flush=True,
     )
-    rows = run(opts.models, opts.batches, devices, reps, warmup, opts.matmul_size, matmul_reps)
+    rows = run(opts.models, opts.batches, devices, reps, warmup, opts.matmul_size, matmul_reps, opts.compile)
     print()
     for device in devices:
         print(f"{device.type}: {_device_name(device)}")
     print(format_table(rows))
     print(
-        "\nratio = manual / autograd (time: medians; saved: bytes). saved = bytes kept for backward, parameters "
-        "excluded.\nGFLOP = FlopCounterMode count of forward+loss+backward; GFLOP/s m/a achieved by each step; "
-        f"peak = {opts.matmul_size}^2 float32 matmul GFLOP/s."
+        "\nmode: eager, or comp = both models torch.compile'd (inductor); ratio = manual / autograd (time: medians; "
+        "saved: bytes). saved = bytes kept for backward, parameters excluded.\nGFLOP = FlopCounterMode count of "
+        "forward+loss+backward; GFLOP/s m/a achieved by each step; peak = best GFLOP/s of a "
+        f"{opts.matmul_size}^2 float32 matmul, sampled {matmul_reps} times during the row's timing; "
+        "share = manual GFLOP/s / peak.\ncompile s m/a = wall time of the first (compiling) step of each compiled "
+        "model, not part of its step times."
     )
     if opts.json is not None:
         opts.json.parent.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,8 @@ REQUIRED_BENCH_KEYS = {
     "saved_bytes_ratio",
     "gflops",
     "machine_gflops",
+    "machine_share",
+    "compiled",
 }
 
 
@@ -62,7 +64,63 @@ def test_bench_tiny_run_writes_rows_with_required_keys(experiments, tmp_path, ca
     assert row["manual_saved_bytes"] >= 4 * 1 * 28 * 28 * 4
     assert 0.1 < row["saved_bytes_ratio"] <= 0.5
     assert row["manual_ms_p25"] <= row["manual_ms"] <= row["manual_ms_p75"]
+    # the machine rate: sampled --matmul-reps times during the row's timing, the best sample reported
+    assert row["compiled"] is False
+    assert row["machine_samples"] == 2
+    assert 0 < row["machine_gflops_min"] <= row["machine_gflops_median"] <= row["machine_gflops"]
+    assert row["machine_share"] == pytest.approx(row["gflops"] / row["machine_gflops"])
+    assert row["autograd_machine_share"] == pytest.approx(row["autograd_gflops"] / row["machine_gflops"])
+    assert row["manual_compile_s"] is None and row["autograd_compile_s"] is None
     assert "lenet5" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("reps, samples", [(3, 2), (200, 10), (5, 1), (2, 5)])
+def test_bench_machine_rate_samples_spread_over_the_timing_loop(experiments, reps, samples):
+    bench = experiments("bench")
+    positions = bench.probe_positions(reps, samples)
+    assert len(positions) == samples and positions == sorted(positions)
+    assert all(0 <= p <= reps for p in positions)
+    if samples >= 2:  # one before the first timed repetition, one after the last
+        assert (positions[0], positions[-1]) == (0, reps)
+    calls = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times = bench.time_interleaved(fns, reps, 1, torch.device("cpu"), lambda: calls.append("mm"), samples)
+    assert [len(times[k]) for k in ("a", "b", bench.PROBE)] == [reps, reps, samples]
+    # warm-up, one untimed probe, then after the samples at each place inside the loop one untimed call of each step
+    inside = len({p for p in positions if p < reps})
+    assert calls.count("a") == calls.count("b") == 1 + reps + inside
+    assert calls.count("mm") == 1 + samples
+
+
+@pytest.mark.slow
+def test_bench_compile_adds_a_compiled_row_with_compile_times_apart(experiments, tmp_path, capsys):
+    bench = experiments("bench")
+    out = tmp_path / "bench_compile.json"
+    argv = ["--models", "mlp800x800", "--batches", "4", "--device", "cpu", "--reps", "3", "--warmup", "1"]
+    argv += ["--matmul-size", "128", "--matmul-reps", "2", "--compile", "--json", str(out)]
+    bench.main(argv)
+    rows = json.loads(out.read_text())
+    assert [(r["model"], r["batch"], r["compiled"]) for r in rows] == [
+        ("mlp800x800", 4, False), ("mlp800x800", 4, True),
+    ]
+    eager, compiled = rows
+    assert REQUIRED_BENCH_KEYS <= set(compiled)
+    for key in ("manual_ms", "autograd_ms", "time_ratio", "saved_bytes_ratio", "gflops", "machine_gflops"):
+        assert math.isfinite(compiled[key]) and compiled[key] > 0, key
+    assert compiled["time_ratio"] == pytest.approx(compiled["manual_ms"] / compiled["autograd_ms"])
+    assert compiled["machine_share"] == pytest.approx(compiled["gflops"] / compiled["machine_gflops"])
+    assert compiled["flops_per_step"] == eager["flops_per_step"]
+    assert compiled["manual_saved_bytes"] > 0 and compiled["autograd_saved_bytes"] > 0
+    # the compiling first step is timed on its own, and not among the timed steps: compiling takes
+    # seconds, a step of this network milliseconds
+    for backend in ("manual", "autograd"):
+        compile_s = compiled[f"{backend}_compile_s"]
+        assert math.isfinite(compile_s) and compile_s > 0
+        assert compile_s * 1e3 > compiled[f"{backend}_ms_p75"]
+        assert compiled[f"{backend}_graphs"] == 1 and compiled[f"{backend}_graph_breaks"] == 0
+    assert eager["manual_compile_s"] is None
+    table = capsys.readouterr().out
+    assert " comp " in table and " eager " in table
 
 
 def test_bench_per_sample_tiny_run_writes_a_row_per_method(experiments, tmp_path, capsys):
@@ -81,6 +139,28 @@ def test_bench_per_sample_tiny_run_writes_a_row_per_method(experiments, tmp_path
         assert math.isfinite(row["ms"]) and row["ms"] > 0
         assert row["ratio_to_plain"] == pytest.approx(row["ms"] / plain)
     assert "manualbp_clip" in capsys.readouterr().out
+
+
+def test_bench_compile_failure_gives_a_row_that_says_so_and_the_run_goes_on(experiments, tmp_path, monkeypatch, capsys):
+    bench = experiments("bench")
+    measure = bench.bench_config
+
+    def bench_config(model_name, batch, device, reps, warmup, probe=None, probe_samples=10, compiled=False):
+        if compiled:  # as compile_pair reports a model whose compiling first step raised
+            raise bench.CompileFailed("autograd model: TypeError: boom", {"manual_compile_s": 1.5})
+        return measure(model_name, batch, device, reps, warmup, probe, probe_samples, compiled)
+
+    monkeypatch.setattr(bench, "bench_config", bench_config)
+    out = tmp_path / "bench_failed.json"
+    argv = ["--models", "lenet5", "--batches", "4", "2", "--device", "cpu", "--reps", "2", "--warmup", "1"]
+    bench.main(argv + ["--matmul-size", "64", "--matmul-reps", "1", "--compile", "--json", str(out)])
+    rows = json.loads(out.read_text())
+    assert [(r["batch"], r["compiled"]) for r in rows] == [(4, False), (4, True), (2, False), (2, True)]
+    expected = {"model": "lenet5", "batch": 4, "device": "cpu", "compiled": True,
+                "compile_error": "autograd model: TypeError: boom", "manual_compile_s": 1.5}
+    assert expected.items() <= rows[1].items() and "manual_ms" not in rows[1]
+    assert rows[2]["manual_ms"] > 0
+    assert "compile failed: autograd model: TypeError: boom" in capsys.readouterr().out
 
 
 @pytest.fixture

@@ -157,6 +157,20 @@ def _plain_class_target_grad(
     return (class_softmax(x, cd) * per_sample).scatter_add(cd, safe_target, -per_sample)
 
 
+def _all_counted_grad(x: torch.Tensor, target: torch.Tensor, reduction: str, grad_out: torch.Tensor) -> torch.Tensor:
+    """``_plain_class_target_grad`` when every target counts (v_i = 1, D = the number of targets), which the
+    forward's range check established: dL/dx_i = s_i (softmax(x_i) - e_{t_i}) in five kernels (s, the
+    softmax, its scaling, -s, the scatter-subtraction in place) against ten, which count the valid targets."""
+    cd = _class_dim(x)
+    index = target.unsqueeze(cd)
+    if reduction == "none":
+        scale = grad_out.unsqueeze(cd)
+    else:
+        scale = grad_out / target.numel() if reduction == "mean" else grad_out
+    grad = class_softmax(x, cd) * scale
+    return grad.scatter_add_(cd, index, (-scale).expand(index.shape))
+
+
 @function
 class CrossEntropyFunction(torch.autograd.Function):
     """Cross entropy of logits x against class indices or class probabilities.
@@ -175,7 +189,7 @@ class CrossEntropyFunction(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, target, weight, ignore_index, reduction, label_smoothing):
+    def forward(x, target, weight, ignore_index, reduction, label_smoothing, all_counted=False):
         # The value is torch's (log-softmax and NLL); the derivatives below are ours.
         if _is_plain_class_target(target, weight, label_smoothing):
             log_p = class_softmax(x, _class_dim(x), log=True)
@@ -186,23 +200,26 @@ class CrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, target, weight, ignore_index, reduction, label_smoothing = inputs
+        x, target, weight, ignore_index, reduction, label_smoothing, *all_counted = inputs
         ctx.save_for_backward(x, target, weight)
         ctx.save_for_forward(x, target, weight)
         ctx.set_materialize_grads(False)  # absent tangents arrive as None (see _tangents)
         ctx.ignore_index, ctx.reduction, ctx.label_smoothing = ignore_index, reduction, label_smoothing
+        ctx.all_counted = bool(all_counted and all_counted[0])
 
     @staticmethod
     def backward(ctx, grad_out):
         if grad_out is None:
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
         x, target, weight = ctx.saved_tensors
         cd = _class_dim(x)
         if _is_plain_class_target(target, weight, ctx.label_smoothing):
             grad_x = None
-            if ctx.needs_input_grad[0]:
+            if ctx.needs_input_grad[0] and ctx.all_counted:
+                grad_x = _all_counted_grad(x, target, ctx.reduction, grad_out)
+            elif ctx.needs_input_grad[0]:
                 grad_x = _plain_class_target_grad(x, target, ctx.ignore_index, ctx.reduction, grad_out)
-            return grad_x, None, None, None, None, None
+            return grad_x, None, None, None, None, None, None
         a, denom = _coefficients(x, target, weight, ctx.ignore_index, ctx.label_smoothing)
         scale = _per_sample_grad_scale(grad_out, ctx.reduction, denom, cd)
         grad_x = grad_target = None
@@ -212,7 +229,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             w = _broadcast_weight(weight, x)
             grad_target = -scale * (1 - ctx.label_smoothing) * w * torch.log_softmax(x, cd)
-        return grad_x, grad_target, None, None, None, None
+        return grad_x, grad_target, None, None, None, None, None
 
     @staticmethod
     def jvp(ctx, x_dot, target_dot, *_):
@@ -357,12 +374,15 @@ class MSELossFunction(torch.autograd.Function):
 _CLASS_TARGET_DTYPES = (torch.int64, torch.uint8)
 
 
-def _check_class_target(op: str, input: torch.Tensor, target: torch.Tensor, ignore_index: int) -> None:
+def _check_class_target(op: str, input: torch.Tensor, target: torch.Tensor, ignore_index: int) -> bool:
     """Shape, dtype and range of a class-index target. The range check reads values, so it runs only where
     they are at hand without waiting for a device: in eager mode on the CPU. It is skipped while tracing
     (torch.compile), under torch.func transforms (vmap, grad, ...) and on the meta device, where there are no
     values to read; on an accelerator it is an asynchronous device-side assertion, which does not stall
-    the host (a bad target fails the next synchronising call, as in torch's own kernel)."""
+    the host (a bad target fails the next synchronising call, as in torch's own kernel).
+
+    Returns whether the values read show that every target counts (none equals ``ignore_index``); False
+    where they were not read."""
     cd = _class_dim(input)
     expected = (input.shape[0],) + tuple(input.shape[2:]) if input.dim() >= 2 else ()
     if tuple(target.shape) != expected:
@@ -376,17 +396,17 @@ def _check_class_target(op: str, input: torch.Tensor, target: torch.Tensor, igno
             f"got dtype {target.dtype}"
         )
     if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active() or target.is_meta:
-        return
+        return False
     num_classes = input.shape[cd]
     if target.numel() == 0:
-        return
+        return False
     if target.device.type != "cpu":
         in_range = ((target >= 0) & (target < num_classes)) | (target == ignore_index)
         torch._assert_async(in_range.all(), f"{op}: a target is out of bounds for {num_classes} classes")
-        return
-    lowest, highest = torch.aminmax(target)
-    if 0 <= lowest.item() and highest.item() < num_classes:  # one reduction in the common case
-        return
+        return False
+    lowest, highest = (int(v) for v in torch.aminmax(target))
+    if 0 <= lowest and highest < num_classes:  # one reduction in the common case
+        return not lowest <= ignore_index <= highest
     bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
     if bool(bad.any()):
         value = int(target[bad].flatten()[0])
@@ -394,6 +414,7 @@ def _check_class_target(op: str, input: torch.Tensor, target: torch.Tensor, igno
             f"{op}: target {value} is out of bounds: input of shape {shape_str(input)} has {num_classes} "
             f"classes, so targets must lie in [0, {num_classes - 1}] (or equal ignore_index={ignore_index})"
         )
+    return False
 
 
 def _check_class_loss_args(
@@ -436,6 +457,7 @@ def cross_entropy(
     target: class indices of shape (N, d1, ...) or (), or class probabilities of input's shape.
     """
     op = "cross_entropy"
+    all_counted = False
     reduction = resolve_reduction(op, size_average, reduce, reduction)
     _check_class_loss_args(op, input, target, weight, ignore_index)
     check_unit_interval(op, "label_smoothing", label_smoothing)
@@ -447,10 +469,11 @@ def cross_entropy(
                 f"got {shape_str(target)}"
             )
     else:
-        _check_class_target(op, input, target, ignore_index)
+        all_counted = _check_class_target(op, input, target, ignore_index)
         target = target.long()
     input, target, weight = autocast_inputs(op, input, target, weight)
-    return apply(CrossEntropyFunction, input, target, weight, ignore_index, reduction, float(label_smoothing))
+    args = (input, target, weight, ignore_index, reduction, float(label_smoothing))
+    return apply(CrossEntropyFunction, *args, not target.is_floating_point() and all_counted)
 
 
 def nll_loss(

@@ -48,3 +48,20 @@ def test_the_losses_run_on_the_meta_device(name):
 def test_eager_mode_still_names_a_bad_target():
     with pytest.raises(IndexError, match="cross_entropy: target 5 is out of bounds"):
         MF.cross_entropy(torch.randn(2, 3), torch.tensor([0, 5]))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize(
+    "ignore_index, targets",
+    [(-100, [0, 3, 1, 3]), (2, [0, 3, 1, 3]), (2, [0, 2, 1, 3]), (1, [1, 1, 1, 1])],
+    ids=["none_ignored", "ignore_index_among_classes_unused", "one_ignored", "all_ignored"],
+)
+def test_cross_entropy_counts_ignored_targets_in_its_backward(ignore_index, targets, reduction):
+    """The backward takes a shorter path when the forward's range check shows that no target equals
+    ignore_index; with an ignored target among the classes it must not."""
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor(targets)
+    grad_out = torch.randn(4, dtype=torch.float64) if reduction == "none" else torch.tensor(1.7, dtype=torch.float64)
+    (got,) = torch.autograd.grad(MF.cross_entropy(x, y, ignore_index=ignore_index, reduction=reduction), x, grad_out)
+    (want,) = torch.autograd.grad(F.cross_entropy(x, y, ignore_index=ignore_index, reduction=reduction), x, grad_out)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
