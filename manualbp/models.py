@@ -110,8 +110,8 @@ def _linear_and_activation(
 
 def _activation_and_pool(nn: ModuleType, activation: str, suffix: str) -> list[tuple[str, torch.nn.Module]]:
     """``act<suffix>`` then a 2x2 max pool ``pool<suffix>``; on the manual backend a ReLU and the pool are
-    one layer, ``pool<suffix>`` = ``manualbp.nn.ReLUMaxPool2d(2)``, which keeps a one-byte window index per
-    output for backward instead of the ReLU's output and int64 pooling indices. Neither has parameters, so
+    one layer, ``pool<suffix>`` = ``manualbp.nn.ReLUMaxPool2d(2)``, which keeps the pooling indices and its
+    output (the next layer's input) for backward, not the ReLU's output. Neither has parameters, so
     the state dicts of both backends stay the same."""
     if nn is manualbp.nn and activation == "relu":
         return [(f"pool{suffix}", nn.ReLUMaxPool2d(2))]

@@ -69,26 +69,21 @@ class MaxPool2dFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, grad_indices):
         indices, x_shape = ctx.saved_tensors
-        shape = x_shape.shape
-        windows = (indices.shape[-2] * indices.shape[-1],)  # not -1: the batch may be empty
-        flat_indices = indices.reshape(indices.shape[:-2] + windows)
-        flat_grad = grad_out.reshape(indices.shape[:-2] + windows)
+        flat_indices, flat_grad = planes(indices), planes(grad_out)
         live = _live_windows(ctx.live_windows, indices.device)
         if live is not None:
             flat_indices = torch.where(live, flat_indices, 0)
             flat_grad = torch.where(live, flat_grad, 0.0)
-        # in place into a fresh zeros tensor: the out-of-place scatter_add would copy the zeros first
-        grad_x = zero_planes(grad_out, shape, ctx.layout).scatter_add_(-1, flat_indices, flat_grad)
-        return grad_x.view(shape), None, None, None, None, None
+        return scatter_into_planes(flat_grad, flat_indices, x_shape.shape, ctx.layout), None, None, None, None, None
 
     @staticmethod
     def jvp(ctx, x_dot, *_):
         indices, _ = ctx.saved_tensors
-        flat_indices = indices.reshape(indices.shape[:-2] + (indices.shape[-2] * indices.shape[-1],))
+        flat_indices = planes(indices)
         live = _live_windows(ctx.live_windows, indices.device)
         if live is not None:
             flat_indices = torch.where(live, flat_indices, 0)
-        y_dot = x_dot.reshape(x_dot.shape[:-2] + (x_dot.shape[-2] * x_dot.shape[-1],)).gather(-1, flat_indices)
+        y_dot = planes(x_dot).gather(-1, flat_indices)
         if live is not None:
             y_dot = torch.where(live, y_dot, 0.0)
         return y_dot.reshape(indices.shape), None
@@ -232,6 +227,20 @@ def shape_of(x: torch.Tensor) -> torch.Tensor:
     so that under ``torch.compile(dynamic=True)`` backward reads a symbolic size from a saved tensor rather
     than from ``ctx``, which Dynamo cannot lift into the backward graph."""
     return x.new_empty((1,) * x.dim()).expand(x.shape)
+
+
+def planes(t: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) or (C, H, W) as (N, C, H·W) or (C, H·W) planes."""
+    return t.reshape(t.shape[:-2] + (t.shape[-2] * t.shape[-1],))  # not -1: the batch may be empty
+
+
+def scatter_into_planes(
+    flat_grad: torch.Tensor, flat_indices: torch.Tensor, shape: torch.Size, layout: torch.memory_format
+) -> torch.Tensor:
+    """dL/dx of a max pool, ``shape`` in memory format ``layout``: ``flat_grad`` (N, C, Ho·Wo) added at the
+    plane positions ``flat_indices`` (a·W + e) of each (n, c) plane, windows that share a max adding up. In
+    place into fresh zeros: the out-of-place scatter_add would copy the zeros first."""
+    return zero_planes(flat_grad, shape, layout).scatter_add_(-1, flat_indices, flat_grad).view(shape)
 
 
 def zero_planes(like: torch.Tensor, shape: torch.Size, layout: torch.memory_format) -> torch.Tensor:

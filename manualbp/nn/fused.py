@@ -8,7 +8,6 @@ import torch
 
 from manualbp import functional as MF
 from manualbp.functional._validation import check_int
-from manualbp.functional.fused import check_window_code_fits
 from manualbp.functional.pooling import pool_window
 from manualbp.nn._base import layer_name, share_state
 from manualbp.rules.feedback import linear_relu_feedback
@@ -16,12 +15,11 @@ from manualbp.rules.feedback import linear_relu_feedback
 
 class ReLUMaxPool2d(torch.nn.Module):
     """``torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d(kernel_size, stride, padding, ceil_mode=...))``
-    as one layer whose backward keeps a one-byte window index per output instead of the ReLU output and
-    int64 pooling indices; backward in ``manualbp.functional.ReLUMaxPool2dFunction``.
+    as one layer whose backward keeps the pooling indices and its own output (which the next layer keeps
+    anyway), not the ReLU's output; backward in ``manualbp.functional.ReLUMaxPool2dFunction``.
 
     The arguments are ``torch.nn.MaxPool2d``'s, in its order; ``dilation`` other than 1 and
-    ``return_indices=True`` raise ``NotImplementedError``, as do kernels of more than 255 positions.
-    No parameters or buffers.
+    ``return_indices=True`` raise ``NotImplementedError``. No parameters or buffers.
     """
 
     def __init__(
@@ -35,14 +33,12 @@ class ReLUMaxPool2d(torch.nn.Module):
     ) -> None:
         super().__init__()
         name = layer_name(self)
-        kernel, _, _, dilation_pair = pool_window(name, kernel_size, stride, padding, dilation)
+        _, _, _, dilation_pair = pool_window(name, kernel_size, stride, padding, dilation)
         if dilation_pair != (1, 1):
             raise NotImplementedError(f"{name}: dilation={dilation!r} is not supported (only 1)")
-        check_window_code_fits(name, kernel)
         if return_indices:
             raise NotImplementedError(
-                f"{name}: return_indices=True is not supported (the layer keeps window "
-                "indices, not torch's plane indices)"
+                f"{name}: return_indices=True is not supported (torch.nn.ReLU then torch.nn.MaxPool2d gives them)"
             )
         self.kernel_size = kernel_size
         self.stride = stride if stride is not None else kernel_size

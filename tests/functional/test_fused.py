@@ -20,10 +20,17 @@ def _saved(fn, x):
     return saved
 
 
-def test_saves_only_a_one_byte_window_index_per_output():
+def test_saves_the_indices_and_its_output_not_the_relu_output():
     x = torch.randn(4, 3, 8, 8, requires_grad=True)
-    window, x_shape = _saved(lambda x: MF.relu_max_pool2d(x, 2), x)
-    assert window.dtype == torch.uint8 and window.shape == (4, 3, 4, 4)
+    y = None
+
+    def pool(x):
+        nonlocal y
+        y = MF.relu_max_pool2d(x, 2)
+
+    indices, output, x_shape = _saved(pool, x)
+    assert indices.dtype == torch.int64 and indices.shape == (4, 3, 4, 4)
+    assert output.untyped_storage().data_ptr() == y.untyped_storage().data_ptr()  # what the next layer keeps
     # the input's shape, as a one-element view (for symbolic sizes under torch.compile(dynamic=True))
     assert x_shape.shape == x.shape and x_shape.untyped_storage().nbytes() == x.element_size()
 
@@ -43,29 +50,30 @@ def test_ties_and_non_positive_windows_match_torch():
 @pytest.mark.parametrize(
     "call, exception, pattern",
     [
-        (
-            lambda: MF.relu_max_pool2d(torch.randn(1, 1, 20, 20), 16),
-            NotImplementedError,
-            r"relu_max_pool2d: kernel_size \(16, 16\) has 256 positions",
-        ),
         (lambda: MF.relu_max_pool2d(torch.randn(1, 1, 6, 6), 2, padding=2), ValueError, r"relu_max_pool2d: padding"),
         (lambda: MF.relu_max_pool2d(torch.randn(6, 6), 2), ValueError, "relu_max_pool2d"),
         (lambda: mnn.ReLUMaxPool2d(2, dilation=2), NotImplementedError, r"ReLUMaxPool2d: dilation=2"),
         (lambda: mnn.ReLUMaxPool2d(2, return_indices=True), NotImplementedError, r"ReLUMaxPool2d: return_indices"),
-        (lambda: mnn.ReLUMaxPool2d(16), NotImplementedError, r"ReLUMaxPool2d: kernel_size \(16, 16\) has 256 positions"),
         (lambda: mnn.ReLUMaxPool2d(0), ValueError, r"ReLUMaxPool2d: kernel_size must be at least 1, got 0"),
         (lambda: mnn.LinearReLU(-1, 3), ValueError, r"LinearReLU: in_features must be at least 0, got -1"),
         (lambda: MF.linear_relu(torch.randn(2, 3), torch.randn(4, 5)), ValueError, r"linear_relu: input of shape \(2, 3\)"),
         (lambda: MF.linear_relu(torch.randn(2, 3), torch.randn(4, 3).double()), TypeError, r"linear_relu: expected all tensors"),
     ],
     ids=[
-        "kernel-too-large", "padding", "2d-input", "dilation", "return_indices", "module-kernel-too-large",
-        "module-kernel-0", "linear_relu-negative-features", "linear_relu-shape", "linear_relu-dtype",
+        "padding", "2d-input", "dilation", "return_indices", "module-kernel-0", "linear_relu-negative-features", "linear_relu-shape", "linear_relu-dtype",
     ],
 )
 def test_unsupported_configurations_are_named(call, exception, pattern):
     with pytest.raises(exception, match=pattern):
         call()
+
+
+def test_a_kernel_of_more_than_255_positions_matches_torch():
+    x = torch.randn(2, 3, 20, 20, dtype=torch.float64, requires_grad=True)
+    y, expected = MF.relu_max_pool2d(x, 16, 4), torch.nn.functional.max_pool2d(torch.relu(x), 16, 4)
+    assert_close(y, expected, rtol=0, atol=0)
+    g = torch.randn_like(y)
+    assert_close(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(expected, x, g)[0], rtol=0, atol=0)
 
 
 def test_is_not_registered_as_a_torch_twin():

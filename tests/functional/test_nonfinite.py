@@ -115,7 +115,7 @@ def test_log_of_zero_upstream_is_reported_as_inherited():
 
 
 def test_several_grad_outputs_are_named_by_index():
-    """The fused ReLU+MaxPool2d has two outputs (values, window codes): the inherited inf is grad_outputs[0]."""
+    """The fused ReLU+MaxPool2d has two outputs (values, pooling indices): the inherited inf is grad_outputs[0]."""
     x = -torch.rand(1, 1, 4, 4) - 0.5
     x[0, 0, 0, 0] = 1.0  # one live window, three dead ones (output 0 there)
     x.requires_grad_(True)

@@ -6,6 +6,6 @@ would apart. One file per fusion, named after the ops it fuses in the order they
 """
 
 from manualbp.functional.fused.linear_relu import LinearReLUFunction, linear_relu
-from manualbp.functional.fused.relu_max_pool2d import ReLUMaxPool2dFunction, check_window_code_fits, relu_max_pool2d
+from manualbp.functional.fused.relu_max_pool2d import ReLUMaxPool2dFunction, relu_max_pool2d
 
-__all__ = ["LinearReLUFunction", "ReLUMaxPool2dFunction", "check_window_code_fits", "linear_relu", "relu_max_pool2d"]
+__all__ = ["LinearReLUFunction", "ReLUMaxPool2dFunction", "linear_relu", "relu_max_pool2d"]
