@@ -13,6 +13,8 @@ def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     whose sizes are traced tensors, only a dense channels_last x counts as one."""
     if x.dim() != 4 or torch._C._functorch.is_batchedtensor(x):
         return torch.contiguous_format
+    if not torch.jit.is_tracing() and x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last):
+        return torch.contiguous_format  # the common case, without the Python of suggest_memory_format (~5 µs)
     if torch.jit.is_tracing():
         dense = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         return torch.channels_last if dense else torch.contiguous_format
