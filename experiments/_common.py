@@ -12,7 +12,11 @@ put it there themselves.
 
 from __future__ import annotations
 
+import json
+import platform
+import statistics
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
@@ -81,3 +85,32 @@ def train_step(
     loss.backward()
     optimizer.step()
     return loss.detach()
+
+
+def summarize_ms(times: Sequence[float]) -> dict[str, float]:
+    """Median and interquartile range (p25, p75) of a list of times."""
+    if len(times) >= 2:
+        p25, _, p75 = statistics.quantiles(times, n=4, method="inclusive")
+    else:
+        p25 = p75 = times[0]
+    return {"median": statistics.median(times), "p25": p25, "p75": p75}
+
+
+def write_json(path: Path | None, data: object) -> None:
+    """Write ``data`` as indented JSON to ``path`` (its folder made if missing) and say so; nothing when None."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what ``platform`` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -84,9 +84,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -97,7 +95,17 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from _common import BACKENDS, LOSSES, LossFn, build_pair, make_optimizer, train_step
+from _common import (
+    BACKENDS,
+    LOSSES,
+    LossFn,
+    build_pair,
+    cpu_name,
+    make_optimizer,
+    summarize_ms,
+    train_step,
+    write_json,
+)
 
 IN_SHAPE = (1, 28, 28)
 NUM_CLASSES = 10
@@ -193,15 +201,6 @@ def time_interleaved(
         if gc_was_enabled:
             gc.enable()
     return times
-
-
-def summarize_ms(times: Sequence[float]) -> dict[str, float]:
-    """Median and interquartile range (p25, p75) of a list of times."""
-    if len(times) >= 2:
-        p25, _, p75 = statistics.quantiles(times, n=4, method="inclusive")
-    else:
-        p25 = p75 = times[0]
-    return {"median": statistics.median(times), "p25": p25, "p75": p75}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -481,13 +480,7 @@ def bench_config(
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_name()
 
 
 def resolve_devices(choice: str) -> list[torch.device]:
@@ -622,10 +615,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
         "share = manual GFLOP/s / peak.\ncompile s m/a = wall time of the first (compiling) step of each compiled "
         "model, not part of its step times."
     )
-    if opts.json is not None:
-        opts.json.parent.mkdir(parents=True, exist_ok=True)
-        opts.json.write_text(json.dumps(rows, indent=2) + "\n")
-        print(f"wrote {opts.json}")
+    write_json(opts.json, rows)
     return rows
 
 

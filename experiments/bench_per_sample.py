@@ -54,9 +54,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import json
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -64,7 +62,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from _common import build_pair
+from _common import build_pair, cpu_name, summarize_ms, write_json
 from torch.func import functional_call, grad, vmap
 
 import manualbp
@@ -287,15 +285,6 @@ def time_interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: in
     return times
 
 
-def summarize_ms(times: Sequence[float]) -> dict[str, float]:
-    """Median and interquartile range (p25, p75) of a list of times."""
-    if len(times) >= 2:
-        p25, _, p75 = statistics.quantiles(times, n=4, method="inclusive")
-    else:
-        p25 = p75 = times[0]
-    return {"median": statistics.median(times), "p25": p25, "p75": p75}
-
-
 def bench_config(name: str, batch: int, reps: int, warmup: int, seed: int = 0) -> tuple[list[dict], dict]:
     """Check and time every method on one (model, batch): (its rows, its meta entry)."""
     gen = torch.Generator().manual_seed(seed)
@@ -380,16 +369,6 @@ def format_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def _machine() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _version(module: str) -> str | None:
     try:
         from importlib.metadata import version
@@ -438,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         "opacus": _version("opacus"),
         "backpack": _version("backpack-for-pytorch"),
         "threads": torch.get_num_threads(),
-        "machine": _machine(),
+        "machine": cpu_name(),
         "cpu_count": os.cpu_count(),
         "reps": reps,
         "warmup": warmup,
@@ -456,10 +435,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         f"than {', '.join(PEER_PER_SAMPLE)}: {'met' if gs_all else 'NOT met'}."
     )
     result = {"meta": meta, "rows": rows}
-    if opts.json is not None:
-        opts.json.parent.mkdir(parents=True, exist_ok=True)
-        opts.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {opts.json}")
+    write_json(opts.json, result)
     return result
 
 

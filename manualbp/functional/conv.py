@@ -151,7 +151,7 @@ class Conv2dTerms(OuterTerms):
 
     a sum of outer products over T = Ho·Wo positions, one block per group (``factors``, for the ghost norm).
     Materialised, all samples at once, it is ``_weight_grad``'s correlation with one group per sample and
-    group (``_weight_grad_per_sample``): measured 2x faster than unfold + matmul on LeNet-5's convolutions.
+    group (``_weight_grad(..., per_sample=True)``): measured 2x faster than unfold + matmul on LeNet-5's convolutions.
     ``plain`` is ``conv2d_reduction``.
     """
 
@@ -179,7 +179,7 @@ class Conv2dTerms(OuterTerms):
     def weight_per_sample(self, g, out=None):  # small: into new memory
         if self.x.numel() == 0:
             return self.x.new_zeros(self.batch, *self.weight_shape)
-        return _weight_grad_per_sample(self.x, self.weight, g, *self.geometry)
+        return _weight_grad(self.x, self.weight, g, *self.geometry, per_sample=True)
 
     def bias_per_sample(self, g):
         return g.sum((2, 3))
@@ -228,34 +228,27 @@ def _input_grad(x, weight, grad_out, stride, padding, dilation, groups):
     return grad_x[..., :h, :w] if bottom != top or right != left else grad_x
 
 
-def _weight_grad(x, weight, grad_out, stride, padding, dilation, groups):
-    """dL/dW of a batched conv: x correlated with dL/dy, batch and channels swapped (see Conv2dFunction)."""
+def _weight_grad(x, weight, grad_out, stride, padding, dilation, groups, per_sample=False):
+    """dL/dW of a batched conv: x correlated with dL/dy, batch and channels swapped (see Conv2dFunction).
+
+    With ``per_sample``, each sample's dL/dW, (N, O, C/G, kh, kw): the same correlation with the batch folded
+    into the groups, one per (sample, group): x as (C/G, N·G, H, W), dL/dy as N·O kernels of one channel."""
     (top, _), (left, _) = padding
     n = x.shape[0]
     o, cg, kh, kw = weight.shape
     ho, wo = grad_out.shape[2:]
     xp = _pad_far_side(x, padding)
     hp, wp = xp.shape[2:]
+    if per_sample:
+        xg = xp.reshape(n * groups, cg, hp, wp).transpose(0, 1)  # channel n·G + γ holds sample n's group γ
+        gg = grad_out.reshape(n * o, 1, ho, wo)  # kernel n·O + o: group n·G + o // (O/G), as conv2d pairs them
+        grad_w = F.conv2d(xg, gg, None, dilation, (top, left), stride, n * groups)
+        return grad_w[..., :kh, :kw].reshape(cg, n, o, kh, kw).permute(1, 2, 0, 3, 4)
     # batch <-> channels, group-major, so that conv2d's groups pair x's and dL/dy's groups
     xg = xp.reshape(n, groups, cg, hp, wp).permute(2, 1, 0, 3, 4).reshape(cg, groups * n, hp, wp)
     gg = grad_out.reshape(n, groups, o // groups, ho, wo).permute(1, 2, 0, 3, 4).reshape(o, n, ho, wo)
     grad_w = F.conv2d(xg, gg, None, dilation, (top, left), stride, groups)
     return grad_w[..., :kh, :kw].transpose(0, 1)
-
-
-def _weight_grad_per_sample(x, weight, grad_out, stride, padding, dilation, groups):
-    """dL/dW of each sample, (N, O, C/G, kh, kw): ``_weight_grad``'s correlation with the batch folded into the
-    groups, one per (sample, group): x as (C/G, N·G, H, W), dL/dy as N·O kernels of one channel."""
-    (top, _), (left, _) = padding
-    n = x.shape[0]
-    o, cg, kh, kw = weight.shape
-    ho, wo = grad_out.shape[2:]
-    xp = _pad_far_side(x, padding)
-    hp, wp = xp.shape[2:]
-    xg = xp.reshape(n * groups, cg, hp, wp).transpose(0, 1)  # channel n·G + γ holds sample n's group γ
-    gg = grad_out.reshape(n * o, 1, ho, wo)  # kernel n·O + o: group n·G + o // (O/G), as conv2d pairs them
-    grad_w = F.conv2d(xg, gg, None, dilation, (top, left), stride, n * groups)
-    return grad_w[..., :kh, :kw].reshape(cg, n, o, kh, kw).permute(1, 2, 0, 3, 4)
 
 
 def _conv2d(x, weight, bias, stride, padding, dilation, groups):
