@@ -285,7 +285,7 @@ _PACKED_DTYPES = [(torch.float32, None), (torch.bfloat16, torch.float32)]
 )
 def test_output_dtypes_under_cpu_autocast_are_torchs(name, x_dtype, h_dtype, packed):
     """torch's recurrent layers differ here: the fused LSTM and the RNNs return bfloat16, the GRU, the packed LSTM
-    and LSTMCell the dtype of the state they carry (``manualbp.functional.recurrent._CARRIED``)."""
+    and LSTMCell the dtype of the state they carry (``manualbp.functional.recurrent.layers._CARRIED``)."""
     manual, reference = (m.float() for m in _pair(name, 3, 4))
     cell = name.endswith("Cell")
     x = torch.randn(2, 3) if cell else torch.randn(5, 2, 3)
