@@ -77,8 +77,8 @@ class ClassifierModule(pl.LightningModule):
         compile: run the network through ``torch.compile`` (inductor), compiled in place
             (``self.net.compile()``: parameter names and checkpoints stay as they are). The first steps compile
             (seconds), the last smaller batch of an epoch once more. Either backend; the manual network's
-            hand-written backward is traced into the compiled graph. Not with ``dp``: clipping per sample is
-            chosen when a backward runs, which a compiled backward has fixed before.
+            hand-written backward is traced into the compiled graph. Not with ``dp``: DP-SGD's clipping is not
+            verified under compilation (the per-sample seam is a global mode that the compiled graph must guard on).
     """
 
     def __init__(
@@ -133,8 +133,8 @@ class ClassifierModule(pl.LightningModule):
         if compile:
             if dp is not None:
                 raise ValueError(
-                    "ClassifierModule: compile=True and dp (DP-SGD) do not combine: the per-sample clipping is chosen "
-                    "when a backward runs, and a compiled backward is fixed when it is traced"
+                    "ClassifierModule: compile=True and dp (DP-SGD) are not supported together: DP-SGD's per-sample "
+                    "clipping is not verified under compilation; train with dp without compile"
                 )
             self.net.compile()
         self.loss_fn = cross_entropy(backend)

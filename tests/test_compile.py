@@ -83,3 +83,33 @@ def test_compile_refuses_dp():
 
     with pytest.raises(ValueError, match="dp"):
         ClassifierModule(compile=True, dp=DifferentialPrivacy(1.0, 1.0))
+
+
+@pytest.mark.slow
+def test_per_sample_contexts_on_a_compiled_model_give_the_eager_results():
+    """The per-sample seam is a global mode read in each layer's backward: a torch.compile'd model (compiled
+    outside any context first) still computes grad_sample and the clipped gradient inside one."""
+    import manualbp
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = lenet5(in_shape=(1, 8, 8))
+    compiled = torch.compile(model)
+    x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 10, (6,))
+    MF.cross_entropy(compiled(x), y).backward()
+
+    def per_sample(net):
+        model.zero_grad()
+        with manualbp.per_sample_grads(model):
+            MF.cross_entropy(net(x), y).backward()
+        samples = [p.grad_sample.clone() for p in model.parameters()]
+        model.zero_grad()
+        with manualbp.clip_per_sample(model, 0.5) as clip:
+            MF.cross_entropy(net(x), y).backward()
+        return samples, [p.grad.clone() for p in model.parameters()], clip.norms
+
+    got, want = per_sample(compiled), per_sample(model)
+    for got_part, want_part in zip(got[:2], want[:2]):
+        for g, w in zip(got_part, want_part):
+            assert_close(g, w, rtol=1e-4, atol=1e-6)
+    assert_close(got[2], want[2], rtol=1e-4, atol=1e-6)
