@@ -217,18 +217,23 @@ def _check_feedback(op: str, weight: torch.Tensor, feedback: torch.Tensor | None
         )
 
 
+def _apply_affine_feedback(op, function_cls, input, weight, bias, feedback) -> torch.Tensor:
+    """Autocast, check and apply ``function_cls`` (an affine map's Function with a feedback matrix)."""
+    input, weight, bias, feedback = autocast_inputs("linear", input, weight, bias, feedback)
+    check_linear_args(op, input, weight, bias)
+    _check_feedback(op, weight, feedback)
+    check_same_dtype(op, weight=weight, feedback=feedback)
+    check_same_device(op, weight=weight, feedback=feedback)
+    return apply(function_cls, input, weight, bias, feedback)
+
+
 def linear_feedback(
     input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, feedback: torch.Tensor | None
 ) -> torch.Tensor:
     """``linear(input, weight, bias)`` whose backward sends the error back through ``feedback`` (weight's
     shape) instead of ``weight``: dL/dx = dL/dy · feedback (None: no error sent back); dL/dW, dL/db as
     ``linear``'s."""
-    input, weight, bias, feedback = autocast_inputs("linear", input, weight, bias, feedback)
-    check_linear_args("linear_feedback", input, weight, bias)
-    _check_feedback("linear_feedback", weight, feedback)
-    check_same_dtype("linear_feedback", weight=weight, feedback=feedback)
-    check_same_device("linear_feedback", weight=weight, feedback=feedback)
-    return apply(LinearFeedbackFunction, input, weight, bias, feedback)
+    return _apply_affine_feedback("linear_feedback", LinearFeedbackFunction, input, weight, bias, feedback)
 
 
 def linear_relu_feedback(
@@ -236,12 +241,7 @@ def linear_relu_feedback(
 ) -> torch.Tensor:
     """``linear_relu(input, weight, bias)`` whose backward sends the error back through ``feedback`` (None:
     no error sent back)."""
-    input, weight, bias, feedback = autocast_inputs("linear", input, weight, bias, feedback)
-    check_linear_args("linear_relu_feedback", input, weight, bias)
-    _check_feedback("linear_relu_feedback", weight, feedback)
-    check_same_dtype("linear_relu_feedback", weight=weight, feedback=feedback)
-    check_same_device("linear_relu_feedback", weight=weight, feedback=feedback)
-    return apply(LinearReLUFeedbackFunction, input, weight, bias, feedback)
+    return _apply_affine_feedback("linear_relu_feedback", LinearReLUFeedbackFunction, input, weight, bias, feedback)
 
 
 def conv2d_feedback(
