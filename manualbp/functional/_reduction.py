@@ -24,6 +24,9 @@ where ``terms`` holds the layer's factors (G and x, nothing computed yet) and kn
     terms.weighted(c)      Σ_n c_n (dL/dW_n, dL/db_n), after ``sq_norms`` (from what it materialised, if it did)
     terms.total(ps, s)     the batch's (dL/dW, dL/db) given ``ps = per_sample(s)`` (a sum of them, or the plain
                            reduction where that is cheaper)
+    terms.leading          (Linear, LinearReLU, LayerNorm) the first two dims of an input with a time dim as given,
+                           else None; ``terms.time_major()`` the same terms with dim 1 as the batch
+    terms.sequence         (recurrent layers) (layout of the output sequence, T, N)
 
 A mode (per-sample gradients, per-sample clipping: ``manualbp.per_sample``) is written once against this
 interface and applies to every layer. On the plain path the seam costs one attribute read per backward.
@@ -134,7 +137,8 @@ class OuterTerms:
     (N, B, T, O), x (N, B, T, K)), ``bias_per_sample(G)``, ``plain(G)`` (the plain reduction) and, when it has
     a faster way than the factors, ``weight_per_sample(G)``; G is dL/dy, possibly scaled per sample.
 
-    Beyond the seam's interface: ``weighted(c)``, Σ_n c_n (dL/dW_n, dL/db_n), from the per-sample gradients
+    Beyond the seam's interface: ``leading`` and ``time_major()`` where the subclass has them (see ``LinearTerms``);
+    ``weighted(c)``, Σ_n c_n (dL/dW_n, dL/db_n), from the per-sample gradients
     ``sq_norms`` materialised (kept up to ``KEEP_LIMIT`` values: one weighted sum, where a second reduction
     would redo a convolution), else the plain reduction of c ⊙ G; and ``total(samples, s)``, the batch's
     gradient from per-sample ones of G scaled by s (their sum where T > 1, the plain reduction otherwise).
@@ -222,11 +226,17 @@ class SequenceTerms:
 
     the plain reduction is ``sequence_outer_sum`` (a bias: Σ_{t,n} G). A weight's squared norm comes from the
     ghost-norm identity over the T steps or from its materialised per-sample gradient, as ``ghost_is_cheaper``
-    decides (kept up to ``KEEP_LIMIT`` values for ``weighted``)."""
+    decides (kept up to ``KEEP_LIMIT`` values for ``weighted``).
 
-    def __init__(self, entries, needs: tuple[bool, ...], ordinals: tuple[int, ...], batched: bool) -> None:
+    ``sequence``: (``layout``, T, N), the layout of the layer's output sequence ("batch_first", "time_major",
+    or None when none is given out: a packed or padded-with-lengths one), for the modes' batch checks."""
+
+    def __init__(
+        self, entries, needs: tuple[bool, ...], ordinals: tuple[int, ...], batched: bool, layout: str | None = None
+    ) -> None:
         self.entries, self.needs, self.ordinals, self.batched = entries, needs, ordinals, batched
         self.batch = entries[0][0].shape[1]
+        self.sequence = (layout, entries[0][0].shape[0], self.batch)
         self.kept: list[torch.Tensor | None] = [None] * len(entries)
 
     @staticmethod

@@ -96,6 +96,13 @@ class LinearTerms(OuterTerms):
         self.weight_shape = torch.Size((grad_out.shape[-1], x.shape[-1]))
         self.positions = math.prod(x.shape[1:-1])  # not -1: N or T may be 0
         self.block = tuple(self.weight_shape)
+        self.leading = tuple(x.shape[:2]) if x.dim() >= 3 else None
+
+    def time_major(self) -> LinearTerms:
+        """The same terms with dim 1 of G and x as the batch: a time-major sequence (T, N, *, features)."""
+        terms = LinearTerms(self.grad_out.movedim(1, 0), self.x.movedim(1, 0), self.needs)
+        terms.leading = self.leading
+        return terms
 
     def factors(self, g):
         n, t, (out_features, in_features) = self.batch, self.positions, self.weight_shape

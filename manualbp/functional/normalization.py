@@ -194,7 +194,7 @@ class LayerNormFunction(torch.autograd.Function):
             grad_x = inv_std * (g - g.mean(dims, keepdim=True) - x_hat * (g * x_hat).mean(dims, keepdim=True))
         needs = (weight is not None and ctx.needs_input_grad[2], ctx.has_bias and ctx.needs_input_grad[3])
         if REDUCTION.mode is not None and any(needs):  # per-sample gradients or clipping (manualbp.per_sample)
-            terms = AffineTerms(grad_out, x_hat, tuple(range(lead)), needs, _affine_ordinals(weight))
+            terms = AffineTerms(grad_out, x_hat, tuple(range(lead)), needs, _affine_ordinals(weight), leading=True)
             grad_w, grad_b = REDUCTION.mode.reduce(ctx, terms)
         elif any(needs):
             grad_w, grad_b = affine_reduction(grad_out, x_hat, tuple(range(lead)), *needs)
@@ -229,12 +229,21 @@ class AffineTerms:
         dL/dγ_n = Σ dL/dy_n · x̂_n        dL/dβ_n = Σ dL/dy_n        (sums over ``dims`` but the batch dim)
 
     tensors of the parameters' size per sample, so they are always materialised (N · C or N · prod(D) values).
+
+    ``leading=True`` (layer norm, whose ``dims`` are the leading dims): an input with two or more of them has
+    ``leading`` (their first two sizes) and ``time_major()``, the same terms with dim 1 as the batch.
     """
 
-    def __init__(self, grad_out, x_hat, dims, needs, ordinals) -> None:
+    def __init__(self, grad_out, x_hat, dims, needs, ordinals, leading: bool = False) -> None:
         self.grad_out, self.x_hat, self.dims, self.needs, self.ordinals = grad_out, x_hat, dims, needs, ordinals
         self.batched = 0 in dims
         self.batch = x_hat.shape[0] if self.batched else 1
+        self.leading = tuple(x_hat.shape[:2]) if leading and len(dims) >= 2 else None
+
+    def time_major(self) -> AffineTerms:
+        terms = AffineTerms(self.grad_out.movedim(1, 0), self.x_hat.movedim(1, 0), self.dims, self.needs, self.ordinals)
+        terms.leading = self.leading
+        return terms
 
     def per_sample(self, scale=None, out=None):  # the parameters' size per sample: into new memory
         g = self.grad_out if scale is None else self.grad_out * scale

@@ -148,7 +148,7 @@ def test_nothing_is_kept_outside_the_block():
     hooks_before = [dict(p._backward_hooks or {}) for p in params]
     with manualbp.clip_per_sample(model, 1.0) as clip:
         batch_loss(model(x), r, "mean").backward()
-    assert REDUCTION.mode is None and clip._records == [] and not clip.params
+    assert REDUCTION.mode is None and clip._tasks == {} and not clip._orphans and not clip.params
     assert [dict(p._backward_hooks or {}) for p in params] == hooks_before
     assert not any(hasattr(p, "grad_sample") for p in params)
     model.zero_grad(set_to_none=True)

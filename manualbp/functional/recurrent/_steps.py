@@ -176,7 +176,8 @@ def _parameter_grads(ctx, entries) -> tuple[torch.Tensor | None, ...]:
     needs = tuple(ctx.needs_input_grad[i] for i, _, _ in entries)
     if REDUCTION.mode is not None and any(needs):
         ordinals = tuple(ctx.ordinals[i] for i, _, _ in entries)
-        terms = SequenceTerms([(g, x) for _, g, x in entries], needs, ordinals, batched=ctx.batched)
+        layout = None if ctx.masked else "batch_first" if ctx.batch_first else "time_major"  # packed: none given out
+        terms = SequenceTerms([(g, x) for _, g, x in entries], needs, ordinals, batched=ctx.batched, layout=layout)
         return REDUCTION.mode.reduce(ctx, terms)
     bias_sums: dict[int, torch.Tensor] = {}  # b_ih and b_hh often share G: summed once
     grads = []

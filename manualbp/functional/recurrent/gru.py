@@ -93,7 +93,7 @@ class GRUFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, h0, w_ih, w_hh, b_ih, _, mask, ctx.reverse, ctx.batch_first = inputs
-        ctx.ordinals, ctx.batched = _tensor_ordinals(inputs), x.dim() == 3
+        ctx.ordinals, ctx.batched, ctx.masked = _tensor_ordinals(inputs), x.dim() == 3, mask is not None
         y, _, gates = output
         ctx.set_materialize_grads(False)  # absent grads and tangents arrive as None (see _tangents)
         ctx.save_for_backward(x, h0, w_ih, w_hh, mask, y, gates)

@@ -107,7 +107,7 @@ class LSTMFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, h0, c0, w_ih, w_hh, b_ih, _, w_hr, mask, ctx.reverse, ctx.batch_first = inputs
-        ctx.ordinals, ctx.batched = _tensor_ordinals(inputs), x.dim() == 3
+        ctx.ordinals, ctx.batched, ctx.masked = _tensor_ordinals(inputs), x.dim() == 3, mask is not None
         y, _, _, gates, cells = output
         ctx.set_materialize_grads(False)  # absent grads and tangents arrive as None (see _tangents)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, mask, y, gates, cells)

@@ -71,7 +71,7 @@ class RNNFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, h0, w_ih, w_hh, b_ih, _, mask, ctx.reverse, ctx.batch_first, ctx.relu = inputs
-        ctx.ordinals, ctx.batched = _tensor_ordinals(inputs), x.dim() == 3
+        ctx.ordinals, ctx.batched, ctx.masked = _tensor_ordinals(inputs), x.dim() == 3, mask is not None
         ctx.set_materialize_grads(False)  # absent grads and tangents arrive as None (see _tangents)
         ctx.save_for_backward(x, h0, w_ih, w_hh, mask, output[0])
         ctx.save_for_forward(x, h0, w_ih, w_hh, mask, output[0])
