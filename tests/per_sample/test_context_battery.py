@@ -156,3 +156,28 @@ def test_a_sample_whose_gradient_is_not_finite_raises():
         with manualbp.clip_per_sample(model, 1.0, "sum"):
             batch_loss(family, model(x), r, "sum").backward()
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", [BY_FAMILY["sequence"], BY_FAMILY["lstm"]], ids=["sequence", "lstm"])
+def test_a_compiled_model_gives_the_eager_results_in_both_contexts(family):
+    """torch.compile'd before the block opens (the per-sample seam is a global mode each layer's backward reads):
+    grad_sample, the clipped gradient and the norms are those of the eager model. LeNet-5: tests/test_compile.py."""
+    torch._dynamo.reset()
+    model = family.network()
+    compiled = torch.compile(model)
+    x, r = family.data(1)
+    batch_loss(family, compiled(x), r, "sum").backward()  # compiled outside any context first
+    per_sample = reference_grads(family, model, x, r)
+    norms, sums = clipped(per_sample, 0.5, "sum")
+    model.zero_grad(set_to_none=True)
+    with manualbp.per_sample_grads(model, "sum"):
+        batch_loss(family, compiled(x), r, "sum").backward()
+    for name, p in trainable(model).items():
+        assert_close(p.grad_sample, per_sample[name], rtol=1e-6, atol=1e-8, msg=name)
+    model.zero_grad(set_to_none=True)
+    with manualbp.clip_per_sample(model, 0.5, "sum") as clip:
+        batch_loss(family, compiled(x), r, "sum").backward()
+    assert_close(clip.norms, norms, rtol=1e-6, atol=1e-8)
+    for name, p in trainable(model).items():
+        assert_close(p.grad, sums[name], rtol=1e-6, atol=1e-8, msg=name)
