@@ -147,8 +147,9 @@ def trace(model: torch.nn.Module) -> Iterator[Trace]:
             record.layers[name] = layer
             if out.requires_grad:
 
-                def on_grad(grad: torch.Tensor) -> None:
-                    if is_open[0] and record.steps == step and record.layers.get(name) is layer:
+                def on_grad(grad: torch.Tensor | None) -> None:
+                    # None: no gradient reached this output (a Function that does not materialise zeros)
+                    if grad is not None and is_open[0] and record.steps == step and record.layers.get(name) is layer:
                         layer.error = grad.detach().clone()
 
                 out.register_hook(on_grad)  # lives with the output tensor; inert after the step or the block
@@ -156,9 +157,9 @@ def trace(model: torch.nn.Module) -> Iterator[Trace]:
         return hook
 
     def param_hook(name: str, pname: str):
-        def hook(grad: torch.Tensor) -> None:
+        def hook(grad: torch.Tensor | None) -> None:
             layer = record.layers.get(name)
-            if layer is None:
+            if layer is None or grad is None:
                 return
             grad = grad.detach()
             previous = layer.param_grads.get(pname)

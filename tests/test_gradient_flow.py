@@ -144,6 +144,19 @@ def test_through_the_command_line(tmp_path, capsys):
     assert all(float(r["gradflow/fc1.weight/update_norm"]) > 0 for r in rows)
 
 
+def test_a_recurrent_network_through_the_command_line(tmp_path, arch="lstm"):
+    """The output sequence of a recurrent classifier gets no gradient (it reads h_n): no error to draw, no crash."""
+    status = main([
+        "fit", f"--model.arch={arch}", "--model.hidden_size=8", "--trainer.callbacks+=GradientFlow",
+        "--trainer.callbacks.every_n_steps=1", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false", "--test_after_fit=false",
+        f"--trainer.default_root_dir={tmp_path}",
+    ])
+    assert status == 0
+    assert (tmp_path / "lightning_logs" / "version_0" / "gradient_flow.png").is_file()
+    assert all(float(r["gradflow/out.weight/update_norm"]) > 0 for r in _rows(tmp_path))
+
+
 def test_a_module_without_net_is_refused(tmp_path):
     class NoNet(pl.LightningModule):
         def __init__(self) -> None:
