@@ -230,6 +230,7 @@ class _Sample:
     tolerances: dict[torch.dtype, Tolerance]
     compile_backend: str
     batch_dim: int | None = 0
+    exhaustive: bool = False
 
     def subjects(self, dtype: torch.dtype, device: torch.device | None = None) -> tuple[_Subject, _Subject]:
         device = device or self.device

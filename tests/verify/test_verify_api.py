@@ -205,6 +205,39 @@ def test_the_verify_command_prints_the_matrix_and_writes_json(tmp_path, capsys):
         main(["verify", "--op", "no-such-op"])
 
 
+def test_gradcheck_runs_in_fast_mode_unless_exhaustive(monkeypatch):
+    """torch's fast mode (random projections of the Jacobian) by default; every entry with ``exhaustive``."""
+    modes = []
+    for name in ("gradcheck", "gradgradcheck"):
+        original = getattr(torch.autograd, name)
+        monkeypatch.setattr(
+            torch.autograd, name, lambda *a, original=original, **k: modes.append(k["fast_mode"]) or original(*a, **k)
+        )
+    assert verify(Square.apply, torch.square, SAMPLES[:1], checks=["gradcheck", "gradgradcheck"]).passed
+    assert verify(Square.apply, torch.square, SAMPLES[:1], checks=["gradcheck", "gradgradcheck"], exhaustive=True).passed
+    assert modes == [True, True, False, False]
+
+
+@pytest.mark.parametrize("exhaustive", [False, True])
+def test_both_gradcheck_modes_catch_a_wrong_jacobian(exhaustive):
+    report = verify(WrongDerivative.apply, torch.square, SAMPLES[:1], checks=["gradcheck"], exhaustive=exhaustive)
+    assert report.rows[0].status == "fail"
+
+
+def test_the_verify_command_in_two_processes_prints_the_same_matrix_without_warnings(capsys):
+    """``--jobs 2`` spreads the cases over two processes, in order; the ops' own warnings (conv2d with
+    padding='same' and an even kernel) are not findings and are not printed."""
+    args = ["verify", "--op", "conv2d-same-even_kernel", "--op", "flatten-all", "--check", "forward", "--check", "vmap"]
+    assert main([*args, "--jobs", "1"]) == 0
+    serial = capsys.readouterr()
+    assert main([*args, "--jobs", "2", "--exhaustive"]) == 0
+    parallel = capsys.readouterr()
+    assert parallel.out == serial.out
+    assert serial.err == parallel.err == ""
+    with pytest.raises(SystemExit):
+        main([*args, "--jobs", "0"])
+
+
 class _Terminal(io.StringIO):
     """A stream that says it is a terminal."""
 
