@@ -7,7 +7,8 @@ needs the same network with the same weights on both sides, and each backend's o
 the loss and the parameters) and ``torch.nn.functional.cross_entropy`` for the autograd one.
 
 The scripts run as ``python experiments/<name>.py``, which puts this folder on ``sys.path``; the tests
-put it there themselves.
+put it there themselves. The scripts that write files take their folder from ``output_folder``: the tracked
+results under experiments/results/ change only when asked (``--out``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import platform
 import statistics
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -103,6 +105,15 @@ def write_json(path: Path | None, data: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def output_folder(out: Path | None, script: str) -> Path:
+    """The folder a script writes into: ``out`` when given (``--out experiments/results`` updates the tracked
+    results), else a new temporary folder ``manualbp-<script>-*``, so that a plain run never overwrites them. Made
+    if missing."""
+    folder = Path(tempfile.mkdtemp(prefix=f"manualbp-{script}-")) if out is None else out
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def cpu_name() -> str:

@@ -1,7 +1,11 @@
 """Static figures: learning curves of both backends and gradient flow, trained on the bundled digits.
 
-    python experiments/figures.py                    # writes experiments/results/{learning_curves,gradient_flow}.png
-    python experiments/figures.py --epochs 1 --steps 5 --out /tmp/figs      # a quick try
+    python experiments/figures.py                            # learning_curves.png, gradient_flow.png: a new temp folder
+    python experiments/figures.py --out experiments/results  # the README's figures
+    python experiments/figures.py --epochs 1 --steps 5       # a quick try
+
+Without ``--out`` the PNGs go into a new temporary folder (``manualbp-figures-*``), so a plain run leaves the
+tracked ones under experiments/results/ alone; the script prints where it wrote.
 
 * learning_curves.png: ``ClassifierModule(arch="mlp", hidden=(800,))`` (the ``manualbp fit`` default) trained
   with the manual backend and with the autograd backend from the same seed (same initial weights, same
@@ -22,12 +26,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from _common import output_folder
 
 from manualbp.data import DigitsDataModule
 from manualbp.lightning import ClassifierModule
 from manualbp.viz import plot_gradient_flow, plot_learning_curves
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class Recorder(pl.Callback):
@@ -79,8 +82,9 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--hidden", type=int, nargs="+", default=[800], help="hidden widths of the MLP")
     parser.add_argument("--flow-arch", choices=["mlp", "lenet5"], default="lenet5", help="model of the gradient flow")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the PNGs")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the PNGs (default: a new temporary one)")
     args = parser.parse_args(argv)
+    out = output_folder(args.out, "figures")
 
     start = time.perf_counter()
     runs = {}
@@ -91,14 +95,14 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     gap = max((abs(a - b) / max(abs(b), 1e-12) for a, b in zip(manual["train_loss"], auto["train_loss"])), default=0.0)
     hidden = ",".join(map(str, args.hidden))
     curves = plot_learning_curves(
-        runs, args.out / "learning_curves.png",
+        runs, out / "learning_curves.png",
         title=f"MLP ({hidden}) on digits, seed {args.seed}: manual vs autograd backprop "
         f"(largest relative gap in train loss {gap:.1e})",
     )
     flow = train(args.flow_arch, "manual", tuple(args.hidden), args.epochs, args.steps, args.seed)
     name = "LeNet-5" if args.flow_arch == "lenet5" else f"MLP ({hidden})"
     plot_gradient_flow(
-        flow.grad_steps, flow.grad_norms, args.out / "gradient_flow.png",
+        flow.grad_steps, flow.grad_norms, out / "gradient_flow.png",
         title=f"Gradient flow: {name}, manual backend, digits (Adam, lr 1e-3)",
         ylabel="‖∂L/∂W_l‖ (weight gradient)",
     )
@@ -108,7 +112,9 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         "seconds": round(time.perf_counter() - start, 1),
     }
     print(json.dumps(summary))
-    return {"learning_curves": args.out / "learning_curves.png", "gradient_flow": args.out / "gradient_flow.png"}
+    paths = {"learning_curves": out / "learning_curves.png", "gradient_flow": out / "gradient_flow.png"}
+    print(f"wrote {paths['learning_curves']} and {paths['gradient_flow']}")
+    return paths
 
 
 if __name__ == "__main__":

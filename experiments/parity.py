@@ -15,11 +15,13 @@ Data: scikit-learn's 8x8 digits (``manualbp.data.DigitsDataModule``, offline) by
                                  [--batch-size 64] [--data-dir DIR] [--out experiments/results] [--name NAME]
 
 writes ``NAME.csv`` (step, manual_loss, autograd_loss, abs_diff) and ``NAME.png`` (both loss curves, and
-their absolute difference on a second, logarithmic y axis) under ``--out``, and prints the largest
-absolute and relative difference. NAME defaults to ``parity`` for the digits run with the mlp and to
-``parity_<data>_<arch>`` otherwise, so runs do not overwrite each other. ``mlp`` is ``mlp(hidden=(800,))``,
-the ``manualbp fit`` default; ``lstm`` and ``gru`` read the image row by row with a hidden state of 128, as
-``--model.arch=lstm|gru``. Other architectures of ``experiments/_common.py`` (``mlp800x800``) are accepted too.
+their absolute difference on a second, logarithmic y axis) under ``--out`` (default: a new temporary folder,
+``manualbp-parity-*``, so a plain run leaves the tracked results alone; ``--out experiments/results`` updates
+them), and prints the largest absolute and relative difference and where it wrote. NAME defaults to
+``parity`` for the digits run with the mlp and to ``parity_<data>_<arch>`` otherwise, so runs do not overwrite
+each other. ``mlp`` is ``mlp(hidden=(800,))``, the ``manualbp fit`` default; ``lstm`` and ``gru`` read the image
+row by row with a hidden state of 128, as ``--model.arch=lstm|gru``. Other architectures of
+``experiments/_common.py`` (``mlp800x800``) are accepted too.
 """
 
 from __future__ import annotations
@@ -31,10 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-
-from _common import ARCHS, BACKENDS, LOSSES, build_pair, make_optimizer, train_step
-
-RESULTS = Path(__file__).parent / "results"
+from _common import ARCHS, BACKENDS, LOSSES, build_pair, make_optimizer, output_folder, train_step
 
 
 def make_datamodule(data_dir: str | None, batch_size: int, seed: int):
@@ -170,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     parser.add_argument("--batch-size", type=int, default=None, help="default 64 on digits, 128 on MNIST")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None, help="MNIST in torchvision's layout (default: sklearn digits)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=None, help="folder of the CSV and PNG (default: a new temp one)")
     parser.add_argument("--name", default=None, help="file stem of the outputs (default: see the module docstring)")
     opts = parser.parse_args(argv)
     if opts.epochs < 1 or (opts.max_steps is not None and opts.max_steps < 1):
@@ -187,8 +186,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
 
     diff = differences(manual, autograd)
     acc = {b: accuracy(models[b], dm.test_set) for b in BACKENDS}
-    opts.out.mkdir(parents=True, exist_ok=True)
-    csv_path, png_path = opts.out / f"{name}.csv", opts.out / f"{name}.png"
+    out = output_folder(opts.out, "parity")
+    csv_path, png_path = out / f"{name}.csv", out / f"{name}.png"
     write_csv(csv_path, manual, autograd)
     title = (
         f"Manual vs autograd backward from identical weights: {opts.arch} on {data}, {opts.optimizer} lr {opts.lr:g}, "

@@ -9,9 +9,11 @@ no GUI backend is needed.
   backpropagation as labelled panels: 1. forward pass (input and each layer's activation y_l), 2. loss
   (output probabilities with the right class marked, the training loss so far), 3. backward pass (each
   layer's error signal δ_l = ∂L/∂y_l, and ∂L/∂x on the input), 4. weight update (‖ΔW_l‖ per layer).
-* ``save_learning_animation(frames, path)``: those frames as a GIF (matplotlib's ``PillowWriter``).
+* ``save_learning_animation(frames, path)``: those frames as a GIF (matplotlib's ``PillowWriter``), 100 dpi,
+  ``frame_figsize`` wide: every label has room and is at least 12.5 px tall.
 * ``plot_learning_curves(runs, path)``: training loss per step and validation accuracy per epoch, one line per run.
 * ``plot_gradient_flow(steps, norms, path)``: per-layer gradient norm over training, log scale.
+* ``plot_alignment(steps, angles, path)``: per-layer angle between a learning rule's update and the true gradient.
 """
 
 from __future__ import annotations
@@ -26,13 +28,17 @@ from matplotlib.animation import PillowWriter
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, MultipleLocator, NullFormatter
 
 __all__ = [
+    "FRAME_DPI",
+    "FRAME_FONT",
     "as_grid",
     "draw_learning_frame",
+    "frame_figsize",
     "frame_limits",
     "new_figure",
+    "plot_alignment",
     "plot_gradient_flow",
     "plot_learning_curves",
     "save_learning_animation",
@@ -41,6 +47,14 @@ __all__ = [
 TRUE_COLOR = "#2ca02c"
 OTHER_COLOR = "#9aa5b1"
 STEP_COLORS = ("#e8f1fb", "#fdf1e3", "#fbe9ea", "#eaf6ec")  # forward, loss, backward, update
+#: Font size of the learning frame's labels in points, the smallest text in it (panel titles 1.5 pt larger, the
+#: headline 3): 12.5 px at ``FRAME_DPI``.
+FRAME_FONT = 9.0
+#: Resolution of the learning animation (dots per inch).
+FRAME_DPI = 100.0
+_ROW = dict(left=0.02, right=0.98, wspace=0.35)  # the layer rows (forward, backward): one cell per map
+_LOSS_WIDTH = 3.9  # inches, the loss and update panels on the right
+_FRAME_HEIGHT = 5.6  # inches
 
 
 def _np(x: Any) -> np.ndarray:
@@ -87,21 +101,27 @@ def as_grid(values: Any) -> np.ndarray:
 
 
 def _heatmap(ax, values: Any, limit: float | None, diverging: bool, cmap: str | None = None) -> np.ndarray:
-    """Draw one layer's values; ``limit`` the colour range (max |value|, None: this map's own)."""
+    """Draw one layer's values; ``limit`` the colour range (max |value|, None: this map's own). A map more than
+    four times wider than tall (a sequence of hidden states, time × features) fills its cell instead of
+    shrinking to a strip."""
     grid = as_grid(values)
     finite = grid[np.isfinite(grid)]
     if limit is None or not limit > 0:
         limit = float(np.abs(finite).max()) if finite.size else 1.0
         limit = limit if limit > 0 else 1.0
     vmin = -limit if diverging else min(0.0, float(finite.min()) if finite.size else 0.0)
+    rows, cols = grid.shape
+    wide = rows > 1 and cols > 4 * rows
     ax.imshow(
         np.ma.masked_invalid(grid),
         cmap=cmap or ("RdBu_r" if diverging else "viridis"),
         vmin=vmin,
         vmax=limit,
         interpolation="nearest",
-        aspect="equal" if grid.shape[0] > 1 else 2.5,
+        aspect=2.5 if rows == 1 else "auto" if wide else "equal",
     )
+    if wide:
+        ax.set_box_aspect(0.6)
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
@@ -110,21 +130,68 @@ def _heatmap(ax, values: Any, limit: float | None, diverging: bool, cmap: str | 
 
 
 def _class_ticks(ax, grid: np.ndarray, label: int) -> None:
-    """Number the cells of a one-row map (logits, class scores) and mark the true class."""
-    if grid.shape[0] != 1 or grid.shape[1] > 16:
+    """Mark the true class on a one-row map (logits, class scores): its cell framed, its number under it."""
+    if grid.shape[0] != 1 or grid.shape[1] > 16 or not 0 <= label < grid.shape[1]:
         return
-    ax.set_xticks(range(grid.shape[1]), [str(k) for k in range(grid.shape[1])], fontsize=6)
+    ax.set_xticks([label], [str(label)], fontsize=FRAME_FONT, color=TRUE_COLOR, fontweight="bold")
     ax.tick_params(length=0, pad=1)
-    if 0 <= label < grid.shape[1]:
-        ax.get_xticklabels()[label].set_color(TRUE_COLOR)
-        ax.get_xticklabels()[label].set_fontweight("bold")
-        ax.add_patch(Rectangle((label - 0.5, -0.5), 1, 1, fill=False, ec=TRUE_COLOR, lw=1.5))
+    ax.add_patch(Rectangle((label - 0.5, -0.5), 1, 1, fill=False, ec=TRUE_COLOR, lw=1.5))
 
 
 def _panel(parent, title: str, color: str):
     parent.set_facecolor(color)
-    parent.suptitle(title, fontsize=10, fontweight="bold", x=0.01, ha="left", y=0.98, va="top")
+    parent.suptitle(title, fontsize=FRAME_FONT + 1.5, fontweight="bold", x=0.01, ha="left", y=0.98, va="top")
     return parent
+
+
+def _shape(values: Any) -> str:
+    return "×".join(str(s) for s in _np(values).shape)
+
+
+def _text_width(text: str, size: float = FRAME_FONT) -> float:
+    """The width of the widest line of ``text`` at ``size`` points, in inches."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import text_to_path
+
+    prop = FontProperties(size=size)
+    widths = [text_to_path.get_text_width_height_descent(line, prop, ismath=False)[0] for line in text.split("\n")]
+    return max(widths) / 72
+
+
+def frame_figsize(frame: Mapping[str, Any]) -> tuple[float, float]:
+    """The figure size (inches) of ``frame``'s animation: the forward and backward rows get one cell per map,
+    each as wide as its widest label (at least 0.8 in), so layer labels never run into each other however many
+    layers the network has (the rows at least 6.4 in); the loss and update panels keep 3.9 in."""
+    labels = ["input x", "∂L/∂x", "±8.8e-88"]  # the last: the widest scale printed under an error map
+    labels += [f"{name}\n{_shape(act)}" for name, act in zip(frame["layers"], frame["activations"])]
+    labels += [f"δ {name}" for name in frame["layers"]]
+    cell = max(0.8, max(map(_text_width, labels)) + 0.15)  # + the gap's arrow
+    span = _ROW["right"] - _ROW["left"]
+    row = max(6.4, cell * (len(frame["layers"]) + 1) / span)
+    return (round(row + _LOSS_WIDTH, 2), _FRAME_HEIGHT)
+
+
+def _layer_row(panel, n: int, arrow: str, top: float, bottom: float) -> np.ndarray:
+    """``n`` cells in a row across ``panel`` between heights ``bottom`` and ``top``, with ``arrow`` (the direction
+    of the pass) in the middle of each gap."""
+    axes = panel.subplots(1, n, gridspec_kw=dict(_ROW, top=top, bottom=bottom))
+    width = (_ROW["right"] - _ROW["left"]) / (n + (n - 1) * _ROW["wspace"])
+    for i in range(1, n):
+        x = _ROW["left"] + i * width * (1 + _ROW["wspace"]) - width * _ROW["wspace"] / 2
+        panel.text(x, (top + bottom) / 2, arrow, fontsize=FRAME_FONT + 3, ha="center", va="center",
+                   transform=panel.transSubfigure)
+    return axes
+
+
+def _loss_ticks(ax) -> None:
+    """1-2-5 ticks on the log loss axis; over less than a decade, three or four round values instead."""
+    low, high = ax.get_ylim()
+    if high < 10 * low:
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=3, steps=[1, 2, 2.5, 5, 10]))
+    else:
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0), numticks=4))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def draw_learning_frame(fig: Figure, frame: Mapping[str, Any], limits: Mapping[str, Any] | None = None) -> None:
@@ -142,6 +209,10 @@ def draw_learning_frame(fig: Figure, frame: Mapping[str, Any], limits: Mapping[s
     Activations that are never negative use viridis from 0, signed ones a diverging map (purple < 0 < orange);
     errors use blue < 0 < red, scaled per frame (symmetric about 0, the scale printed under each map), since
     they shrink by orders of magnitude as the example is learned.
+
+    Drawn on a figure of ``frame_figsize(frame)`` at ``FRAME_DPI`` (as ``save_learning_animation`` does), every
+    text is at least ``FRAME_FONT`` points (12.5 px) and no two texts overlap; the loss and update panels are
+    3.9 in wide whatever the figure's width.
     """
     limits = limits or {}
     fig.clear()
@@ -154,38 +225,41 @@ def draw_learning_frame(fig: Figure, frame: Mapping[str, Any], limits: Mapping[s
     head = f"optimizer step {step}" + (f", epoch {int(epoch)}" if epoch is not None else "")
     top, body = fig.subfigures(2, 1, height_ratios=[0.075, 0.925])
     top.text(0.5, 0.45, f"Backpropagation on one digit {label} while the network learns  —  {head}",
-             ha="center", va="center", fontsize=11)
-    (fwd, lp), (bwd, up) = body.subfigures(2, 2, width_ratios=[1.75, 1.0], wspace=0.0, hspace=0.0)
+             ha="center", va="center", fontsize=FRAME_FONT + 3)
+    right = min(_LOSS_WIDTH, fig.get_figwidth() / 2)
+    (fwd, lp), (bwd, up) = body.subfigures(
+        2, 2, width_ratios=[fig.get_figwidth() - right, right], wspace=0.0, hspace=0.0
+    )
     n = len(layers) + 1
     act_limits = limits.get("activations", {})
+    small = dict(fontsize=FRAME_FONT)
 
     # 1. forward pass
     _panel(fwd, "1. Forward pass: activations y_l = f_l(y_l−1)", STEP_COLORS[0])
-    axes = fwd.subplots(1, n, gridspec_kw=dict(left=0.02, right=0.98, top=0.74, bottom=0.1, wspace=0.3))
+    axes = _layer_row(fwd, n, "→", top=0.7, bottom=0.1)
     image = _np(frame["image"])
     _heatmap(axes[0], image.reshape(-1, *image.shape[-2:]).mean(0), None, False, cmap="gray_r")
-    axes[0].set_title("input x", fontsize=8)
+    axes[0].set_title(f"input x\n{_shape(image)}", **small)
     for ax, name, act in zip(axes[1:], layers, frame["activations"]):
         low, high = act_limits.get(name, (None, None))
         signed = low is not None and low < 0
         grid = _heatmap(ax, act, max(abs(low), high) if signed else high, diverging=signed,
                         cmap="PuOr_r" if signed else None)
         _class_ticks(ax, grid, label)
-        size = "×".join(str(s) for s in _np(act).shape)
-        ax.set_title(f"{name} ({size})", fontsize=8)
-    for ax in axes[1:]:
-        ax.annotate("→", xy=(-0.16, 0.5), xycoords="axes fraction", fontsize=11, ha="center", va="center")
+        ax.set_title(f"{name}\n{_shape(act)}", **small)
 
     # 2. loss
     _panel(lp, f"2. Loss: L = −log p({label}) = {loss:.3g}", STEP_COLORS[1])
-    ax_p, ax_l = lp.subplots(1, 2, gridspec_kw=dict(left=0.1, right=0.97, top=0.74, bottom=0.2, wspace=0.45))
+    ax_p, ax_l = lp.subplots(1, 2, gridspec_kw=dict(left=0.12, right=0.93, top=0.7, bottom=0.2, wspace=0.5))
     colors = [TRUE_COLOR if k == label else OTHER_COLOR for k in range(len(probs))]
     ax_p.bar(range(len(probs)), probs, color=colors, width=0.8)
     ax_p.set_ylim(0, 1)
-    ax_p.set_xticks(range(len(probs)))
-    ax_p.tick_params(labelsize=6, length=2, pad=1)
-    ax_p.set_title(f"softmax: p({label}) = {probs[label] if label < len(probs) else float('nan'):.2f}", fontsize=8)
-    ax_p.set_xlabel("class", fontsize=7, labelpad=1)
+    ax_p.set_yticks([0, 0.5, 1], ["0", ".5", "1"])
+    ax_p.set_xticks(range(len(probs)), [str(k) if k in (0, label, len(probs) - 1) else "" for k in range(len(probs))])
+    ax_p.tick_params(labelsize=FRAME_FONT, length=2, pad=1)
+    p_true = probs[label] if label < len(probs) else float("nan")
+    ax_p.set_title(f"softmax\np({label}) = {p_true:.2f}", **small)
+    ax_p.set_xlabel("class", labelpad=1, **small)
     steps, values = _np(frame.get("loss_steps", [])), _np(frame.get("loss_values", []))
     if steps.size:
         ax_l.plot(steps, values, lw=0.8, color="#d62728")
@@ -193,56 +267,58 @@ def draw_learning_frame(fig: Figure, frame: Mapping[str, Any], limits: Mapping[s
     ax_l.set_yscale("log")
     if "loss" in limits:
         ax_l.set_ylim(*limits["loss"])
-    ax_l.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax_l.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax_l.yaxis.set_minor_formatter(NullFormatter())
+    _loss_ticks(ax_l)
     ax_l.set_xlim(0, max(int(frame.get("max_step", step)), 1))
-    ax_l.tick_params(labelsize=6, length=2, pad=1)
-    ax_l.set_title("training loss so far", fontsize=8)
-    ax_l.set_xlabel("step", fontsize=7, labelpad=1)
+    ax_l.xaxis.set_major_locator(MaxNLocator(nbins=2, integer=True))
+    ax_l.tick_params(labelsize=FRAME_FONT, length=2, pad=1)
+    ax_l.set_title("training loss\nso far", **small)
+    ax_l.set_xlabel("step", labelpad=1, **small)
 
     # 3. backward pass
-    _panel(bwd, "3. Backward pass: error signals δ_l = ∂L/∂y_l  (chain rule, right to left)", STEP_COLORS[2])
-    axes = bwd.subplots(1, n, gridspec_kw=dict(left=0.02, right=0.98, top=0.74, bottom=0.12, wspace=0.3))
+    _panel(bwd, "3. Backward pass: error signals δ_l = ∂L/∂y_l, right to left", STEP_COLORS[2])
+    axes = _layer_row(bwd, n, "←", top=0.76, bottom=0.16)
     grad_x = frame.get("input_grad")
     entries = [("∂L/∂x", None if grad_x is None else _np(grad_x).reshape(-1, *_np(grad_x).shape[-2:]).sum(0))]
     entries += [(f"δ {name}", err) for name, err in zip(layers, frame["errors"])]
     for ax, (title, err) in zip(axes, entries):
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, **small)
         if err is None:
             ax.axis("off")
-            ax.text(0.5, 0.5, "no grad", ha="center", va="center", fontsize=7, transform=ax.transAxes)
+            ax.set_box_aspect(1)  # a square cell, its title level with its neighbours'
+            ax.text(0.5, 0.5, "no grad", ha="center", va="center", transform=ax.transAxes, **small)
             continue
         grid = _heatmap(ax, err, None, diverging=True)
         _class_ticks(ax, grid, label)
-        ax.set_xlabel(f"±{np.abs(_np(err)).max():.1e}", fontsize=7, labelpad=2 if grid.shape[0] > 1 else 8)
-    for ax in axes[:-1]:
-        ax.annotate("←", xy=(1.16, 0.5), xycoords="axes fraction", fontsize=11, ha="center", va="center")
+        ax.set_xlabel(f"±{np.abs(_np(err)).max():.1e}", labelpad=2, **small)
 
     # 4. weight update
     _panel(up, "4. Weight update: W ← W + ΔW", STEP_COLORS[3])
-    ax_u = up.subplots(1, 1, gridspec_kw=dict(left=0.2, right=0.95, top=0.72, bottom=0.24))
     updates = {k: float(v) for k, v in dict(frame.get("updates", {})).items()}
     names = list(updates)
+    margin = (max(map(_text_width, names), default=0.0) + 0.15) / right
+    ax_u = up.subplots(1, 1, gridspec_kw=dict(left=max(0.12, margin), right=0.95, top=0.76, bottom=0.3))
     if names:
         sizes = [max(updates[k], 1e-12) for k in names]
         ax_u.barh(range(len(names)), sizes, color="#1f77b4", height=0.6)
-        for i, size in enumerate(sizes):
-            ax_u.text(size, i, f" {size:.1e}", va="center", ha="left", fontsize=7)
         ax_u.set_yticks(range(len(names)), names)
         ax_u.invert_yaxis()
         ax_u.set_xscale("log")
         if "updates" in limits:
-            ax_u.set_xlim(limits["updates"][0], limits["updates"][1] * 4)  # room for the value labels
-        ax_u.xaxis.set_major_locator(LogLocator(numticks=5))
+            ax_u.set_xlim(*limits["updates"])
+        ax_u.xaxis.set_major_locator(LogLocator(numticks=4))
         ax_u.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0e}"))
         ax_u.xaxis.set_minor_formatter(NullFormatter())
+        low, high = np.log10(ax_u.get_xlim())
+        for i, size in enumerate(sizes):  # the value after a short bar, inside a long one
+            inside = (np.log10(size) - low) / (high - low) > 0.55
+            ax_u.text(size, i, f" {size:.1e} ", va="center", ha="right" if inside else "left",
+                      color="white" if inside else "black", **small)
     else:
         ax_u.set_yticks([])
         ax_u.set_xticks([])
-        ax_u.text(0.5, 0.5, "(before the first step)", ha="center", va="center", fontsize=8, transform=ax_u.transAxes)
-    ax_u.tick_params(labelsize=7, length=2, pad=1)
-    ax_u.set_xlabel(frame.get("update_note", "‖ΔW_l‖ per layer"), fontsize=7, labelpad=1)
+        ax_u.text(0.5, 0.5, "(before the first step)", ha="center", va="center", transform=ax_u.transAxes, **small)
+    ax_u.tick_params(labelsize=FRAME_FONT, length=2, pad=1)
+    ax_u.set_xlabel(frame.get("update_note", "‖ΔW_l‖ per layer"), labelpad=1, **small)
 
 
 def frame_limits(frames: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -270,15 +346,17 @@ def save_learning_animation(
     frames: Sequence[Mapping[str, Any]],
     path: str | Path,
     fps: float = 6,
-    figsize: tuple[float, float] = (10.0, 5.6),
-    dpi: float = 72,
+    figsize: tuple[float, float] | None = None,
+    dpi: float = FRAME_DPI,
 ) -> Path:
-    """Write ``frames`` (see ``draw_learning_frame``) as a looping GIF with matplotlib's ``PillowWriter``."""
+    """Write ``frames`` (see ``draw_learning_frame``) as a looping GIF with matplotlib's ``PillowWriter``;
+    ``figsize`` None: ``frame_figsize`` of the first frame (on the 8x8 digits 10.3 × 5.6 in for the MLP, 10.6 × 5.6
+    for LeNet-5: 1030 × 560 and 1057 × 560 pixels at the default 100 dpi)."""
     if not frames:
         raise ValueError("save_learning_animation: no frames to write")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig = new_figure(figsize, dpi)
+    fig = new_figure(figsize or frame_figsize(frames[0]), dpi)
     limits = frame_limits(frames)
     writer = PillowWriter(fps=fps)
     with writer.saving(fig, str(path), dpi):
@@ -330,6 +408,37 @@ def plot_gradient_flow(
     ylabel: str = "‖∂L/∂W_l‖",
 ) -> Figure:
     """Per-layer gradient norm over training: one line per layer (input side dark, output side light), log scale."""
+    fig, ax = _layer_lines(steps, norms, fig, ylabel)
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both", lw=0.4)
+    _finish_layer_lines(fig, ax, title, path)
+    return fig
+
+
+def plot_alignment(
+    steps: Sequence[float],
+    angles: Mapping[str, Sequence[float]],
+    path: str | Path | None = None,
+    fig: Figure | None = None,
+    title: str = "Alignment with the true gradient",
+    ylabel: str = "∠(ΔW_rule, ∇W) in degrees",
+) -> Figure:
+    """Per-layer angle between a learning rule's weight update and the true (backprop) gradient over training, as
+    in Lillicrap et al. 2016's Figure 2: one line per layer (input side dark, output side light), 0° is backprop's
+    direction, 90° (dashed) an update orthogonal to it."""
+    fig, ax = _layer_lines(steps, angles, fig, ylabel)
+    ax.axhline(90.0, color="0.4", ls="--", lw=0.8, label="90°: orthogonal")
+    finite = [float(a) for values in angles.values() for a in _np(values).ravel() if math.isfinite(a)]
+    ax.set_ylim(-3, max([100.0, *(a + 10 for a in finite)]))  # below 0: a layer at 0° (the last) stays in view
+    ax.yaxis.set_major_locator(MultipleLocator(30))
+    ax.grid(alpha=0.3, lw=0.4)
+    _finish_layer_lines(fig, ax, title, path)
+    return fig
+
+
+def _layer_lines(steps: Sequence[float], values: Mapping[str, Sequence[float]], fig: Figure | None, ylabel: str):
+    """``fig`` (cleared; a new 7 x 3.8 in figure when None) and its axes with one line per layer over the
+    optimizer steps, input side dark, output side light."""
     from matplotlib import colormaps
 
     fig = fig or new_figure((7, 3.8), 110)
@@ -337,17 +446,20 @@ def plot_gradient_flow(
     ax = fig.subplots()
     cmap = colormaps["viridis"]
     x = _np(steps)
-    for i, (name, values) in enumerate(norms.items()):
-        ax.plot(x, _np(values), lw=1.0, color=cmap(i / max(len(norms) - 1, 1) * 0.9), label=name)
-    ax.set_yscale("log")
+    for i, (name, ys) in enumerate(values.items()):
+        ax.plot(x, _np(ys), lw=1.0, color=cmap(i / max(len(values) - 1, 1) * 0.9), label=name)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3, which="both", lw=0.4)
-    ax.legend(fontsize=8, ncol=2 if len(norms) > 4 else 1, title="layer (input → output)", title_fontsize=8)
+    return fig, ax
+
+
+def _finish_layer_lines(fig: Figure, ax, title: str, path: str | Path | None) -> None:
+    """The layers' legend and the title of a ``_layer_lines`` figure; write it to ``path`` when given."""
+    lines = len(ax.get_legend_handles_labels()[0])
+    ax.legend(fontsize=8, ncol=2 if lines > 4 else 1, title="layer (input → output)", title_fontsize=8)
     ax.set_title(title, fontsize=11)
     fig.tight_layout()
     _save(fig, path)
-    return fig
 
 
 def _save(fig: Figure, path: str | Path | None) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from manualbp.callbacks._run_folder import artefact_path
 from manualbp.trace import Trace, trace
 
 
@@ -43,9 +44,10 @@ class GradientFlow(pl.Callback):
     its last micro-batch; under AMP with a loss scaler δ is divided by the scale, as the gradients are.
 
     When fit ends (``on_fit_end``) the global-zero process writes, with ``figure=True``, ``<trainer.log_dir>/gradient_flow.png``
-    (the run folder: ``lightning_logs/version_0`` with the CSV logger): ``manualbp.viz.plot_gradient_flow`` of
-    ``grad_norm`` over the recorded steps for each weight matrix or kernel (parameters with two dimensions or
-    more), and prints one line: ``GradientFlow: logged 5 steps; figure lightning_logs/version_0/gradient_flow.png``.
+    (the run folder: ``lightning_logs/version_0`` with the CSV logger, ``default_root_dir`` without a logger; see
+    ``manualbp/callbacks/_run_folder.py``): ``manualbp.viz.plot_gradient_flow`` of ``grad_norm`` over the
+    recorded steps for each weight matrix or kernel (parameters with two dimensions or more), and prints one
+    line: ``GradientFlow: logged 5 steps; figure lightning_logs/version_0/gradient_flow.png``.
 
     Training is not changed: the trace adds tensor hooks and no node to the graph, and the callback only
     reads and copies. Only the global-zero process records.
@@ -113,12 +115,11 @@ class GradientFlow(pl.Callback):
         self._close()
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        log_dir = trainer.log_dir  # a broadcast from rank 0: every process asks
+        path = artefact_path(trainer, "gradient_flow.png")  # a broadcast from rank 0: every process asks
         if not trainer.is_global_zero:
             return
         line = f"GradientFlow: logged {len(self.steps)} step{'' if len(self.steps) == 1 else 's'}"
         if self.figure and self.steps:
-            path = Path(log_dir or trainer.default_root_dir) / "gradient_flow.png"
             line += f"; figure {self.write(path, pl_module.net)}"
         print(line)
 

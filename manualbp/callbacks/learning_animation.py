@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+
+from manualbp.callbacks._run_folder import artefact_path
 
 
 class LearningAnimation(pl.Callback):
@@ -15,8 +18,7 @@ class LearningAnimation(pl.Callback):
 
     From the command line (LightningCLI)::
 
-        manualbp fit --trainer.callbacks+=LearningAnimation \
-                     --trainer.callbacks.path=learning.gif --trainer.callbacks.every_n_steps=10
+        manualbp fit --trainer.callbacks+=LearningAnimation --trainer.callbacks.every_n_steps=10
 
     The digit. The first example whose label is ``digit`` in the training set (``split="train"``: the dataset
     of ``trainer.datamodule.train_dataloader()``, or of ``trainer.train_dataloader`` without a datamodule),
@@ -42,10 +44,13 @@ class LearningAnimation(pl.Callback):
     manual cross entropy on the manual backend) and ``F.cross_entropy`` otherwise. The backward is
     ``torch.autograd.grad``, which leaves every ``.grad`` untouched, so training is not changed.
 
-    The GIF (matplotlib's ``PillowWriter``) is written in ``on_fit_end`` on the global-zero process, which
-    prints its path (``LearningAnimation: wrote learning.gif``); more frames than ``max_frames`` are thinned
-    evenly (first and last kept). ``frames`` keeps the recorded frame
-    data (plain numpy arrays, see ``manualbp.viz.draw_learning_frame``).
+    The GIF (matplotlib's ``PillowWriter``, ``manualbp.viz.save_learning_animation``: 100 dpi unless ``dpi`` is
+    given, as wide as the network's layers need) is written in ``on_fit_end`` on the global-zero process, which
+    prints its path in one line (``LearningAnimation: wrote lightning_logs/version_0/learning.gif``). A relative
+    ``path`` is taken inside the run folder, ``trainer.log_dir`` (``lightning_logs/version_N/`` with the CSV
+    logger; ``default_root_dir`` without a logger), so each run keeps its own; an absolute one is used as given.
+    More frames than ``max_frames`` are thinned evenly (first and last kept). ``frames`` keeps the recorded
+    frame data (plain numpy arrays, see ``manualbp.viz.draw_learning_frame``).
     """
 
     def __init__(
@@ -56,7 +61,7 @@ class LearningAnimation(pl.Callback):
         digit: int = 5,
         split: Literal["train", "val"] = "train",
         fps: float = 6.0,
-        dpi: float = 72.0,
+        dpi: float | None = None,
     ) -> None:
         super().__init__()
         if every_n_steps is not None and (isinstance(every_n_steps, bool) or int(every_n_steps) != every_n_steps
@@ -74,7 +79,7 @@ class LearningAnimation(pl.Callback):
         self.digit = int(digit)
         self.split = split
         self.fps = float(fps)
-        self.dpi = float(dpi)
+        self.dpi = None if dpi is None else float(dpi)
         self.frames: list[dict[str, Any]] = []
         self.example_index: int | None = None
         self._every = 1
@@ -147,8 +152,9 @@ class LearningAnimation(pl.Callback):
             self._record(trainer, pl_module, updates)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        path = artefact_path(trainer, self.path)  # a broadcast from rank 0: every process asks
         if trainer.is_global_zero and self.frames:
-            print(f"LearningAnimation: wrote {self.write(self.path)}")
+            print(f"LearningAnimation: wrote {self.write(path)}")
 
     # ---- recording and writing ------------------------------------------------------------------------------
 
@@ -205,10 +211,16 @@ class LearningAnimation(pl.Callback):
             )
         )
 
-    def write(self, path: str) -> Any:
-        """Write the recorded frames (thinned to ``max_frames``) as a GIF; returns the path."""
+    def write(self, path: str | Path) -> Path:
+        """Write ``frames_to_draw()`` as a GIF to ``path`` (as given); returns the path."""
         from manualbp.viz import save_learning_animation
 
+        options = {} if self.dpi is None else {"dpi": self.dpi}
+        return save_learning_animation(self.frames_to_draw(), path, fps=self.fps, **options)
+
+    def frames_to_draw(self) -> list[dict[str, Any]]:
+        """The recorded frames thinned to ``max_frames``, each with the training loss up to it, as
+        ``manualbp.viz.draw_learning_frame`` takes them."""
         frames = self.frames
         if len(frames) > self.max_frames:
             keep = sorted({round(i * (len(frames) - 1) / (self.max_frames - 1)) for i in range(self.max_frames)})
@@ -223,7 +235,7 @@ class LearningAnimation(pl.Callback):
                     loss_steps=[s for s, _ in history],
                     loss_values=[v for _, v in history],
                     max_step=last,
-                    update_note="‖ΔW_l‖ of the last optimizer step (on its batch)",
+                    update_note="‖ΔW_l‖ of the last optimizer step\n(on its batch)",
                 )
             )
-        return save_learning_animation(prepared, path, fps=self.fps, dpi=self.dpi)
+        return prepared

@@ -14,6 +14,7 @@ import csv
 import pytest
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -33,7 +34,7 @@ class FreshRandomFeedback(Rule):
         return torch.randn_like(weight) * weight.std()
 
 
-def _fit(rule, tmp_path, steps: int = 60, **trainer_args) -> Alignment:
+def _fit(rule, tmp_path, steps: int = 60, figure: bool = True, **trainer_args) -> Alignment:
     pl.seed_everything(0, verbose=False)
     g = torch.Generator().manual_seed(0)
     images = torch.randn(512, 1, 4, 4, generator=g)
@@ -42,7 +43,7 @@ def _fit(rule, tmp_path, steps: int = 60, **trainer_args) -> Alignment:
     manualbp.convert(model.net, rule=rule)
     model.configure_optimizers = lambda: torch.optim.Adam(model.parameters(), lr=1e-2)
     model.configure_callbacks = lambda: []  # no checkpoints
-    callback = Alignment(every_n_steps=5)
+    callback = Alignment(every_n_steps=5, figure=figure)
     trainer = pl.Trainer(
         max_steps=steps, logger=CSVLogger(tmp_path), enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, limit_val_batches=0, callbacks=[callback], **trainer_args,
@@ -75,6 +76,28 @@ def test_backprop_is_at_zero_degrees(tmp_path, accumulate):
     """Also with gradient accumulation: the true gradient is summed over the step's micro-batches, as the rule's."""
     callback = _fit("backprop", tmp_path, steps=6, accumulate_grad_batches=accumulate)
     assert callback.steps == [0, 5] and all(angle < 1e-3 for h in callback.history for angle in h.values()), callback.history
+
+
+def _last_angles(callback: Alignment) -> str:
+    return ", ".join(f"{name.split('/')[1]} {value:.1f}°" for name, value in callback.history[-1].items())
+
+
+def test_writes_the_figure_into_the_run_folder_and_prints_its_path(tmp_path, capsys):
+    callback = _fit("feedback_alignment", tmp_path, steps=10)
+    figure = tmp_path / "lightning_logs" / "version_0" / "alignment.png"
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line == f"Alignment: logged 2 steps; at step 5: {_last_angles(callback)}; figure {figure}"
+    with Image.open(figure) as image:
+        assert image.format == "PNG" and image.width > 300
+
+
+def test_without_figure_prints_the_angles_only(tmp_path, capsys):
+    callback = _fit("feedback_alignment", tmp_path, steps=10, figure=False)
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line == f"Alignment: logged 2 steps; at step 5: {_last_angles(callback)}"
+    assert not list(tmp_path.glob("**/*.png"))
+    with pytest.raises(ValueError, match="figure"):
+        Alignment(figure="yes")
 
 
 def test_angle():
