@@ -28,7 +28,7 @@ def convert(
     model: torch.nn.Module,
     strict: bool = False,
     fuse: bool = False,
-    rule: str | Rule = "backprop",
+    rule: str | Rule | None = "backprop",
     example_input: torch.Tensor | None = None,
 ) -> torch.nn.Module:
     """Replace, recursively and in place, every layer of ``model`` that has a ``manualbp.nn`` twin, and give
@@ -62,8 +62,9 @@ def convert(
     ``rule`` (``manualbp.rules``) decides what carries the error backward through every manual Linear,
     LinearReLU and Conv2d of the result (those swapped now and those that were manual already):
     ``"backprop"`` (the default: the true gradient, the plain layers, any other rule removed),
-    ``"feedback_alignment"``, ``"sign_symmetry"``, ``"direct_feedback_alignment"``, or a
-    ``manualbp.rules.Rule`` object (a built-in one with options, or your own). Rules with fixed random
+    ``"feedback_alignment"``, ``"sign_symmetry"``, ``"direct_feedback_alignment"``, a
+    ``manualbp.rules.Rule`` object (a built-in one with options, or your own), or None: every layer keeps the
+    rule it has, with its ``feedback_weight`` (those swapped now have none, so backprop). Rules with fixed random
     matrices give each layer a ``feedback_weight`` buffer, drawn from the rule's seed (0 for a name).
     ``example_input``, a batch of inputs, is needed only by direct feedback alignment through a Conv2d
     (the sizes of the layers' inputs depend on the image size): one no-grad forward pass in eval mode
@@ -72,7 +73,8 @@ def convert(
     Returns ``model``, or the twin of ``model`` when ``model`` itself is a layer with a twin.
     """
     converted = _convert_layers(model, strict, fuse)
-    apply_rule(converted, rule, example_input)
+    if rule is not None:
+        apply_rule(converted, rule, example_input)
     return converted
 
 

@@ -27,6 +27,12 @@ class DtypeError(TypeError, RuntimeError):
     """A tensor of a dtype the op does not take, where torch raises ``RuntimeError``: catchable as either."""
 
 
+class InputDtypeError(DtypeError, ValueError):
+    """An input whose dtype is not the weights' where torch raises ``ValueError`` (``torch.nn.RNN``, ``LSTM`` and
+    ``GRU`` check it first, outside autocast: ``RNNBase.check_input``): catchable as ValueError, TypeError or
+    RuntimeError, as either torch's error or another ``DtypeError``."""
+
+
 def shape_str(t: torch.Tensor) -> str:
     """A shape as a Python tuple reads: (2, 3), (4,), ()."""
     return str(tuple(t.shape))
@@ -42,15 +48,16 @@ def check_tensor(op: str, name: str, value: object) -> None:
         raise _not_a_tensor(op, name, value)
 
 
-def check_floating(op: str, **tensors: torch.Tensor | None) -> None:
-    """Raise ``DtypeError`` (a TypeError and torch's RuntimeError) unless every given tensor has a floating dtype."""
+def check_floating(op: str, *, error: type[DtypeError] = DtypeError, **tensors: torch.Tensor | None) -> None:
+    """Raise ``error`` (``DtypeError``: a TypeError and torch's RuntimeError) unless every given tensor has a
+    floating dtype."""
     for name, t in tensors.items():
         if t is None:
             continue
         if not isinstance(t, torch.Tensor):
             raise _not_a_tensor(op, name, t)
         if not t.is_floating_point():
-            raise DtypeError(
+            raise error(
                 f"{op}: expected a floating-point {name}, got dtype {t.dtype} with shape "
                 f"{shape_str(t)}; convert it with .float()"
             )
@@ -69,13 +76,13 @@ def _differ(tensors: dict[str, torch.Tensor | None], attribute: str) -> bool:
     return False
 
 
-def check_same_dtype(op: str, **tensors: torch.Tensor | None) -> None:
-    """Raise ``DtypeError`` (a TypeError and torch's RuntimeError) unless all given tensors share one dtype,
-    or would after the casts ``torch.autocast`` makes for ``op`` (``manualbp.functional._autocast``): under
+def check_same_dtype(op: str, *, error: type[DtypeError] = DtypeError, **tensors: torch.Tensor | None) -> None:
+    """Raise ``error`` (``DtypeError``: a TypeError and torch's RuntimeError) unless all given tensors share one
+    dtype, or would after the casts ``torch.autocast`` makes for ``op`` (``manualbp.functional._autocast``): under
     autocast, float16, bfloat16 and float32 tensors all become ``autocast_dtype(op, ...)``."""
     if _differ(tensors, "dtype") and not _autocast_unifies(op, tensors):
         listing = ", ".join(f"{name} {t.dtype}" for name, t in tensors.items() if t is not None)
-        raise DtypeError(f"{op}: expected all tensors to have the same dtype, got {listing}")
+        raise error(f"{op}: expected all tensors to have the same dtype, got {listing}")
 
 
 def _autocast_unifies(op: str, tensors: dict[str, torch.Tensor | None]) -> bool:

@@ -3,6 +3,8 @@ written by hand (``manualbp.functional.recurrent``)."""
 
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -18,29 +20,54 @@ from manualbp.nn._base import ManualModule, layer_name
 
 NONLINEARITIES = ("tanh", "relu")
 
+#: The Dynamo module whose ``VariableBuilder.wrap_module`` refuses torch's RNN, GRU and LSTM unless ``allow_rnn``.
+_DYNAMO_BUILDER = "torch._dynamo.variables.builder"
 
-def _allow_rnn_in_dynamo() -> None:
-    """Let torch.compile trace these layers.
+
+def _let_dynamo_trace_these_layers() -> None:
+    """Let torch.compile trace the manual RNN, LSTM and GRU, and only them.
 
     Dynamo refuses every instance of ``torch.nn.RNN``, ``GRU`` and ``LSTM`` (graph break "Attempted to wrap RNN,
-    GRU, or LSTM") unless ``torch._dynamo.config.allow_rnn`` is set; the layers here are such instances, with a
-    forward of Python and Functions that Dynamo traces like any other. The flag also lets Dynamo trace torch's
-    own recurrent modules (each one op; measured to compile and agree with eager mode with the aot_eager and
-    inductor backends, torch 2.14). Set now if Dynamo is loaded, else the moment it loads: importing it here
-    would add seconds to ``import manualbp``.
+    GRU, or LSTM") unless ``torch._dynamo.config.allow_rnn`` is set; the layers here are such instances (they
+    subclass their twins), with a forward of Python and Functions that Dynamo traces like any other. Setting the
+    flag for the process would change what Dynamo does with a user's own ``torch.nn.LSTM`` too, so it stays as it
+    is: Dynamo's ``VariableBuilder.wrap_module``, the one place that reads it (torch 2.12 to 2.14), sees it set
+    while it wraps one of these layers (``config.patch``, restored when the layer is wrapped; Dynamo traces one
+    frame at a time, under its compile lock). Done now if Dynamo's builder is loaded, else the moment it loads:
+    importing it here would add seconds to ``import manualbp``. Without that method (another torch) nothing is
+    changed, and compiling these layers graph-breaks with Dynamo's own message.
     """
-    config = sys.modules.get("torch._dynamo.config")
-    if config is not None:
-        config.allow_rnn = True
+    builder = sys.modules.get(_DYNAMO_BUILDER)
+    if builder is not None:
+        _patch_wrap_module(builder)
     else:
         sys.meta_path.insert(0, _WhenDynamoLoads())
 
 
+def _patch_wrap_module(builder: ModuleType) -> None:
+    """Wrap ``builder.VariableBuilder.wrap_module`` so that ``allow_rnn`` is on while it wraps a layer of this module."""
+    wrap = getattr(getattr(builder, "VariableBuilder", None), "wrap_module", None)
+    if wrap is None or getattr(wrap, "_manualbp", False):
+        return
+    config = importlib.import_module("torch._dynamo.config")
+
+    @functools.wraps(wrap)
+    def wrap_module(self: object, value: torch.nn.Module) -> object:
+        if not isinstance(value, (RNN, LSTM, GRU)):
+            return wrap(self, value)
+        with config.patch(allow_rnn=True):
+            return wrap(self, value)
+
+    wrap_module._manualbp = True
+    builder.VariableBuilder.wrap_module = wrap_module
+
+
 class _WhenDynamoLoads(importlib.abc.MetaPathFinder):
-    """Sets ``allow_rnn`` right after ``torch._dynamo.config`` is first executed, then leaves ``sys.meta_path``."""
+    """Patches Dynamo's ``wrap_module`` right after ``torch._dynamo.variables.builder`` is first executed, then
+    leaves ``sys.meta_path``."""
 
     def find_spec(self, fullname: str, path: object, target: object = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname != "torch._dynamo.config":
+        if fullname != _DYNAMO_BUILDER:
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(fullname)
@@ -48,13 +75,10 @@ class _WhenDynamoLoads(importlib.abc.MetaPathFinder):
 
         def exec_module(module: ModuleType) -> None:
             execute(module)
-            module.allow_rnn = True
+            _patch_wrap_module(module)
 
         spec.loader.exec_module = exec_module
         return spec
-
-
-_allow_rnn_in_dynamo()
 
 
 class _FlatWeights:
@@ -139,3 +163,6 @@ class GRUCell(ManualModule, torch.nn.GRUCell):
 
     def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None) -> torch.Tensor:
         return MF.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+
+
+_let_dynamo_trace_these_layers()

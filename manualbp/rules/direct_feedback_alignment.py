@@ -35,7 +35,16 @@ Consequences:
 * the first layer's input gets no gradient (DFA sends none there);
 * the layers must run in the model's order, each once per pass (a ``Sequential``): a layer out of order
   raises ``RuntimeError``. The last layer must be a Linear (its ``out_features`` are the K classes) giving
-  (N, K) logits.
+  (N, K) logits;
+* activation checkpointing (``torch.utils.checkpoint``, ``checkpoint_sequential``) with ``use_reentrant=False``
+  gives the gradients of the run without it: the forward pass builds the same graph, and a layer run again by
+  the recomputation in the backward pass (``torch._C._current_graph_task_id()`` set, as torch's module tracker
+  tells a backward pass) computes its op again outside the pass in progress, only refilling saved tensors. With
+  ``use_reentrant=True`` the block runs under ``torch.no_grad`` in the forward pass, so its layers run their
+  plain op there, unseen by the rule, and their block outputs are not in the graph that the output error goes
+  back through: the next layer's forward raises ``RuntimeError`` saying so (delivering e to them would take
+  state written in the backward pass and matched to the right pass). A checkpointed block holding the output
+  layer is refused too (``RuntimeError``, in the recomputation): its node delivers e from every layer's input.
 
 The sizes of h_l come from the next layer: a Linear's ``in_features``; a Conv2d needs the image size, so
 ``manualbp.convert(model, rule="direct_feedback_alignment", example_input=x)`` (one batch of inputs) measures
@@ -176,14 +185,25 @@ class DirectFeedbackAlignment(Rule):
 
     def forward(self, layer: torch.nn.Module, input: torch.Tensor) -> torch.Tensor:
         position = layer.rule_position
+        # run inside a backward pass: an activation checkpoint recomputing its block (torch.compile traces the forward
+        # pass only, and traces a checkpoint as one op)
+        if not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1:
+            return self._recompute(layer, position, input)
         if position == 0:
             self._reset()
         elif position != self._next:
             expected = self._next
             self._reset()
+            skipped = f"layer {expected}" if position == expected + 1 else f"layers {expected} to {position - 1}"
+            why = (
+                f", and record a graph: if {skipped} ran under torch.no_grad or inside an activation checkpoint with "
+                "use_reentrant=True (which runs its block so), the rule did not see it and cannot send it the output "
+                "error; checkpoint with torch.utils.checkpoint(..., use_reentrant=False)"
+                if position > expected else ""
+            )
             raise RuntimeError(
-                f"{self.name}: layer {position} of the rule ran where layer {expected} was expected; the layers "
-                "must run in the model's order, each once per forward pass (a Sequential)"
+                f"{self.name}: layer {position} of the rule ran where layer {expected} was expected; the layers must "
+                f"run in the model's order, each once per forward pass (a Sequential){why}"
             )
         if position > 0:
             self._hidden.append(input)
@@ -195,6 +215,26 @@ class DirectFeedbackAlignment(Rule):
         pairs = list(zip(self._hidden, self._feedback))
         self._reset()
         return direct_feedback(output, pairs)
+
+    def _recompute(self, layer: torch.nn.Module, position: int, input: torch.Tensor) -> torch.Tensor:
+        """A hidden layer run again by an activation checkpoint (``torch.utils.checkpoint`` with
+        ``use_reentrant=False``) during the backward pass, to recompute the tensors its block saved: the same op as
+        in the forward pass (no error sent down), outside the pass in progress. Its input already received e · B_l
+        in the forward pass's graph, which the checkpoint keeps; the recomputation only refills saved tensors.
+
+        The output layer is refused: its forward builds the node that delivers e to every layer, from the inputs
+        of the whole pass, which a recomputation of one block does not have (checkpoint the blocks before it, as
+        ``checkpoint_sequential`` does, which never checkpoints its last segment). So is a block first run under
+        ``use_reentrant=True``, whose layers the forward pass did not see; that case fails earlier, in the forward
+        pass, unless the block holds the output layer."""
+        if position == self._count - 1:
+            raise RuntimeError(
+                f"{self.name}: the output layer (layer {position} of the rule) ran inside an activation checkpoint "
+                "(torch.utils.checkpoint): its forward delivers the output error to every layer, which recomputing "
+                "its block cannot rebuild; keep the output layer out of the checkpoint (checkpoint_sequential leaves "
+                "the last segment out)"
+            )
+        return layer.forward_feedback(input, None)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

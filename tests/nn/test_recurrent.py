@@ -294,7 +294,12 @@ def test_output_dtypes_under_cpu_autocast_are_torchs(name, x_dtype, h_dtype, pac
         x = pack_padded_sequence(x, [5, 3])
     h = None if h_dtype is None else torch.randn((2, 4) if cell else (1, 2, 4), dtype=h_dtype)
     hx = None if h is None else ((h, h.clone()) if "LSTM" in name else h)
-    expected = _autocast_dtypes(reference, x, hx)
+    try:
+        expected = _autocast_dtypes(reference, x, hx)
+    except RuntimeError as error:  # torch's oneDNN LSTM has no bfloat16 kernel on CPUs without AVX-512
+        if "primitive descriptor" not in str(error):
+            raise
+        pytest.skip(f"torch's own {name} cannot run under bfloat16 autocast on this CPU: {str(error)[:80]}")
     assert _autocast_dtypes(manual, x, hx) == expected
 
 
@@ -346,11 +351,9 @@ def test_backward_calls_no_pytorch_backward_kernel_and_saves_no_tensor_on_ctx(na
 
 
 def test_dynamo_may_trace_the_layers():
-    """Dynamo refuses instances of torch.nn.RNN, GRU and LSTM unless allow_rnn is set; importing manualbp.nn sets it
-    (when Dynamo loads), so a model of manual recurrent layers compiles with fullgraph=True."""
-    import torch._dynamo.config
-
-    assert torch._dynamo.config.allow_rnn
+    """Dynamo refuses instances of torch.nn.RNN, GRU and LSTM unless allow_rnn is set; manualbp sets it only while
+    Dynamo wraps one of its own layers (tests/nn/test_recurrent_dynamo.py), so a model of manual recurrent layers
+    compiles with fullgraph=True."""
     torch._dynamo.reset()
     layer = mnn.GRU(3, 4, batch_first=True)
     x = torch.randn(2, 5, 3)

@@ -13,4 +13,6 @@ CELLS = [pytest.param(case, check, id=f"{case.id}-{check}") for case in BUILTIN_
 @pytest.mark.parametrize("case, check", CELLS)
 def test_builtin_op_passes_check(case, check):
     (row,) = verify_cases([case], checks=[check]).rows
+    if row.status == "unsupported" and row.detail.startswith("the reference raises on this machine"):
+        pytest.skip(row.detail)  # torch's own layer cannot run this check on this CPU: nothing to compare with
     assert row.status == "pass", f"{row.case} / {row.check}: {row.status}: {row.detail}"

@@ -11,6 +11,8 @@ from torch.nn.utils.rnn import PackedSequence
 from manualbp.functional._autocast import ELIGIBLE, autocast_dtype
 from manualbp.functional._dispatch import apply
 from manualbp.functional._validation import (
+    DtypeError,
+    InputDtypeError,
     InputError,
     check_choice,
     check_floating,
@@ -162,7 +164,7 @@ def _stack(
     time-major sequence with a mask, and its output packed again."""
     packed = isinstance(input, PackedSequence)
     data = input.data if packed else input
-    check_floating(op, input=data)
+    check_floating(op, error=InputDtypeError, input=data)  # torch's RNNBase.check_input: a ValueError
     check_unit_interval(op, "dropout", dropout)
     directions = 2 if bidirectional else 1
     groups = _weight_groups(op, weights, bias, num_layers, directions)
@@ -276,8 +278,11 @@ def _check_input_size(op: str, x: torch.Tensor, w_ih: torch.Tensor, name: str) -
 
 
 def _check_tensors(op: str, data: torch.Tensor, states: list[torch.Tensor], weights: Sequence[torch.Tensor]) -> None:
+    """One dtype and one device for the input, the initial states and the weights. An input of another dtype than
+    the weights raises ``InputDtypeError``, a ValueError as torch's ``RNNBase.check_input`` raises (torch checks
+    it first, outside autocast); states of another dtype raise ``DtypeError``, a RuntimeError as torch's kernels."""
     tensors = {"input": data, **dict(zip(("h0", "c0"), states)), **{f"weights[{i}]": w for i, w in enumerate(weights)}}
-    check_same_dtype(op, **tensors)
+    check_same_dtype(op, error=InputDtypeError if data.dtype != weights[0].dtype else DtypeError, **tensors)
     check_same_device(op, **tensors)
 
 
@@ -341,12 +346,15 @@ def _autocast_dtypes(
 
     The recurrent layers are products by W_ih and W_hh, so they compute in the dtype ``linear`` takes under
     autocast (``_autocast``); their results come in torch's dtypes (``_CARRIED``; on CUDA, cuDNN's: the
-    autocast dtype). Measured with torch 2.14 on the CPU.
+    autocast dtype). Measured with torch 2.14 on the CPU. torch's LSTM is oneDNN's fused kernel (results in the
+    compute dtype) except on packed sequences and, in bfloat16, on a CPU where oneDNN has no bfloat16 kernels
+    (no AVX-512): then its results carry c's dtype, as the packed LSTM's.
     """
     compute = autocast_dtype("linear", data, *states, *(w for w in weights if w is not None))
     if compute is None:
         return None, None
-    carried = 1 if op == "lstm" and variable_lengths else _CARRIED.get(op)
+    unfused = variable_lengths or (compute == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    carried = 1 if op == "lstm" and unfused else _CARRIED.get(op)
     if carried is None or data.device.type != "cpu":
         return compute, compute
     return compute, torch.promote_types(compute, states[carried].dtype)
