@@ -3,7 +3,7 @@
 The manualbp run is the ``manualbp`` command (Lightning; per-sample clipping inside the hand-written backward):
 
     manualbp fit --data=MNISTDataModule --data.data_dir=../shared/data/mnist --trainer.max_epochs=10 \\
-        --model.dp.noise_multiplier=1.0 --model.dp.max_grad_norm=1.0 --model.dp.delta=1e-5 \\
+        --model.dp.noise_multiplier=1.0 --model.dp.max_grad_norm=1.0 --model.dp.delta=1e-5 --model.dp.seed=0 \\
         --trainer.default_root_dir=RUN_DIR
 
 This script trains the same network the same way with Opacus: ``manualbp.models.mlp()`` (Flatten, Linear
@@ -11,8 +11,11 @@ This script trains the same network the same way with Opacus: ``manualbp.models.
 seeds 0 before building its model, and both backends initialise alike), the same ``MNISTDataModule`` (the same
 training/validation split and test set), Adam with lr 1e-3, batch 128 turned into Poisson sampling with
 q = 1 / batches per epoch, noise multiplier 1.0, clipping norm 1.0, δ = 1e-5, 10 epochs, Opacus's RDP
-accountant; ``PrivacyEngine.make_private(..., grad_sample_mode="hooks")``. Like the command, it tests the
-weights of the epoch with the best validation accuracy, and reports the last epoch's test accuracy too.
+accountant; ``PrivacyEngine.make_private(..., grad_sample_mode="hooks")``. Opacus gets the command's batches
+(manualbp's ``PoissonSampler`` with the data module's seed, step t drawing batch t; ``poisson_sampling=False``
+keeps Opacus from replacing it) and its noise (a generator seeded ``--seed``, as ``--model.dp.seed``), so the
+two runs differ only by rounding. Like the command, it tests the weights of the epoch with the best validation
+accuracy, and reports the last epoch's test accuracy too.
 
 With ``--manual-run RUN_DIR`` (the manualbp run's ``default_root_dir``) it reads that run's ``metrics.csv``
 (ε per epoch, val_acc, the test_acc of its best checkpoint), tests its ``last.ckpt``, and writes both side by
@@ -37,6 +40,7 @@ import torch.nn.functional as F
 
 from manualbp.data import MNISTDataModule
 from manualbp.models import mlp
+from manualbp.per_sample import PoissonSampler
 
 
 def evaluate(model: torch.nn.Module, loader) -> float:
@@ -61,15 +65,21 @@ def train_opacus(args: argparse.Namespace) -> dict:
     model = mlp(backend="autograd")
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     engine = PrivacyEngine(accountant="rdp")
+    loader = data.train_dataloader()
+    steps_taken = 0
+    sampler = PoissonSampler(
+        len(loader.dataset), 1 / len(loader), len(loader), lambda: steps_taken, seed=loader.generator.initial_seed()
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model, optimizer, train_loader = engine.make_private(
             module=model,
             optimizer=optimizer,
-            data_loader=data.train_dataloader(),
+            data_loader=torch.utils.data.DataLoader(loader.dataset, batch_sampler=sampler),
             noise_multiplier=args.noise_multiplier,
             max_grad_norm=args.max_grad_norm,
-            poisson_sampling=True,
+            poisson_sampling=False,
+            noise_generator=torch.Generator().manual_seed(args.seed),
             grad_sample_mode="hooks",
         )
     epochs, best, best_state = [], -1.0, None
@@ -79,6 +89,7 @@ def train_opacus(args: argparse.Namespace) -> dict:
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
             optimizer.step()
+            steps_taken += 1
         val_acc = evaluate(model, data.val_dataloader())
         epsilon = engine.get_epsilon(args.delta)
         epochs.append({"epoch": epoch, "val_acc": val_acc, "epsilon": epsilon})

@@ -5,22 +5,26 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal, get_args
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any, Literal, get_args
 
 import pytorch_lightning as pl
 import torch
 import torchmetrics
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities.model_helpers import _restricted_classmethod
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from manualbp.checkpoints import check_checkpoint_fits
+from manualbp.checkpoints import check_checkpoint_fits, check_trusted, saved_hyperparameters
 from manualbp.convert import convert, layer_summary
 from manualbp.functional._validation import check_int
 from manualbp.models import Activation, Backend, Cell, cross_entropy, layers, lenet5, mlp, recurrent
+from manualbp.per_sample._mode import check_no_batch_statistics
 from manualbp.per_sample.dp import DPSGD, DifferentialPrivacy
-from manualbp.rules import RuleName, apply_rule
+from manualbp.rules import RuleName, apply_rule, rule_layers
 
 Arch = Literal["mlp", "lenet5", Cell]
 
@@ -64,16 +68,25 @@ class ClassifierModule(pl.LightningModule):
             error projected to every hidden layer by its own fixed B). The fixed matrices are the layers'
             ``feedback_weight`` buffers, drawn from seed 0 and saved in checkpoints. Manual backend only;
             ``manualbp.callbacks.Alignment`` logs how close each layer's update comes to the true gradient.
-        dp: train with DP-SGD (``--model.dp.noise_multiplier``, ``--model.dp.max_grad_norm``, ``--model.dp.delta``;
-            None, the default: no DP). The training batches are drawn by Poisson sampling (Opacus's
-            ``DPDataLoader`` replaces the data module's training loader: each image in with probability
-            1 / batches per epoch), each image's gradient is clipped to total norm ``max_grad_norm`` inside the
-            hand-written backward (``manualbp.clip_per_sample``), Gaussian noise of std
+            A ``net`` converted with a rule already (``manualbp.convert(net, rule=...)``) keeps it, with its
+            buffers: ``rule`` adds nothing then, and naming another rule is a ``ValueError``.
+        dp: train with DP-SGD (``--model.dp.noise_multiplier``, ``--model.dp.max_grad_norm``, ``--model.dp.delta``,
+            ``--model.dp.seed``, ``--model.dp.secure_mode``; None, the default: no DP). The training batches are
+            drawn by Poisson sampling (a ``manualbp.per_sample.PoissonLoader`` replaces the data module's training
+            loader: each image in with probability q = 1 / batches per epoch, each step's draw a function of the
+            data module's seed and the step's number, so a resumed fit draws what an uninterrupted one draws and
+            no two steps share a draw), each image's gradient is clipped to total norm ``max_grad_norm`` inside
+            the hand-written backward (``manualbp.clip_per_sample``), Gaussian noise of std
             ``noise_multiplier · max_grad_norm`` is added to their sum, which is divided by the expected batch
             size (``manualbp.per_sample.add_noise``, as Opacus's optimizer), and ``epsilon``, the privacy spent
-            at ``delta`` by Opacus's RDP accountant, is logged every epoch (and kept in checkpoints). Needs the
-            manual backend, a data module, one batch per optimizer step and no trainer-level gradient clipping
-            (the recurrent archs' default clipping to norm 1 is then left out); Opacus must be installed.
+            at ``delta`` by Opacus's RDP accountant, is logged every epoch (and kept in checkpoints, with the
+            noise generator's state). ``seed`` seeds the noise (None: fresh entropy every run); ``secure_mode``
+            draws noise and batches from ``os.urandom``. Under DDP (``--trainer.strategy=ddp``) a step is the
+            single-process step on the union of the ranks' batches: each rank takes its share of one Poisson
+            batch (q from its own loader's length: batches of ``batch_size`` per rank on average), the clipped
+            sums are added up across the ranks, and the noise is drawn once, on rank 0. Needs the manual
+            backend, a data module, one batch per optimizer step and no trainer-level gradient clipping (the
+            recurrent archs' default clipping to norm 1 is then left out); Opacus must be installed.
         compile: run the network through ``torch.compile`` (inductor), compiled in place
             (``self.net.compile()``: parameter names and checkpoints stay as they are). The first steps compile
             (seconds), the last smaller batch of an epoch once more. Either backend; the manual network's
@@ -106,8 +119,13 @@ class ClassifierModule(pl.LightningModule):
         check_int("ClassifierModule", "num_classes", num_classes, 2)
         self._save_hyperparameters_without_modules()
         self._recurrent = net is None and arch in get_args(Cell)  # their training defaults differ
+        if rule != "backprop" and backend != "manual":
+            raise ValueError(
+                f"ClassifierModule: rule={rule!r} needs backend='manual' (a learning rule changes the "
+                "hand-written backward; autograd's is backprop)"
+            )
         if net is not None:
-            self.net = _own_network(net, backend)
+            self.net = _own_network(net, backend, rule, in_shape)
         elif arch == "mlp":
             self.net = mlp(hidden, activation, dropout, in_shape, num_classes, backend)
         elif arch == "lenet5":
@@ -116,12 +134,7 @@ class ClassifierModule(pl.LightningModule):
             self.net = recurrent(arch, hidden_size, num_layers, bidirectional, in_shape, num_classes, backend)
         else:
             raise ValueError(f"ClassifierModule: arch must be one of {', '.join(get_args(Arch))}, got {arch!r}")
-        if rule != "backprop":
-            if backend != "manual":
-                raise ValueError(
-                    f"ClassifierModule: rule={rule!r} needs backend='manual' (a learning rule changes the "
-                    "hand-written backward; autograd's is backprop)"
-                )
+        if rule != "backprop" and net is None:
             # the layers are manual already: the step of convert(net, rule=...) that follows the swap; a convolution's
             # direct feedback matrix is sized by its block's output on an example input
             apply_rule(self.net, rule, example_input=torch.zeros(2, *in_shape))
@@ -129,6 +142,7 @@ class ClassifierModule(pl.LightningModule):
             dp = DifferentialPrivacy(**dp)
         if dp is not None:
             _check_dp(dp, backend)
+            check_no_batch_statistics("ClassifierModule(dp=...)", self.net)  # here, not at the first step
         self._dp = None if dp is None else DPSGD(dp)
         if compile:
             if dp is not None:
@@ -144,7 +158,8 @@ class ClassifierModule(pl.LightningModule):
     def _save_hyperparameters_without_modules(self) -> None:
         """``save_hyperparameters()``, except a ``net`` given as a module object in Python: its weights are in
         the state dict already (pass it again to ``load_from_checkpoint``). Through the ``manualbp`` command
-        ``net`` is saved as its class path and arguments, from which ``load_from_checkpoint`` rebuilds it."""
+        ``net`` is saved as its class path and arguments, from which ``load_from_checkpoint`` rebuilds it when
+        that class is trusted (``trusted_classes``)."""
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
             self.save_hyperparameters()
@@ -176,7 +191,8 @@ class ClassifierModule(pl.LightningModule):
     # ---- DP-SGD (dp): Poisson batches, per-sample clipping in the backward, noise, privacy accounting ------------
 
     def setup(self, stage: str) -> None:
-        """With ``dp``, the data module's training loader is replaced by Opacus's Poisson-sampling one for the fit."""
+        """With ``dp``, the data module's training loader is replaced by a Poisson-sampling one for the fit
+        (``DPSGD.poisson_loader``: this rank's share of each step's Poisson batch)."""
         if self._dp is None or stage != "fit":
             return
         datamodule = self.trainer.datamodule
@@ -184,7 +200,8 @@ class ClassifierModule(pl.LightningModule):
             raise ValueError("ClassifierModule(dp=...): DP-SGD training needs a data module (its training loader is "
                              "replaced by a Poisson-sampling one)")
         make_loader = datamodule.train_dataloader
-        datamodule.train_dataloader = lambda: self._dp.poisson_loader(make_loader())
+        rank, world_size = self.trainer.global_rank, self.trainer.world_size
+        datamodule.train_dataloader = lambda: self._dp.poisson_loader(make_loader(), rank, world_size)
 
     def teardown(self, stage: str) -> None:
         datamodule = None if self._trainer is None else self.trainer.datamodule
@@ -200,6 +217,14 @@ class ClassifierModule(pl.LightningModule):
         if self.trainer.accumulate_grad_batches != 1:
             raise ValueError("ClassifierModule(dp=...): DP-SGD takes one Poisson batch per optimizer step; "
                              "leave --trainer.accumulate_grad_batches at 1")
+        if self.trainer.world_size > 1:
+            model = self.trainer.strategy.model
+            if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+                raise ValueError(f"ClassifierModule(dp=...): DP-SGD on {self.trainer.world_size} processes needs "
+                                 f"--trainer.strategy=ddp, got {type(self.trainer.strategy).__name__}")
+            # DDP's gradient hooks fire before the clipped sums are written (at the end of the backward): no
+            # reduction of its own at any step (its no_sync), DPSGD.privatize sums the ranks' clipped sums
+            model.require_backward_grad_sync = False
 
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         """With ``dp``, the backward inside ``clip_per_sample``: ``p.grad`` is the sum of the clipped per-sample
@@ -210,13 +235,14 @@ class ClassifierModule(pl.LightningModule):
             super().backward(loss, *args, **kwargs)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """With ``dp``: the noise, the division by the expected batch size, and one step of the accountant."""
+        """With ``dp``: the noise, the division by the expected batch size, the sum over the ranks under DDP, and
+        one step of the accountant."""
         if self._dp is not None:
             self._dp.privatize(p for p in self.net.parameters() if p.requires_grad)
 
     def on_train_epoch_end(self) -> None:
         if self._dp is not None:
-            self.log("epsilon", self._dp.epsilon(), prog_bar=True)
+            self.log("epsilon", self._dp.epsilon(), prog_bar=True, sync_dist=True)  # the same on every rank
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, accuracy: torchmetrics.Metric) -> None:
         images, labels = batch
@@ -240,14 +266,14 @@ class ClassifierModule(pl.LightningModule):
         """Adam with lr 1e-3: the default when nothing else chooses (the ``manualbp`` command's ``--optimizer``
         replaces this method, as LightningCLI does). The recurrent archs: Adam under ``OneCycleLR`` with a peak lr
         of 5e-3 over the fit's steps (up from 2e-4 in the first 30%, then down to 2e-8, along cosines), stepped
-        every step; a constant lr of 1e-3 when the trainer sets no end to the fit. The schedule's length is fixed
-        when the fit starts: a fit resumed with more epochs than that stops at the schedule's end (OneCycleLR
-        raises), so resume with the same ``max_epochs``."""
+        every step; a constant lr of 1e-3 when the trainer sets no end to the fit. A fit resumed with another
+        ``max_epochs`` follows, from the step it reached, the schedule of a fit that long (``_ResumableOneCycleLR``):
+        resumed with more epochs, its lr rises again from the shorter schedule's end."""
         steps = self._trainer.estimated_stepping_batches if self._trainer is not None else math.inf
         optimizer = torch.optim.Adam(self.parameters(), lr=1e-3)
         if not self._recurrent or not math.isfinite(steps):
             return optimizer
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=5e-3, total_steps=int(steps))
+        schedule = _ResumableOneCycleLR(optimizer, max_lr=5e-3, total_steps=int(steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def configure_gradient_clipping(
@@ -266,15 +292,51 @@ class ClassifierModule(pl.LightningModule):
         if self._dp is not None:
             checkpoint["dp_accountant"] = self._dp.state_dict()
 
+    @_restricted_classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | Path | IO[bytes],
+        map_location: Any = None,
+        hparams_file: str | Path | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        *,
+        trusted_classes: Iterable[str] = (),
+        **kwargs: Any,
+    ) -> ClassifierModule:
+        """Lightning's ``load_from_checkpoint`` (keyword arguments override the saved options: ``net=`` hands a
+        network object over again), refusing a checkpoint that names code to run.
+
+        A checkpoint of ``net`` given by class path (``--model.net=mypackage.MyNet`` on the command line) names
+        that class; loading it would import its module and run its constructor. That happens only for the classes
+        in ``trusted_classes`` (class paths, ``["mypackage.MyNet"]``; a class nested in its arguments must be listed
+        too); any other raises ``UntrustedCheckpointError`` (a ValueError) naming them, before anything is imported
+        (``manualbp.checkpoints``). The built-in networks (``arch``) name no class. The file is read with
+        ``weights_only=True`` (Lightning reads a URL with ``weights_only=False`` unless told); ``weights_only=False``
+        trusts the file with any code, its pickles included, and skips the check.
+        """
+        def opt_in(untrusted: list[tuple[str, str]]) -> str:
+            return f"pass trusted_classes={[name for _, name in untrusted]!r} to {cls.__name__}.load_from_checkpoint"
+
+        if weights_only is not False:
+            hparams = saved_hyperparameters(checkpoint_path, hparams_file)
+            given = {key: value for key, value in hparams.items() if key not in kwargs}  # kwargs replace the saved
+            check_trusted(given, {f"{cls.__module__}.{cls.__qualname__}", *trusted_classes}, checkpoint_path, opt_in)
+            weights_only = True
+        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check that ``checkpoint`` was made by this network (``CheckpointMismatchError`` naming the option
         that differs, or the first parameter that does not fit, instead of torch's state-dict traceback).
 
         When a fit resumes from it on the same device type, restore its random generator state; loading the
-        weights to test, predict or with ``load_from_checkpoint`` leaves the random generators alone."""
+        weights to test, predict or with ``load_from_checkpoint`` leaves the random generators alone. A resumed fit
+        keeps the checkpoint callbacks' best checkpoints so far (``_keep_best_checkpoints``)."""
         path = self._trainer.ckpt_path if self._trainer is not None else None
         check_checkpoint_fits(checkpoint, dict(self.hparams), self.state_dict(), path)
         resuming_fit = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        if resuming_fit:
+            _keep_best_checkpoints(checkpoint, self.trainer.checkpoint_callbacks)
         state = checkpoint.get("rng_state", {}).get(self.device.type)
         if resuming_fit and state is not None:
             _set_rng_state(state, self.device)
@@ -304,6 +366,38 @@ def _check_dp(dp: DifferentialPrivacy, backend: Backend) -> None:
         )
 
 
+class _ResumableOneCycleLR(torch.optim.lr_scheduler.OneCycleLR):
+    """``OneCycleLR`` that a fit resumed with another length can load: it keeps its own length (``total_steps``, the
+    resumed fit's) and phases, and takes the steps taken from the saved state, so that the fit follows its own
+    schedule from the step it reached (``OneCycleLR`` would take the saved length and raise at its end). When the
+    length differs, the lr and momentum of that step are set at once, not one step late."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        resized = state_dict["total_steps"] != self.total_steps
+        own = {"total_steps": self.total_steps, "_schedule_phases": self._schedule_phases}
+        super().load_state_dict({**state_dict, **own})
+        if resized:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # get_lr outside step(): on purpose, for this step
+                self._last_lr = self.get_lr()  # sets the momentum too
+            for group, lr in zip(self.optimizer.param_groups, self._last_lr):
+                group["lr"] = lr
+
+
+def _keep_best_checkpoints(checkpoint: dict[str, Any], callbacks: Iterable[pl.Callback]) -> None:
+    """Point each checkpoint callback's state saved in ``checkpoint`` at the folder the callback writes to now. A
+    resumed fit logs into a new run folder, and Lightning's ``ModelCheckpoint.load_state_dict`` drops the best
+    score and the best checkpoints so far (``best_model_score``, ``best_k_models``) when the folder differs: only
+    the resumed epochs would compete, and the test after fit would take the best of those. With the state kept,
+    the best may stay a file of the earlier run's folder, which Lightning never deletes (it removes no checkpoint
+    outside the folder it writes to)."""
+    states = checkpoint.get("callbacks") or {}
+    for callback in callbacks:
+        state = states.get(callback.state_key)
+        if state is not None and getattr(callback, "dirpath", None) is not None:
+            state["dirpath"] = callback.dirpath
+
+
 def _is_lightning_default(callback: pl.Callback) -> bool:
     """Whether ``callback`` is configured as the ``ModelCheckpoint()`` that Lightning adds when none is given."""
     default = ModelCheckpoint()
@@ -311,24 +405,56 @@ def _is_lightning_default(callback: pl.Callback) -> bool:
     return type(callback) is ModelCheckpoint and all(getattr(callback, s) == getattr(default, s) for s in settings)
 
 
-def _own_network(net: torch.nn.Module, backend: Backend) -> torch.nn.Module:
-    """``net`` as it is (autograd) or converted to manual layers, printing which layers became manual and which
-    stayed torch.nn, one line each."""
+def _own_network(net: torch.nn.Module, backend: Backend, rule: RuleName, in_shape: Sequence[int]) -> torch.nn.Module:
+    """``net`` as it is (autograd) or converted to manual layers under its learning rule, printing which layers
+    became manual (with the rules they learn by, unless all are backprop) and which stayed torch.nn, one line each.
+
+    A layer that is manual already keeps its rule and ``feedback_weight`` buffer (``manualbp.convert(net,
+    rule="feedback_alignment")`` done by the user): ``rule="backprop"``, the default, adds nothing. Another
+    ``rule`` is given to a network whose layers carry none (as to a built-in arch), and refused with a
+    ``ValueError`` when they carry another one: replacing the user's rule, or training under two, would not be
+    what either argument asked for."""
     if backend == "autograd":
         return net
     layers(backend)  # validates the name
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # convert's warning lists every layer; the summary counts them
-        net = convert(net)
+        net = convert(net, rule=None)  # the layers that are manual already keep their rule
+    rules = _rules(net)
+    carried = set(rules) - {"backprop"}
+    if rule != "backprop" and carried - {rule}:
+        raise ValueError(
+            f"ClassifierModule: net learns by {', '.join(sorted(carried))} already (manualbp.convert(net, rule=...)), "
+            f"but rule={rule!r}: give the rule once (rule='backprop', the default, keeps the net's)"
+        )
+    if rule != "backprop" and not carried:
+        apply_rule(net, rule, example_input=torch.zeros(2, *in_shape))
+        rules = _rules(net)
     summary = layer_summary(net)
-    lines = {
-        "manual (hand-written backward)": summary["manual"],
-        "stayed torch.nn (autograd backward)": summary["torch"],
-    }
-    for kind, counts in lines.items():
-        if counts:
-            _print_rank_zero(f"ClassifierModule: {kind}: " + ", ".join(f"{n} {name}" for name, n in counts.items()))
+    learning = "" if set(rules) <= {"backprop"} else (
+        f"; learning rule{'s' * (len(rules) > 1)} "
+        + ", ".join(f"{name} ({_counted(counts)})" for name, counts in rules.items())
+    )
+    if summary["manual"]:
+        _print_rank_zero(f"ClassifierModule: manual (hand-written backward): {_counted(summary['manual'])}{learning}")
+    if summary["torch"]:
+        _print_rank_zero(f"ClassifierModule: stayed torch.nn (autograd backward): {_counted(summary['torch'])}")
     return net
+
+
+def _rules(net: torch.nn.Module) -> dict[str, Counter[str]]:
+    """The learning rules of ``net``'s layers that take one (Linear, LinearReLU, Conv2d), by name, each with how many
+    layers of each type learn by it; a layer without a rule counts under ``backprop``."""
+    rules: dict[str, Counter[str]] = {}
+    for _, layer in rule_layers(net):
+        name = "backprop" if getattr(layer, "rule", None) is None else layer.rule.name
+        rules.setdefault(name, Counter())[type(layer).__name__] += 1
+    return rules
+
+
+def _counted(counts: Counter[str]) -> str:
+    """``1 Conv2d, 2 Linear``: how many layers of each type."""
+    return ", ".join(f"{n} {name}" for name, n in counts.items())
 
 
 @rank_zero_only

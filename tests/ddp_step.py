@@ -31,6 +31,8 @@ class RecordFirstStep(pl.Callback):
         if trainer.global_step == 0:
             images, labels = batch
             self.record = {"images": images.clone(), "labels": labels.clone(), "before": _parameters(pl_module)}
+            if getattr(pl_module, "_dp", None) is not None:  # DP-SGD: the global expected batch size it divides by
+                self.record["expected_batch_size"] = pl_module._dp.expected_batch_size
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int

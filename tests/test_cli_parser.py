@@ -39,6 +39,24 @@ def _in_tmp_path(tmp_path, monkeypatch):
             "unrecognized option --data.batchsize for MNISTDataModule; did you mean --data.batch_size?",
             id="given-data",
         ),
+        pytest.param(
+            ["--model.arch=lstmm"],
+            "--model.arch=lstmm is not one of mlp, lenet5, rnn, lstm, gru; did you mean lstm?",
+            id="choice",
+        ),
+        pytest.param(
+            ["--trainer.callbacks+=GradientFlo"],
+            "--trainer.callbacks: unknown class GradientFlo; did you mean GradientFlow?",
+            id="callback-class",
+        ),
+        pytest.param(
+            ["--data=MNISTDataModul"], "--data: unknown class MNISTDataModul; did you mean MNISTDataModule?", id="data-class"
+        ),
+        pytest.param(
+            ["--model.dp.noise_multiplier=1.0"],
+            "--model.dp (DifferentialPrivacy) needs --model.dp.max_grad_norm too: it has no default",
+            id="required-argument",
+        ),
     ],
 )
 def test_a_misspelt_option_names_the_option_meant_and_nothing_runs(options, message, capsys, monkeypatch):
@@ -98,3 +116,15 @@ def test_every_data_option_has_a_description(data_module, capsys, monkeypatch):
     descriptions = _descriptions(_help(["fit", "--data.help", data_module], capsys), "--data.")
     assert "--data.batch_size" in descriptions
     assert [option for option, text in descriptions.items() if not text] == []
+
+
+def test_help_shows_the_model_and_data_and_leaves_the_trainer_to_its_own_section(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    short = _help(["fit", "--help"], capsys)
+    assert len(short.splitlines()) < 300  # 1,323 lines with every Trainer option and every torch.nn Module listed
+    assert short.index("--model.arch") < short.index("--data ") < short.index("--optimizer ")
+    assert "--trainer.max_epochs" not in short and "`manualbp fit --help=trainer`" in " ".join(short.split())
+    trainer = _help(["fit", "--help=trainer"], capsys)
+    assert "--trainer.max_epochs" in trainer and "--model.arch" not in trainer
+    everything = _help(["fit", "--help=all"], capsys)
+    assert "--trainer.max_epochs" in everything and "--model.arch" in everything

@@ -83,7 +83,6 @@ def test_fast_dev_run_of_lenet5_and_subcommands(tmp_path, capsys, monkeypatch):
     assert "test_acc = " in capsys.readouterr().out
     main(["validate", "--trainer.fast_dev_run=true", "--trainer.enable_progress_bar=false"])
     main(["test", "--trainer.fast_dev_run=true", "--trainer.enable_progress_bar=false"])
-    main(["predict", "--trainer.fast_dev_run=true", "--trainer.enable_progress_bar=false"])
 
 
 def test_print_config_shows_the_defaults(capsys):

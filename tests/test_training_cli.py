@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,6 +98,7 @@ def test_a_checkpoint_of_another_network_is_one_line_naming_the_option(tmp_path,
     (line,) = [line for line in err.splitlines() if line.startswith("manualbp: error:")]
     assert "was trained with --model.in_shape=[1,8,8], but the options here give --model.in_shape=[1,28,28]" in line
     assert f"--config {(_run_dir(tmp_path) / 'config.yaml').resolve()}" in line
+    assert not _run_dir(tmp_path, 1).exists()  # stopped before the run: no folder holding only its config.yaml
 
 
 def test_check_checkpoint_fits_names_a_parameter_of_another_shape():
@@ -118,7 +119,8 @@ def test_your_own_model_through_the_command(tmp_path, capsys):
     assert "test_acc = " in out
     config = yaml.safe_load((_run_dir(tmp_path) / "config.yaml").read_text())
     assert config["model"]["net"] == {"class_path": "tests.test_training_cli.SmallCNN", "init_args": {"width": 6, "num_classes": 10}}
-    trained = ClassifierModule.load_from_checkpoint(_run_dir(tmp_path) / "checkpoints" / "last.ckpt")
+    checkpoint = _run_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    trained = ClassifierModule.load_from_checkpoint(checkpoint, trusted_classes=["tests.test_training_cli.SmallCNN"])
     assert trained.net.features[0].weight.shape == (6, 1, 3, 3)
 
 
@@ -182,17 +184,26 @@ def test_missing_data_is_one_line_and_leaves_nothing_behind(tmp_path, monkeypatc
     assert not (tmp_path / "lightning_logs").exists()
 
 
-def test_a_run_prints_only_what_the_user_asked_for(tmp_path, capfd, monkeypatch):
-    monkeypatch.delenv("TQDM_MINITERS", raising=False)
+def test_a_run_prints_only_what_the_user_asked_for(tmp_path, capfd):
     notices = [logging.getLogger(name) for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.seed")]
     levels = [logger.level for logger in notices]
     job = ["--model.hidden=[16]", "--trainer.limit_train_batches=20", "--trainer.limit_val_batches=2"]
     assert main(["fit", *job, "--trainer.max_epochs=2"]) == 0
-    assert [logger.level for logger in notices] == levels and "TQDM_MINITERS" not in os.environ  # put back
+    assert [logger.level for logger in notices] == levels  # put back
     out, err = capfd.readouterr()
     for notice in ("Tip", "will override existing callbacks", "tensorboardX", "deprecated", "GPU available", "Seed set"):
         assert notice not in out + err, notice
     assert "test_acc = " in out
-    # stdout is not a terminal here: the progress bar shows each epoch's end, not each of its 20 batches
-    assert set(re.findall(r"Epoch 0: +(\d+)%", out)) == {"0", "100"}
-    assert len(out) < 6000
+    # stdout is not a terminal here: one plain line per epoch, the metrics the bar would show, and no bar
+    assert "\r" not in out and "\x1b" not in out
+    epochs = [line for line in out.splitlines() if line.startswith("Epoch ")]
+    assert len(epochs) == 2, epochs
+    assert all(re.fullmatch(r"Epoch \d: train_loss=\S+ val_loss=\S+ val_acc=\S+", line) for line in epochs), epochs
+
+
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "piped"])
+def test_the_progress_bar_is_kept_on_a_terminal_only(monkeypatch, terminal):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)
+    bar = command(["--trainer.max_epochs=1"], run=False).trainer.progress_bar_callback
+    assert type(bar).__name__ == ("TQDMProgressBar" if terminal else "EpochLines")
+    assert command(["--trainer.enable_progress_bar=false"], run=False).trainer.progress_bar_callback is None

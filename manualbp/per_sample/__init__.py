@@ -45,21 +45,26 @@ before the norm, so the clipping stays exact.
 
 Rules both modes share (``_mode.PerSampleMode``): the model's trainable parameters are found from each
 layer's graph node (its ``next_functions``, through autocast's casts), so the forward may run inside or
-outside the context; layers not of ``model`` reduce as usual. A layer that mixes the samples of a batch
+outside the context; layers not of ``model`` reduce as usual. In both modes the layers return no gradient for
+the model's parameters and the mode writes them when the backward ends, for the parameters the engine writes in
+that backward (``backward(inputs=...)``, ``autograd.grad`` of an input), a reentrant checkpoint's nested
+backward counted with the backward it runs in; ``batch_first=False`` reads inputs with a time dim as (T, N, ...)
+(``_mode``'s docstring states these rules). A layer that mixes the samples of a batch
 (BatchNorm with batch statistics) raises ``PerSampleError`` naming it, on entry and in the backward; so does
-a trainable parameter whose gradient comes from anything but these layers (a ``torch.nn`` layer, an
-unsupported manual one), and an input without a batch dim. Outside a context nothing changes: the seam is
+a trainable parameter whose gradient comes from anything but these layers (a ``torch.nn`` layer or torch op, an
+unsupported manual one, a term of the loss), an input without a batch dim, layers that disagree on the batch,
+``torch.autograd.grad`` of a parameter and ``create_graph``. Outside a context nothing changes: the seam is
 None, no hook is left, nothing is kept (only the ``grad_sample`` a ``per_sample_grads`` block leaves as its
 result, replaced when the next block opens). One context at a time.
 
-``dp``: DP-SGD around them (``DifferentialPrivacy``, its settings; ``add_noise``; ``DPSGD``, a run's state),
-with Opacus's Poisson sampler and RDP accountant; ``manualbp.lightning.ClassifierModule(dp=...)`` trains
-with it.
+``dp``: DP-SGD around them (``DifferentialPrivacy``, its settings; ``add_noise``; ``PoissonSampler`` and
+``PoissonLoader``, its batches; ``DPSGD``, a run's state, single-process or DDP), with Opacus's RDP accountant;
+``manualbp.lightning.ClassifierModule(dp=...)`` trains with it.
 """
 
 from manualbp.per_sample._mode import PerSampleError
 from manualbp.per_sample.clip import PerSampleClip, clip_per_sample
-from manualbp.per_sample.dp import DPSGD, DifferentialPrivacy, add_noise
+from manualbp.per_sample.dp import DPSGD, DifferentialPrivacy, PoissonLoader, PoissonSampler, add_noise
 from manualbp.per_sample.grads import per_sample_grads
 
 __all__ = [
@@ -67,6 +72,8 @@ __all__ = [
     "DifferentialPrivacy",
     "PerSampleClip",
     "PerSampleError",
+    "PoissonLoader",
+    "PoissonSampler",
     "add_noise",
     "clip_per_sample",
     "per_sample_grads",

@@ -164,7 +164,11 @@ class DirectFeedbackAlignment(Rule):
     def attach(self, model: torch.nn.Module, layers: Sequence[Layer], example_input: torch.Tensor | None = None) -> None:
         op = self.name
         if len(layers) < 2:
-            raise ValueError(f"{op}: needs at least two layers (hidden ones and the output), found {len(layers)}")
+            found = ", ".join(f"{name} ({type(layer).__name__})" for name, layer in layers)
+            raise ValueError(
+                f"{op}: needs at least two layers it drives (manualbp Linear, LinearReLU, Conv2d: the hidden ones and "
+                f"the output), found {len(layers)}{f': {found}' if found else ''}{_undriven(model, layers)}"
+            )
         last_name, last = layers[-1]
         if not isinstance(getattr(last, "out_features", None), int):
             raise ValueError(
@@ -240,6 +244,18 @@ class DirectFeedbackAlignment(Rule):
         state = dict(self.__dict__)
         state.update(_hidden=[], _feedback=[], _next=0)  # a copy never carries a pass in progress
         return state
+
+
+def _undriven(model: torch.nn.Module, layers: Sequence[Layer]) -> str:
+    """``"; it does not apply to lstm (LSTM)"``: the modules of ``model`` with parameters of their own that are not
+    among ``layers`` (a recurrent layer, a torch.nn layer left unconverted), or ``""`` when there are none."""
+    driven = {id(layer) for _, layer in layers}
+    others = [
+        f"{name} ({type(module).__name__})"
+        for name, module in model.named_modules()
+        if id(module) not in driven and next(module.parameters(recurse=False), None) is not None
+    ]
+    return f"; it does not apply to {', '.join(others)}" if others else ""
 
 
 def _input_sizes(model: torch.nn.Module, layers: Sequence[Layer], example_input: torch.Tensor | None) -> list[int]:
