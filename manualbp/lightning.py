@@ -18,7 +18,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.model_helpers import _restricted_classmethod
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from manualbp.checkpoints import check_checkpoint_fits, check_trusted, saved_hyperparameters
+from manualbp.checkpoints import CheckpointMismatchError, check_checkpoint_fits, check_trusted, saved_hyperparameters
 from manualbp.convert import convert, layer_summary
 from manualbp.functional._validation import check_int
 from manualbp.models import Activation, Backend, Cell, cross_entropy, layers, lenet5, mlp, recurrent
@@ -335,6 +335,13 @@ class ClassifierModule(pl.LightningModule):
         path = self._trainer.ckpt_path if self._trainer is not None else None
         check_checkpoint_fits(checkpoint, dict(self.hparams), self.state_dict(), path)
         resuming_fit = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        if resuming_fit and ("dp_accountant" in checkpoint) != (self._dp is not None):
+            # the privacy spent so far would be dropped, or a private run would go on from a non-private one
+            raise CheckpointMismatchError(
+                f"checkpoint {path} was trained {'with' if self._dp is None else 'without'} DP-SGD and this fit "
+                f"{'has no' if self._dp is None else 'has'} --model.dp: resume a fit with the dp options it was "
+                "trained with"
+            )
         if resuming_fit:
             _keep_best_checkpoints(checkpoint, self.trainer.checkpoint_callbacks)
         state = checkpoint.get("rng_state", {}).get(self.device.type)

@@ -122,3 +122,16 @@ def test_the_inclusion_rate_is_q():
     sizes = torch.tensor(sizes, dtype=torch.float64)
     assert abs(sizes.mean().item() - 200) < 4 * (2000 * 0.1 * 0.9 / 400) ** 0.5
     assert abs(counts.mean().item() - 40) < 0.5 and abs(counts.var().item() - 36) < 3
+
+
+def test_a_fit_resumed_with_dp_switched_on_or_off_is_refused(tmp_path):
+    """The privacy spent so far would be dropped (DP off), or a private run would continue a non-private one (DP
+    on): both stop with a CheckpointMismatchError, before any step."""
+    from manualbp.checkpoints import CheckpointMismatchError
+
+    _fit(tmp_path / "dp", 1, DifferentialPrivacy(1.0, 1.0, seed=0))
+    with pytest.raises(CheckpointMismatchError, match="with DP-SGD"):
+        _fit(tmp_path / "off", 2, None, tmp_path / "dp" / "checkpoints" / "last.ckpt")
+    _fit(tmp_path / "plain", 1, None)
+    with pytest.raises(CheckpointMismatchError, match="without DP-SGD"):
+        _fit(tmp_path / "on", 2, DifferentialPrivacy(1.0, 1.0, seed=0), tmp_path / "plain" / "checkpoints" / "last.ckpt")
