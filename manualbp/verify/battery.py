@@ -71,6 +71,9 @@ CPU_CHECKS = (
     "autocast_chain",
 )
 CUDA_CHECKS = ("cuda", "autocast_float16", "autocast_bfloat16")
+#: The checks through torch's graph capture: each compiles or exports the function (seconds per sample, where the
+#: others take milliseconds); the test-suite runs them in its slow tier.
+GRAPH_CAPTURE_CHECKS = ("compile", "compile_dynamic", "export_dynamic")
 
 _VMAP_BATCH = 3
 

@@ -39,12 +39,21 @@ import torch
 import manualbp
 import manualbp.nn as mnn
 from manualbp.rules import Rule
-from manualbp.verify import CPU_CHECKS, verify
+from manualbp.verify import CPU_CHECKS, GRAPH_CAPTURE_CHECKS, verify
 from tests.rules.references import DFAReference, FeedbackReference, NoisyFeedback, buffer_matrix, injected, sign_matrix
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")  # torch's conv2d
 
 CHECKS = [check for check in CPU_CHECKS if check not in ("gradcheck", "double_backward")]
+# each battery test runs twice: the quick checks, and the graph-capture ones in the slow tier (pytest -m slow)
+TIERS = pytest.mark.parametrize(
+    "tier",
+    [pytest.param(False, id="quick"), pytest.param(True, id="graph_capture", marks=pytest.mark.slow)],
+)
+
+
+def _tier(checks: list[str], graph_capture: bool) -> list[str]:
+    return [check for check in checks if (check in GRAPH_CAPTURE_CHECKS) == graph_capture]
 #: DirectFeedbackFunction's backward (e, e · B_l) depends on dL/dy alone, which an autograd reference can express
 CHECKS_WITH_DOUBLE = [check for check in CPU_CHECKS if check != "gradcheck"]
 
@@ -106,10 +115,11 @@ def _failures(report) -> list[str]:
     return [f"{row.check}: {row.status}: {row.detail}" for row in report.rows if row.status != "pass"]
 
 
+@TIERS
 @pytest.mark.parametrize("rule_id, rule, matrix, layer_id, left_out", CASES)
-def test_rule_passes_the_battery(rule_id, rule, matrix, layer_id, left_out):
+def test_rule_passes_the_battery(rule_id, rule, matrix, layer_id, left_out, tier):
     layer = _layer_under(rule(), layer_id)
-    checks = [check for check in CHECKS if check not in left_out]
+    checks = _tier([check for check in CHECKS if check not in left_out], tier)
     report = verify(layer, FeedbackReference(layer, matrix), [(LAYERS[layer_id][1],)], checks=checks, name=f"{rule_id}-{layer_id}")
     failed = _failures(report)
     assert not failed, "\n".join(failed)
@@ -159,10 +169,11 @@ def _dfa_convnet() -> torch.nn.Sequential:
 @pytest.mark.parametrize(
     "make, x", [pytest.param(_dfa_mlp, _randn(3, 5), id="mlp"), pytest.param(_dfa_convnet, _randn(2, 2, 8, 8), id="convnet")]
 )
-def test_direct_feedback_alignment_passes_the_battery(make, x):
+@TIERS
+def test_direct_feedback_alignment_passes_the_battery(make, x, tier):
     """The whole network: DFA's Function at the output, the layers sending no error down the chain."""
     model = make()
-    checks = [check for check in CHECKS if check != "gradgradcheck"]  # see the module docstring
+    checks = _tier([check for check in CHECKS if check != "gradgradcheck"], tier)  # see the module docstring
     report = verify(model, DFAReference.from_manual(copy.deepcopy(model)), [(x,)], checks=checks, name="dfa")
     failed = _failures(report)
     assert not failed, "\n".join(failed)

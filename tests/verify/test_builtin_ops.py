@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from manualbp.verify import CPU_CHECKS, verify_cases
+from manualbp.verify import CPU_CHECKS, GRAPH_CAPTURE_CHECKS, verify_cases
 from manualbp.verify.builtin_cases import BUILTIN_CASES
 
-CELLS = [pytest.param(case, check, id=f"{case.id}-{check}") for case in BUILTIN_CASES for check in CPU_CHECKS]
+# the graph-capture cells compile or export (seconds each): the slow tier (pytest -m slow), which CI runs too
+CELLS = [
+    pytest.param(case, check, id=f"{case.id}-{check}", marks=[pytest.mark.slow] if check in GRAPH_CAPTURE_CHECKS else [])
+    for case in BUILTIN_CASES
+    for check in CPU_CHECKS
+]
 
 
 @pytest.mark.parametrize("case, check", CELLS)
