@@ -49,14 +49,21 @@ def main(argv: list[str] | None = None) -> Path:
     data = DigitsDataModule(seed=args.seed)
     model = ClassifierModule(arch="mlp", backend=args.backend, hidden=tuple(args.hidden), in_shape=data.in_shape)
     model.configure_optimizers = lambda: torch.optim.Adam(model.parameters(), lr=args.lr)
-    model.configure_callbacks = lambda: []  # no checkpoints
+    model.configure_callbacks = list  # no checkpoints
     animation = LearningAnimation(
         path=str(out.resolve()), every_n_steps=args.every, max_frames=args.frames, digit=args.digit, fps=args.fps
     )
     trainer = pl.Trainer(
-        max_epochs=args.epochs, max_steps=args.steps, callbacks=[animation], logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, accelerator="cpu", devices=1,
+        max_epochs=args.epochs,
+        max_steps=args.steps,
+        callbacks=[animation],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=1,
     )
     start = time.perf_counter()
     trainer.fit(model, datamodule=data)

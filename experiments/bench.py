@@ -93,8 +93,6 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from _common import (
     BACKENDS,
     LOSSES,
@@ -106,6 +104,7 @@ from _common import (
     train_step,
     write_json,
 )
+from torch.utils.flop_counter import FlopCounterMode
 
 IN_SHAPE = (1, 28, 28)
 NUM_CLASSES = 10
@@ -155,8 +154,12 @@ def probe_positions(reps: int, samples: int) -> list[int]:
 
 
 def time_interleaved(
-    fns: dict[str, Callable[[], object]], reps: int, warmup: int, device: torch.device,
-    probe: Callable[[], object] | None = None, probe_samples: int = 0,
+    fns: dict[str, Callable[[], object]],
+    reps: int,
+    warmup: int,
+    device: torch.device,
+    probe: Callable[[], object] | None = None,
+    probe_samples: int = 0,
 ) -> dict[str, list[float]]:
     """Milliseconds per call for each of ``fns``: ``warmup`` untimed calls each, then ``reps`` timed
     calls each, interleaved, with the order reversed every repetition (A B, B A, A B, ...).
@@ -288,9 +291,7 @@ def _same_step_tolerance(device: torch.device) -> dict[str, float]:
     return dict(rtol=1e-4, atol=1e-5) if device.type == "cpu" else dict(rtol=1e-2, atol=1e-3)
 
 
-def assert_same_step(
-    results: dict[str, tuple[torch.Tensor, list[torch.Tensor]]], device: torch.device
-) -> None:
+def assert_same_step(results: dict[str, tuple[torch.Tensor, list[torch.Tensor]]], device: torch.device) -> None:
     """``results[backend]`` = (loss, parameter gradients): the manual and autograd ones agree."""
     tol = _same_step_tolerance(device)
     (loss_m, grads_m), (loss_a, grads_a) = results["manual"], results["autograd"]
@@ -354,7 +355,9 @@ class CompileFailed(RuntimeError):
 
 
 def compile_pair(
-    models: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer], x: torch.Tensor,
+    models: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    x: torch.Tensor,
     y: torch.Tensor,
 ) -> tuple[dict[str, torch.nn.Module], dict[str, object]]:
     """Both models wrapped in ``torch.compile(model, dynamic=False)`` (inductor) and compiled by their
@@ -384,7 +387,7 @@ def compile_pair(
             compiled[backend] = torch.compile(models[backend], dynamic=False)
             try:
                 seconds, loss, grads = first_step(compiled[backend], optimizers[backend], LOSSES[backend], x, y)
-            except Exception as error:  # noqa: BLE001 - reported as the row's compile_error
+            except Exception as error:
                 lines = str(error).strip().splitlines() or [""]
                 failure = CompileFailed(f"{backend} model: {type(error).__name__}: {lines[0]}", dict(info))
                 failure.__cause__ = error
@@ -402,8 +405,15 @@ def compile_pair(
 
 
 def bench_config(
-    model_name: str, batch: int, device: torch.device, reps: int, warmup: int,
-    probe: MatmulProbe | None = None, probe_samples: int = 10, compiled: bool = False, seed: int = 0,
+    model_name: str,
+    batch: int,
+    device: torch.device,
+    reps: int,
+    warmup: int,
+    probe: MatmulProbe | None = None,
+    probe_samples: int = 10,
+    compiled: bool = False,
+    seed: int = 0,
 ) -> dict[str, object]:
     """Measure one (model, batch, device) configuration, eager or compiled; returns its row. With a
     ``probe``, the machine rate is sampled ``probe_samples`` times during the timing loop."""
@@ -498,8 +508,14 @@ def resolve_devices(choice: str) -> list[torch.device]:
 
 
 def run(
-    models: Sequence[str], batches: Sequence[int], devices: Sequence[torch.device], reps: int, warmup: int,
-    matmul_size: int, matmul_reps: int, with_compiled: bool = False,
+    models: Sequence[str],
+    batches: Sequence[int],
+    devices: Sequence[torch.device],
+    reps: int,
+    warmup: int,
+    matmul_size: int,
+    matmul_reps: int,
+    with_compiled: bool = False,
 ) -> list[dict[str, object]]:
     """All rows, configuration by configuration (devices outermost); with ``with_compiled``, each
     configuration's eager row is followed by its compiled row."""
@@ -522,8 +538,14 @@ def run(
                     try:
                         row = bench_config(model_name, batch, device, reps, warmup, probe, matmul_reps, compiled)
                     except CompileFailed as error:  # a row that says so, and the other rows still measured
-                        row = {"model": model_name, "batch": batch, "device": device.type, "compiled": True,
-                               "compile_error": str(error), **error.info}
+                        row = {
+                            "model": model_name,
+                            "batch": batch,
+                            "device": device.type,
+                            "compiled": True,
+                            "compile_error": str(error),
+                            **error.info,
+                        }
                         print(f"  {model_name} batch {batch} on {device.type}: compile failed: {error}", flush=True)
                     else:
                         kind = "compiled" if compiled else "eager"
@@ -547,8 +569,9 @@ def format_table(rows: Sequence[dict[str, object]]) -> str:
     lines = [header, "-" * len(header)]
     for r in rows:
         if r.get("compile_error"):
-            lines.append(f"{r['model']:<11} {r['batch']:>5} {r['device']:<4} {'comp':<5} compile failed: "
-                         f"{r['compile_error']}")
+            lines.append(
+                f"{r['model']:<11} {r['batch']:>5} {r['device']:<4} {'comp':<5} compile failed: {r['compile_error']}"
+            )
             continue
         peak = f"{r['machine_gflops']:>6.1f}" if r.get("machine_gflops") else f"{'-':>6}"
         share = f"{r['machine_share']:>5.2f}" if r.get("machine_share") else f"{'-':>5}"
@@ -577,11 +600,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps per backend (default 20, quick 3)")
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument(
-        "--matmul-reps", type=int, default=None,
+        "--matmul-reps",
+        type=int,
+        default=None,
         help="machine-rate matmul samples per row, spread over its timing loop (default 10, quick 3)",
     )
     parser.add_argument(
-        "--compile", action="store_true",
+        "--compile",
+        action="store_true",
         help="also a row per configuration with both models torch.compile'd (inductor), compile time apart",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")

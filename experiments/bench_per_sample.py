@@ -374,7 +374,7 @@ def _version(module: str) -> str | None:
         from importlib.metadata import version
 
         return version(module)
-    except Exception:  # noqa: BLE001 - a missing distribution only leaves the field empty
+    except Exception:
         return None
 
 

@@ -63,8 +63,8 @@ def backward_im2col(x, weight, grad_out, stride, padding, dilation, groups):
 
 def backward_convprim(x, weight, grad_out, stride, padding, dilation, groups):
     """(dL/dx, dL/dW) for a batched 4-D x through conv_transpose2d and conv2d."""
-    (top, bottom), (left, right) = padding
-    n, c, h, w = x.shape
+    (top, _), (left, _) = padding
+    n, _, h, w = x.shape
     o, cg, kh, kw = weight.shape
     ho, wo = grad_out.shape[2:]
     output_padding = tuple(
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> Path:
         x = torch.randn(cfg["n"], cfg["c"], cfg["hw"], cfg["hw"], generator=gen)
         weight = torch.randn(cfg["o"], cfg["c"], cfg["k"], cfg["k"], generator=gen)
         geometry = ((1, 1), ((cfg["pad"], cfg["pad"]),) * 2, (1, 1), 1)
-        stride, padding, dilation, groups = geometry
+        stride = geometry[0]
         y = F.conv2d(x, weight, None, stride, cfg["pad"])
         grad_out = torch.randn(y.shape, generator=gen)
 
@@ -129,15 +129,16 @@ def main(argv: list[str] | None = None) -> Path:
         for got, want in zip(kept, backward_convprim(x, weight, grad_out, *geometry)):
             torch.testing.assert_close(got, want, rtol=0, atol=0)
 
-        def torch_backward():
-            out = F.conv2d(xr, wr, None, stride, cfg["pad"])
+        def torch_backward(xr=xr, wr=wr, stride=stride, pad=cfg["pad"], grad_out=grad_out):
+            out = F.conv2d(xr, wr, None, stride, pad)
             start = time.perf_counter()
             torch.autograd.grad(out, (xr, wr), grad_out)
             return time.perf_counter() - start
 
+        args = (x, weight, grad_out, *geometry)
         runs = {
-            "im2col": lambda: _timed(lambda: backward_im2col(x, weight, grad_out, *geometry)),
-            "convprim": lambda: _timed(lambda: backward_convprim(x, weight, grad_out, *geometry)),
+            "im2col": lambda args=args: _timed(lambda: backward_im2col(*args)),
+            "convprim": lambda args=args: _timed(lambda: backward_convprim(*args)),
             "torch autograd": torch_backward,
         }
         for fn in runs.values():  # warm-up

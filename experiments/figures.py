@@ -65,11 +65,19 @@ def train(arch: str, backend: str, hidden: tuple[int, ...], epochs: int, steps: 
     pl.seed_everything(seed, verbose=False)
     data = DigitsDataModule(seed=seed)
     model = ClassifierModule(arch=arch, backend=backend, hidden=hidden, in_shape=data.in_shape)
-    model.configure_callbacks = lambda: []  # no checkpoints
+    model.configure_callbacks = list  # no checkpoints
     recorder = Recorder()
     trainer = pl.Trainer(
-        max_epochs=epochs, max_steps=steps, callbacks=[recorder], logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu", devices=1,
+        max_epochs=epochs,
+        max_steps=steps,
+        callbacks=[recorder],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=1,
     )
     trainer.fit(model, datamodule=data)
     return recorder
@@ -94,15 +102,18 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     manual, auto = runs["manual backend"], runs["autograd backend"]
     gap = max((abs(a - b) / max(abs(b), 1e-12) for a, b in zip(manual["train_loss"], auto["train_loss"])), default=0.0)
     hidden = ",".join(map(str, args.hidden))
-    curves = plot_learning_curves(
-        runs, out / "learning_curves.png",
+    plot_learning_curves(
+        runs,
+        out / "learning_curves.png",
         title=f"MLP ({hidden}) on digits, seed {args.seed}: manual vs autograd backprop "
         f"(largest relative gap in train loss {gap:.1e})",
     )
     flow = train(args.flow_arch, "manual", tuple(args.hidden), args.epochs, args.steps, args.seed)
     name = "LeNet-5" if args.flow_arch == "lenet5" else f"MLP ({hidden})"
     plot_gradient_flow(
-        flow.grad_steps, flow.grad_norms, out / "gradient_flow.png",
+        flow.grad_steps,
+        flow.grad_norms,
+        out / "gradient_flow.png",
         title=f"Gradient flow: {name}, manual backend, digits (Adam, lr 1e-3)",
         ylabel="‖∂L/∂W_l‖ (weight gradient)",
     )

@@ -138,7 +138,13 @@ def plot(path: Path, manual: Sequence[float], autograd: Sequence[float], title: 
         # NaN at the exact zeros, so the line breaks there instead of bridging them
         broken = [d if d > 0 else math.nan for d in diff]
         h_diff = ax2.plot(
-            steps, broken, color="tab:red", lw=0.6, alpha=0.6, marker=".", ms=3,
+            steps,
+            broken,
+            color="tab:red",
+            lw=0.6,
+            alpha=0.6,
+            marker=".",
+            ms=3,
             label="|manual − autograd| (right axis)",
         )
         handles += h_diff

@@ -67,7 +67,9 @@ def _timed(name: str, command: list[str]) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, help="write the rows as JSON here (e.g. experiments/results/verify_timing.json)")
+    parser.add_argument(
+        "--out", type=Path, help="write the rows as JSON here (e.g. experiments/results/verify_timing.json)"
+    )
     parser.add_argument("--skip-full", action="store_true", help="leave out the whole matrix")
     args = parser.parse_args(argv)
 
@@ -80,10 +82,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     ]
     if not args.skip_full:
         rows.append(_timed("manualbp verify", verify_command))
-    write_json(args.out, {
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__},
-        "rows": rows,
-    })
+    write_json(
+        args.out,
+        {
+            "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__},
+            "rows": rows,
+        },
+    )
     return rows
 
 

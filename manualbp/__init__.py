@@ -18,8 +18,11 @@ which takes seconds to import.
 
 import importlib
 
-from manualbp import _requirements  # noqa: F401 (first: on an older torch, import fails here with the fix)
-from manualbp import functional, nn
+from manualbp import (
+    _requirements,  # noqa: F401 (first: on an older torch, import fails here with the fix)
+    functional,
+    nn,
+)
 from manualbp.convert import convert, to_torch
 from manualbp.functional._dispatch import function
 from manualbp.functional._nonfinite import NonFiniteGradientError, detect_nonfinite, is_nonfinite_detection_enabled

@@ -19,7 +19,7 @@ def _release(version: str) -> tuple[int, ...]:
     """(major, minor, micro) of a version string; pre-releases and local builds of a release count as
     that release ("2.12.0a0+git1234" and "2.12.0+cpu" are 2.12.0)."""
     release = Version(version).release
-    return (release + (0, 0))[:3]
+    return (*release, 0, 0)[:3]
 
 
 def check_torch_version(version: str | None = None) -> None:

@@ -32,7 +32,17 @@ from manualbp.models import Cell
 
 # The ClassifierModule options that decide the network's shape and layers; backend and dropout do not
 # (a checkpoint of either backend loads into the other).
-_NETWORK_OPTIONS = ("arch", "net", "hidden", "activation", "hidden_size", "num_layers", "bidirectional", "in_shape", "num_classes")
+_NETWORK_OPTIONS = (
+    "arch",
+    "net",
+    "hidden",
+    "activation",
+    "hidden_size",
+    "num_layers",
+    "bidirectional",
+    "in_shape",
+    "num_classes",
+)
 # Options of the recurrent archs only.
 _RECURRENT_OPTIONS = ("hidden_size", "num_layers", "bidirectional")
 # Options the manualbp command links from the data module.
@@ -48,7 +58,9 @@ class UntrustedCheckpointError(ValueError):
     named (``--model.net``, ``trusted_classes=``)."""
 
 
-def saved_hyperparameters(checkpoint_path: str | Path | IO[bytes], hparams_file: str | Path | None = None) -> dict[str, Any]:
+def saved_hyperparameters(
+    checkpoint_path: str | Path | IO[bytes], hparams_file: str | Path | None = None
+) -> dict[str, Any]:
     """The options ``load_from_checkpoint`` builds the module from: ``hparams_file``'s (a .csv or .yaml file, which
     replaces the checkpoint's), else those saved in the checkpoint (``hyper_parameters``, and the keys of Lightning
     0.7). The checkpoint is read as Lightning reads it (a path, a URL or a file object, rewound after), with

@@ -64,8 +64,13 @@ from manualbp.quiet import EpochLines, quiet_run
 # Imported so that short names resolve on the command line: --data=MNISTDataModule,
 # --trainer.callbacks+=LearningAnimation, +=GradientCheckCallback, +=GradientFlow.
 __all__ = [
-    "ConfigurationError", "GradientCheckCallback", "GradientFlow", "LearningAnimation", "MNISTDataModule",
-    "ManualbpCLI", "main",
+    "ConfigurationError",
+    "GradientCheckCallback",
+    "GradientFlow",
+    "LearningAnimation",
+    "MNISTDataModule",
+    "ManualbpCLI",
+    "main",
 ]
 
 _DESCRIPTION = (

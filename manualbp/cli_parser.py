@@ -61,7 +61,9 @@ _CHOICE = re.compile(
 )
 
 # jsonargparse's report of a class name that no class known to a subclass-typed key has.
-_UNKNOWN_CLASS = re.compile(r'^Parser key "(?P<key>[^"]+)":.*?Expected a dot import path string: (?P<name>\S+)', re.DOTALL)
+_UNKNOWN_CLASS = re.compile(
+    r'^Parser key "(?P<key>[^"]+)":.*?Expected a dot import path string: (?P<name>\S+)', re.DOTALL
+)
 
 # jsonargparse's report of a class given without an argument that has no default.
 _REQUIRED = re.compile(

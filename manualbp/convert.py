@@ -153,7 +153,12 @@ def _fuse_pair(first: torch.nn.Module, second: torch.nn.Module) -> tuple[torch.n
     if type(first) in relu and type(second) in (torch.nn.MaxPool2d, mnn.MaxPool2d):
         try:
             pool = ReLUMaxPool2d(
-                second.kernel_size, second.stride, second.padding, second.dilation, second.return_indices, second.ceil_mode
+                second.kernel_size,
+                second.stride,
+                second.padding,
+                second.dilation,
+                second.return_indices,
+                second.ceil_mode,
             )
         except NotImplementedError:
             return None
@@ -180,7 +185,7 @@ def _plan(
     if id(module) in seen:
         return
     seen.add(id(module))
-    if isinstance(module, (ManualModule, *_FUSED)) or isinstance(module, _PASS_THROUGH):
+    if isinstance(module, (ManualModule, *_FUSED, *_PASS_THROUGH)):
         return
     kind = type(module).__name__
     twin = manual_twin(type(module))
@@ -227,7 +232,9 @@ def layer_summary(model: torch.nn.Module) -> dict[str, Counter[str]]:
         if isinstance(module, (ManualModule, *_FUSED)):
             summary["manual"][type(module).__name__] += 1
         elif not isinstance(module, _PASS_THROUGH):
-            owns_state = any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False))
+            owns_state = any(True for _ in module.parameters(recurse=False)) or any(
+                True for _ in module.buffers(recurse=False)
+            )
             if owns_state or not any(True for _ in module.children()):
                 summary["torch"][type(module).__name__] += 1
     return summary

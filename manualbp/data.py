@@ -77,7 +77,12 @@ class TensorDataModule(pl.LightningDataModule):
         self.val_set: TensorDataset | None = None
         self.test_set: TensorDataset | None = None
 
-    def _set_splits(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def _set_splits(
+        self,
+        train: tuple[torch.Tensor, torch.Tensor],
+        val: tuple[torch.Tensor, torch.Tensor],
+        test: tuple[torch.Tensor, torch.Tensor],
+    ) -> None:
         """Standardise every split with the training images' mean and std, and store them."""
         mean, std = train[0].mean(), train[0].std()
         self.train_set, self.val_set, self.test_set = (
@@ -230,6 +235,7 @@ class MNISTDataModule(TensorDataModule):
 
     @property
     def raw_folder(self) -> Path:
+        """Where the four IDX files are read from: ``data_dir/<dataset's torchvision class>/raw``."""
         return Path(self.data_dir) / _TORCHVISION_CLASSES[self.dataset] / "raw"
 
     def _torchvision_dataset(self, root: str | Path, train: bool, download: bool):
@@ -243,11 +249,20 @@ class MNISTDataModule(TensorDataModule):
 
     def _missing_error(self, cause: BaseException | None) -> DataNotFoundError:
         if not self.download:
-            why, other_way = "downloading was not allowed (download=False)", "allow the download with --data.download=true"
+            why, other_way = (
+                "downloading was not allowed (download=False)",
+                "allow the download with --data.download=true",
+            )
         elif cause is not None:
-            why, other_way = f"the download failed ({' '.join(str(cause).split())})", "download on a machine with internet access"
+            why, other_way = (
+                f"the download failed ({' '.join(str(cause).split())})",
+                "download on a machine with internet access",
+            )
         else:
-            why, other_way = "they have not been downloaded (prepare_data() downloads them)", "call prepare_data() first"
+            why, other_way = (
+                "they have not been downloaded (prepare_data() downloads them)",
+                "call prepare_data() first",
+            )
         return DataNotFoundError(
             f"MNISTDataModule: {self.dataset} not found in {self.raw_folder.resolve()}: missing "
             f"{', '.join(self._missing_files())}; {why}. Point --data.data_dir at a folder holding "
@@ -304,7 +319,9 @@ class MNISTDataModule(TensorDataModule):
         test = self._load(train=False)
         n_val = self._validation_count(len(train_labels))
         generator = torch.Generator().manual_seed(self.seed)
-        train_idx, val_idx = random_split(range(len(train_labels)), [len(train_labels) - n_val, n_val], generator=generator)
+        train_idx, val_idx = random_split(
+            range(len(train_labels)), [len(train_labels) - n_val, n_val], generator=generator
+        )
         train_idx, val_idx = torch.tensor(list(train_idx)), torch.tensor(list(val_idx))
         self._set_splits(
             (train_images[train_idx], train_labels[train_idx]), (train_images[val_idx], train_labels[val_idx]), test
@@ -350,7 +367,9 @@ def check_idx_file(path: str | Path) -> tuple[int, ...]:
     with path.open("rb") as f:
         header = f.read(4)
         if len(header) < 4 or header[0] != 0 or header[1] != 0 or header[2] not in _IDX_ITEM_SIZES:
-            raise ValueError(f"{path}: not an IDX file (bad magic number {header.hex() or 'empty file'}); re-download it")
+            raise ValueError(
+                f"{path}: not an IDX file (bad magic number {header.hex() or 'empty file'}); re-download it"
+            )
         ndim = header[3]
         dims_bytes = f.read(4 * ndim)
     if len(dims_bytes) < 4 * ndim:

@@ -197,8 +197,10 @@ class ClassifierModule(pl.LightningModule):
             return
         datamodule = self.trainer.datamodule
         if datamodule is None:
-            raise ValueError("ClassifierModule(dp=...): DP-SGD training needs a data module (its training loader is "
-                             "replaced by a Poisson-sampling one)")
+            raise ValueError(
+                "ClassifierModule(dp=...): DP-SGD training needs a data module (its training loader is "
+                "replaced by a Poisson-sampling one)"
+            )
         make_loader = datamodule.train_dataloader
         rank, world_size = self.trainer.global_rank, self.trainer.world_size
         datamodule.train_dataloader = lambda: self._dp.poisson_loader(make_loader(), rank, world_size)
@@ -212,16 +214,22 @@ class ClassifierModule(pl.LightningModule):
         if self._dp is None:
             return
         if self.trainer.gradient_clip_val is not None:
-            raise ValueError("ClassifierModule(dp=...): DP-SGD clips each sample's gradient (dp.max_grad_norm); "
-                             "leave --trainer.gradient_clip_val unset")
+            raise ValueError(
+                "ClassifierModule(dp=...): DP-SGD clips each sample's gradient (dp.max_grad_norm); "
+                "leave --trainer.gradient_clip_val unset"
+            )
         if self.trainer.accumulate_grad_batches != 1:
-            raise ValueError("ClassifierModule(dp=...): DP-SGD takes one Poisson batch per optimizer step; "
-                             "leave --trainer.accumulate_grad_batches at 1")
+            raise ValueError(
+                "ClassifierModule(dp=...): DP-SGD takes one Poisson batch per optimizer step; "
+                "leave --trainer.accumulate_grad_batches at 1"
+            )
         if self.trainer.world_size > 1:
             model = self.trainer.strategy.model
             if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
-                raise ValueError(f"ClassifierModule(dp=...): DP-SGD on {self.trainer.world_size} processes needs "
-                                 f"--trainer.strategy=ddp, got {type(self.trainer.strategy).__name__}")
+                raise ValueError(
+                    f"ClassifierModule(dp=...): DP-SGD on {self.trainer.world_size} processes needs "
+                    f"--trainer.strategy=ddp, got {type(self.trainer.strategy).__name__}"
+                )
             # DDP's gradient hooks fire before the clipped sums are written (at the end of the backward): no
             # reduction of its own at any step (its no_sync), DPSGD.privatize sums the ranks' clipped sums
             model.require_backward_grad_sync = False
@@ -277,7 +285,10 @@ class ClassifierModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def configure_gradient_clipping(
-        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
     ) -> None:
         """Lightning's clipping as the trainer sets it; the recurrent archs clip the gradient norm to 1 when it
         sets none (an RNN's gradient through many steps can spike)."""
@@ -315,6 +326,7 @@ class ClassifierModule(pl.LightningModule):
         ``weights_only=True`` (Lightning reads a URL with ``weights_only=False`` unless told); ``weights_only=False``
         trusts the file with any code, its pickles included, and skips the check.
         """
+
         def opt_in(untrusted: list[tuple[str, str]]) -> str:
             return f"pass trusted_classes={[name for _, name in untrusted]!r} to {cls.__name__}.load_from_checkpoint"
 
@@ -438,9 +450,13 @@ def _own_network(net: torch.nn.Module, backend: Backend, rule: RuleName, in_shap
         apply_rule(net, rule, example_input=torch.zeros(2, *in_shape))
         rules = _rules(net)
     summary = layer_summary(net)
-    learning = "" if set(rules) <= {"backprop"} else (
-        f"; learning rule{'s' * (len(rules) > 1)} "
-        + ", ".join(f"{name} ({_counted(counts)})" for name, counts in rules.items())
+    learning = (
+        ""
+        if set(rules) <= {"backprop"}
+        else (
+            f"; learning rule{'s' * (len(rules) > 1)} "
+            + ", ".join(f"{name} ({_counted(counts)})" for name, counts in rules.items())
+        )
     )
     if summary["manual"]:
         _print_rank_zero(f"ClassifierModule: manual (hand-written backward): {_counted(summary['manual'])}{learning}")

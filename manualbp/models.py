@@ -105,7 +105,10 @@ def _linear_and_activation(
     of a separate ReLU node. It has Linear's parameters, so the state dicts of both backends stay the same."""
     if nn is manualbp.nn and activation == "relu":
         return [(f"fc{suffix}", nn.LinearReLU(in_features, out_features))]
-    return [(f"fc{suffix}", nn.Linear(in_features, out_features)), (f"act{act_suffix or suffix}", _activation(nn, activation))]
+    return [
+        (f"fc{suffix}", nn.Linear(in_features, out_features)),
+        (f"act{act_suffix or suffix}", _activation(nn, activation)),
+    ]
 
 
 def _activation_and_pool(nn: ModuleType, activation: str, suffix: str) -> list[tuple[str, torch.nn.Module]]:

@@ -82,7 +82,7 @@ def as_grid(values: Any) -> np.ndarray:
         n = a.size
         if n <= 16:
             return a.reshape(1, n)
-        rows = int(math.floor(math.sqrt(n)))
+        rows = math.floor(math.sqrt(n))
         cols = math.ceil(n / rows)
         out = np.full(rows * cols, np.nan)
         out[:n] = a
@@ -178,8 +178,15 @@ def _layer_row(panel, n: int, arrow: str, top: float, bottom: float) -> np.ndarr
     width = (_ROW["right"] - _ROW["left"]) / (n + (n - 1) * _ROW["wspace"])
     for i in range(1, n):
         x = _ROW["left"] + i * width * (1 + _ROW["wspace"]) - width * _ROW["wspace"] / 2
-        panel.text(x, (top + bottom) / 2, arrow, fontsize=FRAME_FONT + 3, ha="center", va="center",
-                   transform=panel.transSubfigure)
+        panel.text(
+            x,
+            (top + bottom) / 2,
+            arrow,
+            fontsize=FRAME_FONT + 3,
+            ha="center",
+            va="center",
+            transform=panel.transSubfigure,
+        )
     return axes
 
 
@@ -224,8 +231,14 @@ def draw_learning_frame(fig: Figure, frame: Mapping[str, Any], limits: Mapping[s
     epoch = frame.get("epoch")
     head = f"optimizer step {step}" + (f", epoch {int(epoch)}" if epoch is not None else "")
     top, body = fig.subfigures(2, 1, height_ratios=[0.075, 0.925])
-    top.text(0.5, 0.45, f"Backpropagation on one digit {label} while the network learns  —  {head}",
-             ha="center", va="center", fontsize=FRAME_FONT + 3)
+    top.text(
+        0.5,
+        0.45,
+        f"Backpropagation on one digit {label} while the network learns  —  {head}",
+        ha="center",
+        va="center",
+        fontsize=FRAME_FONT + 3,
+    )
     right = min(_LOSS_WIDTH, fig.get_figwidth() / 2)
     (fwd, lp), (bwd, up) = body.subfigures(
         2, 2, width_ratios=[fig.get_figwidth() - right, right], wspace=0.0, hspace=0.0
@@ -243,8 +256,9 @@ def draw_learning_frame(fig: Figure, frame: Mapping[str, Any], limits: Mapping[s
     for ax, name, act in zip(axes[1:], layers, frame["activations"]):
         low, high = act_limits.get(name, (None, None))
         signed = low is not None and low < 0
-        grid = _heatmap(ax, act, max(abs(low), high) if signed else high, diverging=signed,
-                        cmap="PuOr_r" if signed else None)
+        grid = _heatmap(
+            ax, act, max(abs(low), high) if signed else high, diverging=signed, cmap="PuOr_r" if signed else None
+        )
         _class_ticks(ax, grid, label)
         ax.set_title(f"{name}\n{_shape(act)}", **small)
 
@@ -311,8 +325,15 @@ def draw_learning_frame(fig: Figure, frame: Mapping[str, Any], limits: Mapping[s
         low, high = np.log10(ax_u.get_xlim())
         for i, size in enumerate(sizes):  # the value after a short bar, inside a long one
             inside = (np.log10(size) - low) / (high - low) > 0.55
-            ax_u.text(size, i, f" {size:.1e} ", va="center", ha="right" if inside else "left",
-                      color="white" if inside else "black", **small)
+            ax_u.text(
+                size,
+                i,
+                f" {size:.1e} ",
+                va="center",
+                ha="right" if inside else "left",
+                color="white" if inside else "black",
+                **small,
+            )
     else:
         ax_u.set_yticks([])
         ax_u.set_xticks([])

@@ -39,11 +39,16 @@ def _fit(check: GradientCheckCallback, max_steps: int = 4, arch: str = "mlp", dr
     data = DigitsDataModule(batch_size=32)
     model = ClassifierModule(arch=arch, backend="manual", hidden=(32,), dropout=dropout, in_shape=data.in_shape)
     model.configure_optimizers = lambda: torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.configure_callbacks = lambda: []  # no checkpointing
+    model.configure_callbacks = list  # no checkpointing
     recorder = _Recorder(check)
     args = dict(
-        max_steps=max_steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, callbacks=[check, recorder],
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[check, recorder],
     )
     args.update(trainer_args)
     trainer = pl.Trainer(**args)
@@ -70,7 +75,8 @@ def test_dropout_masks_must_match_for_the_check_to_pass():
     """The twin replays the batch's random state: without it the dropout masks differ and the check fails."""
     check = GradientCheckCallback(every_n_steps=1, on_mismatch="raise")
     check.on_train_batch_start = lambda trainer, pl_module, batch, batch_idx: (
-        setattr(check, "_batch", batch), setattr(check, "_rng", None)
+        setattr(check, "_batch", batch),
+        setattr(check, "_rng", None),
     )
     with pytest.raises(GradientMismatchError):
         _fit(check, max_steps=1, dropout=0.5)
@@ -88,7 +94,7 @@ def test_prints_one_line_at_the_end_of_fit(capsys):
 
 def test_checks_every_nth_step_and_logs_to_csv(tmp_path):
     logger = CSVLogger(tmp_path)
-    trainer, recorder = _fit(GradientCheckCallback(every_n_steps=3), max_steps=7, logger=logger, log_every_n_steps=1)
+    _, recorder = _fit(GradientCheckCallback(every_n_steps=3), max_steps=7, logger=logger, log_every_n_steps=1)
     assert len(recorder.abs_errs) == 3  # steps 0, 3, 6
     (path,) = tmp_path.glob("lightning_logs/version_*/metrics.csv")
     with path.open() as f:
@@ -102,9 +108,7 @@ def test_a_correct_manual_model_passes_on_cuda():
     """On CUDA torch's fused dropout draws other masks than manualbp's: the twin's dropout replays manualbp's draw."""
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        trainer, recorder = _fit(
-            GradientCheckCallback(every_n_steps=1), dropout=0.3, accelerator="gpu", devices=1
-        )
+        _, recorder = _fit(GradientCheckCallback(every_n_steps=1), dropout=0.3, accelerator="gpu", devices=1)
     assert [str(w.message) for w in record if "GradientCheckCallback" in str(w.message)] == []
     assert len(recorder.abs_errs) == 4 and max(recorder.abs_errs) < 1e-5
 
@@ -138,7 +142,7 @@ def test_a_planted_wrong_gradient_warns_at_each_checked_step(monkeypatch):
 
 
 def test_the_planted_bug_is_gone_after_the_test():
-    trainer, recorder = _fit(GradientCheckCallback(every_n_steps=1, on_mismatch="raise"), max_steps=1)
+    _, recorder = _fit(GradientCheckCallback(every_n_steps=1, on_mismatch="raise"), max_steps=1)
     assert recorder.abs_errs[0] < 1e-5
 
 
@@ -169,8 +173,13 @@ def test_a_module_without_net_is_refused():
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
     trainer = pl.Trainer(
-        max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, callbacks=[GradientCheckCallback()],
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[GradientCheckCallback()],
     )
     with pytest.raises(TypeError, match="has no `net`"):
         trainer.fit(NoNet(), datamodule=DigitsDataModule(batch_size=32))

@@ -70,8 +70,15 @@ def _checkpoint(path: Path, net: object) -> Path:
     """A checkpoint as ``manualbp fit --model.net=...`` saves it: the options with ``net`` as given, LightningCLI's
     instantiator, and the weights of a network with the same layers."""
     module = ClassifierModule(net=_SameLayers(), in_shape=(1, 8, 8))
-    hparams = {**ClassifierModule(in_shape=(1, 8, 8)).hparams, "net": net, "_instantiator": "pytorch_lightning.cli.instantiate_module"}
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams, "pytorch-lightning_version": pl.__version__}, path)
+    hparams = {
+        **ClassifierModule(in_shape=(1, 8, 8)).hparams,
+        "net": net,
+        "_instantiator": "pytorch_lightning.cli.instantiate_module",
+    }
+    torch.save(
+        {"state_dict": module.state_dict(), "hyper_parameters": hparams, "pytorch-lightning_version": pl.__version__},
+        path,
+    )
     return path
 
 
@@ -86,8 +93,12 @@ def test_python_loading_refuses_a_class_the_user_did_not_name(untrusted, tmp_pat
         ClassifierModule.load_from_checkpoint(path)
     message = str(error.value)
     assert "\n" not in message
-    assert message.startswith(f"checkpoint {path} names {name}.Net (as net), which loading it would import and construct")
-    assert message.endswith(f"if you trust the file, pass trusted_classes=['{name}.Net'] to ClassifierModule.load_from_checkpoint")
+    assert message.startswith(
+        f"checkpoint {path} names {name}.Net (as net), which loading it would import and construct"
+    )
+    assert message.endswith(
+        f"if you trust the file, pass trusted_classes=['{name}.Net'] to ClassifierModule.load_from_checkpoint"
+    )
     assert not marker.exists() and name not in sys.modules
 
 
@@ -130,7 +141,10 @@ def test_a_built_in_network_loads_without_trust(tmp_path):
     model = ClassifierModule(hidden=(16,), in_shape=(1, 8, 8))
     path = tmp_path / "mlp.ckpt"
     hparams = {**model.hparams, "_instantiator": "pytorch_lightning.cli.instantiate_module"}
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams, "pytorch-lightning_version": pl.__version__}, path)
+    torch.save(
+        {"state_dict": model.state_dict(), "hyper_parameters": hparams, "pytorch-lightning_version": pl.__version__},
+        path,
+    )
     loaded = ClassifierModule.load_from_checkpoint(path)
     assert_close(loaded.net.fc1.weight, model.net.fc1.weight)
     assert list(named_classes(hparams)) == []

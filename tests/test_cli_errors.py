@@ -22,12 +22,20 @@ def _in_tmp_path(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "option, message",
     [
-        pytest.param("--data.batch_size=0", "DigitsDataModule: batch_size must be at least 1, got 0", id="data-batch-size"),
-        pytest.param("--data.num_workers=-1", "DigitsDataModule: num_workers must be at least 0, got -1", id="data-workers"),
-        pytest.param("--trainer.max_epochs=-5", "`max_epochs` must be a non-negative integer or -1", id="trainer-max-epochs"),
+        pytest.param(
+            "--data.batch_size=0", "DigitsDataModule: batch_size must be at least 1, got 0", id="data-batch-size"
+        ),
+        pytest.param(
+            "--data.num_workers=-1", "DigitsDataModule: num_workers must be at least 0, got -1", id="data-workers"
+        ),
+        pytest.param(
+            "--trainer.max_epochs=-5", "`max_epochs` must be a non-negative integer or -1", id="trainer-max-epochs"
+        ),
         pytest.param("--model.dropout=2", "ClassifierModule: dropout must lie in [0, 1), got 2.0", id="model-dropout"),
         pytest.param("--optimizer.lr=-1", "Invalid learning rate: -1.0", id="optimizer-lr"),
-        pytest.param(["--optimizer=SGD", "--optimizer.momentum=-1"], "Invalid momentum value: -1.0", id="optimizer-momentum"),
+        pytest.param(
+            ["--optimizer=SGD", "--optimizer.momentum=-1"], "Invalid momentum value: -1.0", id="optimizer-momentum"
+        ),
         pytest.param("--model.hidden=[-3]", "mlp: hidden widths must be positive ints, got [-3]", id="model-hidden"),
     ],
 )
@@ -114,8 +122,15 @@ def test_dp_sgd_refuses_batch_norm_when_the_model_is_built(tmp_path, capsys):
 
 
 def _lstm_checkpoint(root: Path) -> Path:
-    job = ["--model.arch=lstm", "--model.hidden_size=8", "--trainer.limit_train_batches=1", "--trainer.max_epochs=1",
-           "--trainer.limit_val_batches=1", "--test_after_fit=false", f"--trainer.default_root_dir={root}"]
+    job = [
+        "--model.arch=lstm",
+        "--model.hidden_size=8",
+        "--trainer.limit_train_batches=1",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_val_batches=1",
+        "--test_after_fit=false",
+        f"--trainer.default_root_dir={root}",
+    ]
     assert main(["fit", *job]) == 0
     return root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
 
@@ -155,9 +170,13 @@ def test_dfa_on_a_recurrent_arch_names_the_layers_it_cannot_drive(capsys):
     for layers in ("1", "2"):
         args = ["fit", "--model.arch=lstm", "--model.rule=direct_feedback_alignment", f"--model.num_layers={layers}"]
         assert main(args) == 2
-        assert capsys.readouterr().err.strip().endswith(
-            "needs at least two layers it drives (manualbp Linear, LinearReLU, Conv2d: the hidden ones and the "
-            "output), found 1: out (Linear); it does not apply to lstm (LSTM)"
+        assert (
+            capsys.readouterr()
+            .err.strip()
+            .endswith(
+                "needs at least two layers it drives (manualbp Linear, LinearReLU, Conv2d: the hidden ones and the "
+                "output), found 1: out (Linear); it does not apply to lstm (LSTM)"
+            )
         )
 
 

@@ -50,7 +50,9 @@ def _in_tmp_path(tmp_path, monkeypatch):
             id="callback-class",
         ),
         pytest.param(
-            ["--data=MNISTDataModul"], "--data: unknown class MNISTDataModul; did you mean MNISTDataModule?", id="data-class"
+            ["--data=MNISTDataModul"],
+            "--data: unknown class MNISTDataModul; did you mean MNISTDataModule?",
+            id="data-class",
         ),
         pytest.param(
             ["--model.dp.noise_multiplier=1.0"],

@@ -48,7 +48,9 @@ def test_lenet5_compiles_with_dynamic_shapes_and_exports_with_a_dynamic_batch():
         model(x_eager).square().sum().backward()
         assert_close(x.grad, x_eager.grad, rtol=1e-5, atol=1e-6)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
-    program = torch.export.export(model.eval(), (torch.randn(2, 1, 8, 8),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    program = torch.export.export(
+        model.eval(), (torch.randn(2, 1, 8, 8),), dynamic_shapes=({0: torch.export.Dim("batch")},)
+    )
     x = torch.randn(7, 1, 8, 8)
     assert_close(program.module()(x), model(x))
 
@@ -67,8 +69,14 @@ def test_the_classifier_trains_compiled_as_it_does_eager():
         torch._dynamo.reset()
         pl.seed_everything(0)
         module = ClassifierModule(arch="lenet5", in_shape=(1, 8, 8), compile=compiled)
-        trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                             enable_model_summary=False, limit_val_batches=0)
+        trainer = pl.Trainer(
+            max_steps=2,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+        )
         trainer.fit(module, datamodule=DigitsDataModule(batch_size=32))
         assert (module.net._compiled_call_impl is not None) == compiled
         weights[compiled] = module.state_dict()

@@ -41,7 +41,7 @@ def _torch_layers(model):
 def test_converts_nested_layers_in_place_sharing_parameters():
     model = _model()
     reference = copy.deepcopy(model)
-    params_before = {name: p for name, p in model.named_parameters()}
+    params_before = dict(model.named_parameters())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every layer has a twin: no warning
@@ -70,8 +70,11 @@ def test_layers_without_twin_are_named_in_one_warning_one_line_per_type():
         pass
 
     model = nn.Sequential(
-        nn.Linear(4, 4), nn.Hardtanh(), nn.Sequential(MyLinear(4, 4), nn.ReLU(inplace=True)),
-        *(nn.Hardswish() for _ in range(3)), nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect"),
+        nn.Linear(4, 4),
+        nn.Hardtanh(),
+        nn.Sequential(MyLinear(4, 4), nn.ReLU(inplace=True)),
+        *(nn.Hardswish() for _ in range(3)),
+        nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect"),
     )
     with pytest.warns(UserWarning) as record:
         manualbp.convert(model)
@@ -293,7 +296,13 @@ def test_fuses_linear_relu_and_relu_max_pool_keeping_names_values_and_gradients(
         warnings.simplefilter("error")  # ReLU(inplace=True) is fused, so nothing is left as torch
         manualbp.convert(model, fuse=True)
     assert [type(m) for m in model] == [
-        mnn.Conv2d, nn.Identity, mnn.ReLUMaxPool2d, mnn.Flatten, mnn.LinearReLU, nn.Identity, mnn.Linear
+        mnn.Conv2d,
+        nn.Identity,
+        mnn.ReLUMaxPool2d,
+        mnn.Flatten,
+        mnn.LinearReLU,
+        nn.Identity,
+        mnn.Linear,
     ]
     assert list(model.state_dict()) == list(reference.state_dict())
     assert model[4].weight is not None and model[4].weight is model[4].to_torch().weight
@@ -318,7 +327,9 @@ def test_without_fuse_every_layer_stays_apart_and_no_layer_pretends_to_be_a_line
     manualbp.convert(model)
     assert [type(m) for m in model][1:6] == [mnn.ReLU, mnn.MaxPool2d, mnn.Flatten, mnn.Linear, mnn.ReLU]
     assert model[1].inplace
-    assert not isinstance(mnn.LinearReLU(3, 2), nn.Linear) and not isinstance(mnn.LinearReLU(3, 2).to_torch(), nn.Linear)
+    assert not isinstance(mnn.LinearReLU(3, 2), nn.Linear) and not isinstance(
+        mnn.LinearReLU(3, 2).to_torch(), nn.Linear
+    )
 
 
 def test_pairs_with_hooks_shared_layers_or_unsupported_pools_are_not_fused():
@@ -326,14 +337,28 @@ def test_pairs_with_hooks_shared_layers_or_unsupported_pools_are_not_fused():
     hooked.register_forward_hook(lambda m, i, o: None)
     shared_relu = nn.ReLU()
     model = nn.Sequential(
-        hooked, nn.ReLU(),  # hook on the Linear: it must still see its own output
-        nn.Linear(4, 4), shared_relu, nn.Linear(4, 4), shared_relu,  # the ReLU object appears twice
-        nn.Unflatten(1, (1, 2, 2)), nn.ReLU(), nn.MaxPool2d(2, dilation=2, padding=1),  # dilation: no fused pool
+        hooked,
+        nn.ReLU(),  # hook on the Linear: it must still see its own output
+        nn.Linear(4, 4),
+        shared_relu,
+        nn.Linear(4, 4),
+        shared_relu,  # the ReLU object appears twice
+        nn.Unflatten(1, (1, 2, 2)),
+        nn.ReLU(),
+        nn.MaxPool2d(2, dilation=2, padding=1),  # dilation: no fused pool
     )
     with pytest.warns(UserWarning, match="Unflatten"):
         manualbp.convert(model, fuse=True)
     assert [type(m) for m in model] == [
-        mnn.Linear, mnn.ReLU, mnn.Linear, mnn.ReLU, mnn.Linear, mnn.ReLU, nn.Unflatten, mnn.ReLU, mnn.MaxPool2d
+        mnn.Linear,
+        mnn.ReLU,
+        mnn.Linear,
+        mnn.ReLU,
+        mnn.Linear,
+        mnn.ReLU,
+        nn.Unflatten,
+        mnn.ReLU,
+        mnn.MaxPool2d,
     ]
     assert model[3] is model[5]
 
@@ -362,7 +387,9 @@ def test_a_parametrized_manual_layer_is_no_twin():
     model = torch.nn.Sequential(torch.nn.Linear(3, 2))
     manualbp.convert(model, fuse=False)
     assert type(model[0]) is manualbp.nn.Linear
-    torch.testing.assert_close(layer(torch.ones(1, 3)), torch.nn.functional.linear(torch.ones(1, 3), layer.weight, layer.bias))
+    torch.testing.assert_close(
+        layer(torch.ones(1, 3)), torch.nn.functional.linear(torch.ones(1, 3), layer.weight, layer.bias)
+    )
 
 
 # torchvision's classification models built only of layers with a twin (plus adds and flattens in forward)

@@ -20,4 +20,12 @@ def test_every_builtin_op_passes_the_cuda_checks():
 
 def test_fit_on_gpu(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--model.arch=lenet5", "--trainer.accelerator=gpu", "--trainer.devices=1", "--trainer.fast_dev_run=true"])
+    main(
+        [
+            "fit",
+            "--model.arch=lenet5",
+            "--trainer.accelerator=gpu",
+            "--trainer.devices=1",
+            "--trainer.fast_dev_run=true",
+        ]
+    )

@@ -45,7 +45,9 @@ def test_dynamo_onnx_exporter_records_lenet5_with_a_dynamic_batch(tmp_path) -> N
     from onnx.reference import ReferenceEvaluator
 
     model, x = _lenet5(), torch.randn(5, 1, 28, 28)
-    program = torch.onnx.export(model, (x[:2],), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+    program = torch.onnx.export(
+        model, (x[:2],), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False
+    )
     program.save(tmp_path / "lenet5.onnx")
     session = ReferenceEvaluator(str(tmp_path / "lenet5.onnx"))
     (logits,) = session.run(None, {session.input_names[0]: x.numpy()})
@@ -62,8 +64,13 @@ def test_torchscript_onnx_exporter_names_the_fused_pool_and_the_way_out() -> Non
 def test_torchscript_onnx_exporter_exports_the_other_layers_and_to_torch() -> None:
     x = torch.randn(2, 1, 28, 28)
     plain = torch.nn.Sequential(
-        mnn.Conv2d(1, 4, 3), mnn.ReLU(), mnn.MaxPool2d(2), mnn.AvgPool2d(2), mnn.AdaptiveAvgPool2d(3),
-        mnn.Flatten(), mnn.Linear(36, 10),
+        mnn.Conv2d(1, 4, 3),
+        mnn.ReLU(),
+        mnn.MaxPool2d(2),
+        mnn.AvgPool2d(2),
+        mnn.AdaptiveAvgPool2d(3),
+        mnn.Flatten(),
+        mnn.Linear(36, 10),
     ).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -43,11 +43,17 @@ def _fit(callbacks: list[pl.Callback], tmp_path: Path, backend: str = "manual", 
     pl.seed_everything(0, verbose=False)
     data = DigitsDataModule(batch_size=32)
     model = ClassifierModule(backend=backend, hidden=(16,), dropout=dropout, in_shape=data.in_shape)
-    model.configure_callbacks = lambda: []  # no checkpoints
+    model.configure_callbacks = list  # no checkpoints
     initial = copy.deepcopy(model.net)
     trainer = pl.Trainer(
-        max_steps=5, logger=CSVLogger(tmp_path), enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, callbacks=callbacks, **trainer_args,
+        max_steps=5,
+        logger=CSVLogger(tmp_path),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=callbacks,
+        **trainer_args,
     )
     trainer.fit(model, datamodule=data)
     return model, initial
@@ -129,12 +135,20 @@ def test_without_figure_prints_the_count_only(tmp_path, capsys):
 
 
 def test_through_the_command_line(tmp_path, capsys):
-    status = main([
-        "fit", "--trainer.callbacks+=GradientFlow", "--trainer.callbacks.every_n_steps=1",
-        "--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1",
-        "--trainer.enable_progress_bar=false", "--model.hidden=[16]", "--test_after_fit=false",
-        f"--trainer.default_root_dir={tmp_path}",
-    ])
+    status = main(
+        [
+            "fit",
+            "--trainer.callbacks+=GradientFlow",
+            "--trainer.callbacks.every_n_steps=1",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=3",
+            "--trainer.limit_val_batches=1",
+            "--trainer.enable_progress_bar=false",
+            "--model.hidden=[16]",
+            "--test_after_fit=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
     assert status == 0
     figure = tmp_path / "lightning_logs" / "version_0" / "gradient_flow.png"
     assert re.search(rf"^GradientFlow: logged 3 steps; figure {re.escape(str(figure))}$", capsys.readouterr().out, re.M)
@@ -146,12 +160,21 @@ def test_through_the_command_line(tmp_path, capsys):
 
 def test_a_recurrent_network_through_the_command_line(tmp_path, arch="lstm"):
     """The output sequence of a recurrent classifier gets no gradient (it reads h_n): no error to draw, no crash."""
-    status = main([
-        "fit", f"--model.arch={arch}", "--model.hidden_size=8", "--trainer.callbacks+=GradientFlow",
-        "--trainer.callbacks.every_n_steps=1", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
-        "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false", "--test_after_fit=false",
-        f"--trainer.default_root_dir={tmp_path}",
-    ])
+    status = main(
+        [
+            "fit",
+            f"--model.arch={arch}",
+            "--model.hidden_size=8",
+            "--trainer.callbacks+=GradientFlow",
+            "--trainer.callbacks.every_n_steps=1",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=1",
+            "--trainer.enable_progress_bar=false",
+            "--test_after_fit=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
     assert status == 0
     assert (tmp_path / "lightning_logs" / "version_0" / "gradient_flow.png").is_file()
     assert all(float(r["gradflow/out.weight/update_norm"]) > 0 for r in _rows(tmp_path))
@@ -170,8 +193,13 @@ def test_a_module_without_net_is_refused(tmp_path):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
     trainer = pl.Trainer(
-        max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, callbacks=[GradientFlow()],
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[GradientFlow()],
     )
     with pytest.raises(TypeError, match="GradientFlow: NoNet has no `net`"):
         trainer.fit(NoNet(), datamodule=DigitsDataModule(batch_size=32))

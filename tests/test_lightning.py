@@ -33,8 +33,13 @@ def test_step_zero_gradients_are_identical_across_backends(arch):
         model = ClassifierModule(arch=arch, backend=backend, hidden=(64,), in_shape=data.in_shape)
         capture = _FirstGradients()
         trainer = pl.Trainer(
-            max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, callbacks=[capture], limit_val_batches=0,
+            max_steps=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[capture],
+            limit_val_batches=0,
         )
         trainer.fit(model, datamodule=data)
         grads[backend] = capture.grads

@@ -21,24 +21,20 @@ _MEAN, _VAR = torch.zeros(6, dtype=torch.float64), torch.ones(6, dtype=torch.flo
 #: (ours, torch's) for each op taking an (N, 6, H, W) input
 OPS: dict[str, tuple[Op, Op]] = {
     "max_pool2d": (lambda x: MF.max_pool2d(x, 2), lambda x: F.max_pool2d(x, 2)),
-    "max_pool2d-padded-strided": (
-        lambda x: MF.max_pool2d(x, 3, 2, 1), lambda x: F.max_pool2d(x, 3, 2, 1)
-    ),
-    "max_pool2d-dilated": (
-        lambda x: MF.max_pool2d(x, 2, dilation=2), lambda x: F.max_pool2d(x, 2, dilation=2)
-    ),
+    "max_pool2d-padded-strided": (lambda x: MF.max_pool2d(x, 3, 2, 1), lambda x: F.max_pool2d(x, 3, 2, 1)),
+    "max_pool2d-dilated": (lambda x: MF.max_pool2d(x, 2, dilation=2), lambda x: F.max_pool2d(x, 2, dilation=2)),
     "relu_max_pool2d": (lambda x: MF.relu_max_pool2d(x, 2), lambda x: F.max_pool2d(F.relu(x), 2)),
-    "relu_max_pool2d-padded": (
-        lambda x: MF.relu_max_pool2d(x, 3, 2, 1), lambda x: F.max_pool2d(F.relu(x), 3, 2, 1)
-    ),
+    "relu_max_pool2d-padded": (lambda x: MF.relu_max_pool2d(x, 3, 2, 1), lambda x: F.max_pool2d(F.relu(x), 3, 2, 1)),
     "avg_pool2d": (lambda x: MF.avg_pool2d(x, 2), lambda x: F.avg_pool2d(x, 2)),
     "adaptive_avg_pool2d": (lambda x: MF.adaptive_avg_pool2d(x, 3), lambda x: F.adaptive_avg_pool2d(x, 3)),
     "conv2d": (lambda x: MF.conv2d(x, _WEIGHT, _BIAS, padding=1), lambda x: F.conv2d(x, _WEIGHT, _BIAS, padding=1)),
     "batch_norm-train": (
-        lambda x: MF.batch_norm(x, None, None, training=True), lambda x: F.batch_norm(x, None, None, training=True)
+        lambda x: MF.batch_norm(x, None, None, training=True),
+        lambda x: F.batch_norm(x, None, None, training=True),
     ),
     "batch_norm-eval": (
-        lambda x: MF.batch_norm(x, _MEAN, _VAR, training=False), lambda x: F.batch_norm(x, _MEAN, _VAR, training=False)
+        lambda x: MF.batch_norm(x, _MEAN, _VAR, training=False),
+        lambda x: F.batch_norm(x, _MEAN, _VAR, training=False),
     ),
     "relu": (MF.relu, F.relu),
 }

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.testing import assert_close
-
 import torch.nn.functional as F
+from torch.testing import assert_close
 
 import manualbp.functional as MF
 from manualbp.models import cross_entropy, lenet5, mlp
@@ -43,7 +42,9 @@ def test_backends_share_names_weights_outputs_and_gradients(build, in_shape):
     assert list(manual.state_dict()) == list(reference.state_dict())
     assert_close(manual.state_dict(), reference.state_dict(), rtol=0, atol=0)
     leaves = [m for m in manual.modules() if not list(m.children())]
-    assert all(isinstance(m, (ManualModule, LinearReLU, ReLUMaxPool2d)) for m in leaves)  # fused layers have no torch twin
+    assert all(
+        isinstance(m, (ManualModule, LinearReLU, ReLUMaxPool2d)) for m in leaves
+    )  # fused layers have no torch twin
     assert not any(isinstance(m, ManualModule) for m in reference.modules())
 
     x = torch.randn(3, *in_shape)

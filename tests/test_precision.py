@@ -46,8 +46,15 @@ def _train(precision: str, backend: str, net: str) -> _Losses:
     model = ClassifierModule(backend=backend, in_shape=data.in_shape, **kwargs)
     losses = _Losses()
     trainer = pl.Trainer(
-        max_steps=STEPS, precision=precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        callbacks=[losses], limit_val_batches=1, num_sanity_val_steps=0, accelerator="cpu",
+        max_steps=STEPS,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[losses],
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
     )
     trainer.fit(model, datamodule=data)
     return losses
@@ -68,5 +75,6 @@ def test_every_precision_trains_with_both_backends_alike(precision, net):
     torch.testing.assert_close(
         torch.tensor(runs["manual"].losses, dtype=torch.float64),
         torch.tensor(runs["autograd"].losses, dtype=torch.float64),
-        rtol=AGREEMENT[precision], atol=0.0,
+        rtol=AGREEMENT[precision],
+        atol=0.0,
     )

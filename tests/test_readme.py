@@ -38,7 +38,11 @@ def _examples() -> list[tuple[str, str | None]]:
 )
 def test_each_python_example_runs_alone_and_prints_what_the_readme_shows(code, expected, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
         env={**os.environ, "PYTHONWARNINGS": "default"},
     )
     assert result.returncode == 0, result.stderr

@@ -132,8 +132,14 @@ def test_recurrent_training_defaults_one_cycle_lr_and_clipping(arch):
             p.mul_(3)
     record = _StepRecord()
     trainer = pl.Trainer(
-        max_epochs=2, limit_train_batches=3, limit_val_batches=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[record],
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[record],
     )
     trainer.fit(model, datamodule=DigitsDataModule(batch_size=32))
     recurrent = arch == "gru"
@@ -176,7 +182,9 @@ def test_bad_arch_and_sizes_are_clear_errors(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--model.arch=transformer"])
     assert exit_info.value.code == 2
-    assert "manualbp: error: --model.arch=transformer is not one of mlp, lenet5, rnn, lstm, gru" in capsys.readouterr().err
+    assert (
+        "manualbp: error: --model.arch=transformer is not one of mlp, lenet5, rnn, lstm, gru" in capsys.readouterr().err
+    )
     assert main(["fit", "--model.arch=lstm", "--model.hidden_size=0"]) == 2
     assert "manualbp: error: recurrent: hidden_size must be at least 1, got 0" in capsys.readouterr().err
 
@@ -196,7 +204,14 @@ def test_the_command_leaves_a_recurrent_arch_its_own_recipe_unless_told_otherwis
 def test_checkpoint_checks_compare_the_recurrent_options_of_recurrent_archs_only():
     from manualbp.checkpoints import _differing_options
 
-    gru = {"arch": "gru", "hidden": [800], "activation": "relu", "hidden_size": 8, "num_layers": 1, "bidirectional": False}
+    gru = {
+        "arch": "gru",
+        "hidden": [800],
+        "activation": "relu",
+        "hidden_size": 8,
+        "num_layers": 1,
+        "bidirectional": False,
+    }
     assert _differing_options(gru, {**gru, "hidden_size": 16, "activation": "tanh", "hidden": [5]}) == ["hidden_size"]
     assert _differing_options(gru, {**gru, "num_layers": 2, "bidirectional": True}) == ["num_layers", "bidirectional"]
     mlp = {**gru, "arch": "mlp"}

@@ -78,8 +78,14 @@ class ZeroWeights(pl.Callback):
 def test_a_resumed_fit_tests_the_best_checkpoint_of_the_whole_fit(tmp_path, capsys):
     """The best epoch is one before the resume, and none of the resumed epochs comes near it: the test after fit
     must load the first run's best checkpoint, which the resumed run leaves in place."""
-    job = [f"--trainer.default_root_dir={tmp_path}", "--model.hidden=[16]", "--optimizer.lr=0.01",
-           "--trainer.limit_train_batches=5", "--trainer.limit_val_batches=2", "--trainer.enable_model_summary=false"]
+    job = [
+        f"--trainer.default_root_dir={tmp_path}",
+        "--model.hidden=[16]",
+        "--optimizer.lr=0.01",
+        "--trainer.limit_train_batches=5",
+        "--trainer.limit_val_batches=2",
+        "--trainer.enable_model_summary=false",
+    ]
     assert main(["fit", *job, "--trainer.max_epochs=2", "--test_after_fit=false"]) == 0
     first = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
     (best,) = first.glob("epoch=*.ckpt")
@@ -96,7 +102,9 @@ class RecordLR(pl.Callback):
 
     lrs: ClassVar[dict[int, tuple[float, float]]] = {}
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object, index: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object, index: int
+    ) -> None:
         group = trainer.optimizers[0].param_groups[0]
         RecordLR.lrs[trainer.global_step] = (group["lr"], group["betas"][0])
 
@@ -106,8 +114,12 @@ def test_a_recurrent_fit_resumed_with_more_epochs_follows_the_longer_schedule(tm
     reached, the lr (and momentum) that a fit of that length takes at that step, instead of stopping with
     ``Tried to step 3 times`` at the shorter schedule's end."""
     monkeypatch.setattr(RecordLR, "lrs", {})
-    lstm = ["--model.arch=lstm", "--model.hidden_size=8", "--trainer.limit_train_batches=2",
-            "--trainer.callbacks+=tests.test_resume.RecordLR"]
+    lstm = [
+        "--model.arch=lstm",
+        "--model.hidden_size=8",
+        "--trainer.limit_train_batches=2",
+        "--trainer.callbacks+=tests.test_resume.RecordLR",
+    ]
     _fit(tmp_path / "straight", 2, *lstm)
     straight = dict(RecordLR.lrs)
     _fit(tmp_path / "first", 1, *lstm)
@@ -137,9 +149,17 @@ def _sigint_restored():
 
 
 def test_ctrl_c_says_the_fit_was_interrupted_and_how_to_resume(tmp_path, capsys, _sigint_restored):
-    args = ["fit", "--model.hidden=[16]", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
-            f"--trainer.default_root_dir={tmp_path}", "--trainer.max_epochs=3", "--test_after_fit=false",
-            "--trainer.callbacks+=tests.test_resume.InterruptOnce", "--trainer.callbacks.epoch=2"]
+    args = [
+        "fit",
+        "--model.hidden=[16]",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.max_epochs=3",
+        "--test_after_fit=false",
+        "--trainer.callbacks+=tests.test_resume.InterruptOnce",
+        "--trainer.callbacks.epoch=2",
+    ]
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code == 1
@@ -155,8 +175,13 @@ def test_ctrl_c_says_the_fit_was_interrupted_and_how_to_resume(tmp_path, capsys,
 
 
 def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_path, capsys, _sigint_restored):
-    args = ["fit", "--model.hidden=[16]", f"--trainer.default_root_dir={tmp_path}",
-            "--trainer.callbacks+=tests.test_resume.InterruptOnce", "--trainer.callbacks.epoch=0"]
+    args = [
+        "fit",
+        "--model.hidden=[16]",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.callbacks+=tests.test_resume.InterruptOnce",
+        "--trainer.callbacks.epoch=0",
+    ]
     with pytest.raises(SystemExit):
         main(args)
     assert capsys.readouterr().err.strip().splitlines()[-1] == (

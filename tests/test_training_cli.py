@@ -54,7 +54,11 @@ def _run_dir(root: Path, version: int = 0) -> Path:
 
 
 def test_the_users_model_checkpoint_replaces_the_built_in_ones(tmp_path, capsys):
-    mine = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.monitor=val_loss", "--trainer.callbacks.save_top_k=3"]
+    mine = [
+        "--trainer.callbacks+=ModelCheckpoint",
+        "--trainer.callbacks.monitor=val_loss",
+        "--trainer.callbacks.save_top_k=3",
+    ]
     assert main(["fit", *_SMALL, "--trainer.max_epochs=3", *mine, "--trainer.callbacks.filename=mine-{epoch}"]) == 0
     files = sorted(p.name for p in (_run_dir(tmp_path) / "checkpoints").iterdir())
     assert files == ["mine-epoch=0.ckpt", "mine-epoch=1.ckpt", "mine-epoch=2.ckpt"]
@@ -92,7 +96,9 @@ def test_a_checkpoint_of_another_network_is_one_line_naming_the_option(tmp_path,
     checkpoint = _run_dir(tmp_path) / "checkpoints" / "last.ckpt"
     make_mnist(tmp_path / "mnist")
     capsys.readouterr()
-    status = main(["predict", "--data=MNISTDataModule", f"--data.data_dir={tmp_path / 'mnist'}", f"--ckpt_path={checkpoint}"])
+    status = main(
+        ["predict", "--data=MNISTDataModule", f"--data.data_dir={tmp_path / 'mnist'}", f"--ckpt_path={checkpoint}"]
+    )
     err = capsys.readouterr().err
     assert status == 2 and "Traceback" not in err
     (line,) = [line for line in err.splitlines() if line.startswith("manualbp: error:")]
@@ -105,8 +111,13 @@ def test_check_checkpoint_fits_names_a_parameter_of_another_shape():
     net = ClassifierModule(hidden=(16,), in_shape=(1, 8, 8))
     other = ClassifierModule(hidden=(16,), in_shape=(1, 8, 8))
     del other.hparams["hidden"]  # as a checkpoint saved without the option would be
-    checkpoint = {"hyper_parameters": dict(other.hparams), "state_dict": ClassifierModule(hidden=(32,), in_shape=(1, 8, 8)).state_dict()}
-    with pytest.raises(CheckpointMismatchError, match=r"holds net.fc1.weight of shape \(32, 64\), this network's is \(16, 64\)"):
+    checkpoint = {
+        "hyper_parameters": dict(other.hparams),
+        "state_dict": ClassifierModule(hidden=(32,), in_shape=(1, 8, 8)).state_dict(),
+    }
+    with pytest.raises(
+        CheckpointMismatchError, match=r"holds net.fc1.weight of shape \(32, 64\), this network's is \(16, 64\)"
+    ):
         check_checkpoint_fits(checkpoint, dict(net.hparams), net.state_dict())
 
 
@@ -118,7 +129,10 @@ def test_your_own_model_through_the_command(tmp_path, capsys):
     assert "ClassifierModule: stayed torch.nn (autograd backward): 1 Dropout2d" in out
     assert "test_acc = " in out
     config = yaml.safe_load((_run_dir(tmp_path) / "config.yaml").read_text())
-    assert config["model"]["net"] == {"class_path": "tests.test_training_cli.SmallCNN", "init_args": {"width": 6, "num_classes": 10}}
+    assert config["model"]["net"] == {
+        "class_path": "tests.test_training_cli.SmallCNN",
+        "init_args": {"width": 6, "num_classes": 10},
+    }
     checkpoint = _run_dir(tmp_path) / "checkpoints" / "last.ckpt"
     trained = ClassifierModule.load_from_checkpoint(checkpoint, trusted_classes=["tests.test_training_cli.SmallCNN"])
     assert trained.net.features[0].weight.shape == (6, 1, 3, 3)
@@ -148,7 +162,19 @@ def test_each_data_module_keeps_its_own_batch_size_unless_set():
 
 
 def test_the_optimizer_is_chosen_once_and_saved_as_used(tmp_path):
-    assert main(["fit", *_SMALL, "--trainer.max_epochs=1", "--test_after_fit=false", "--optimizer=SGD", "--optimizer.lr=0.1"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                *_SMALL,
+                "--trainer.max_epochs=1",
+                "--test_after_fit=false",
+                "--optimizer=SGD",
+                "--optimizer.lr=0.1",
+            ]
+        )
+        == 0
+    )
     config = yaml.safe_load((_run_dir(tmp_path) / "config.yaml").read_text())
     assert config["optimizer"]["class_path"] == "torch.optim.SGD" and config["optimizer"]["init_args"]["lr"] == 0.1
     assert not {"optimizer", "lr", "momentum", "weight_decay"} & set(config["model"])
@@ -173,7 +199,9 @@ def test_missing_data_is_one_line_and_leaves_nothing_behind(tmp_path, monkeypatc
 
     monkeypatch.setattr(torchvision.datasets.MNIST, "download", no_network)
     data_dir = tmp_path / "data"
-    status = main(["fit", "--data=MNISTDataModule", f"--data.data_dir={data_dir}", f"--data.download={str(download).lower()}"])
+    status = main(
+        ["fit", "--data=MNISTDataModule", f"--data.data_dir={data_dir}", f"--data.download={str(download).lower()}"]
+    )
     err = capsys.readouterr().err
     assert status == 2 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("manualbp: error: MNISTDataModule: mnist not found in ")
@@ -185,13 +213,22 @@ def test_missing_data_is_one_line_and_leaves_nothing_behind(tmp_path, monkeypatc
 
 
 def test_a_run_prints_only_what_the_user_asked_for(tmp_path, capfd):
-    notices = [logging.getLogger(name) for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.seed")]
+    notices = [
+        logging.getLogger(name) for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.seed")
+    ]
     levels = [logger.level for logger in notices]
     job = ["--model.hidden=[16]", "--trainer.limit_train_batches=20", "--trainer.limit_val_batches=2"]
     assert main(["fit", *job, "--trainer.max_epochs=2"]) == 0
     assert [logger.level for logger in notices] == levels  # put back
     out, err = capfd.readouterr()
-    for notice in ("Tip", "will override existing callbacks", "tensorboardX", "deprecated", "GPU available", "Seed set"):
+    for notice in (
+        "Tip",
+        "will override existing callbacks",
+        "tensorboardX",
+        "deprecated",
+        "GPU available",
+        "Seed set",
+    ):
         assert notice not in out + err, notice
     assert "test_acc = " in out
     # stdout is not a terminal here: one plain line per epoch, the metrics the bar would show, and no bar

@@ -36,11 +36,19 @@ def _fit(
     data = DigitsDataModule(batch_size=32)
     model = ClassifierModule(arch=arch, backend=backend, hidden=(16,), hidden_size=16, in_shape=data.in_shape)
     model.configure_optimizers = lambda: torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.configure_callbacks = lambda: []
-    trainer = pl.Trainer(**{
-        "max_steps": max_steps, "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
-        "enable_model_summary": False, "limit_val_batches": 0, "callbacks": [callback], **trainer_args,
-    })
+    model.configure_callbacks = list
+    trainer = pl.Trainer(
+        **{
+            "max_steps": max_steps,
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "limit_val_batches": 0,
+            "callbacks": [callback],
+            **trainer_args,
+        }
+    )
     trainer.fit(model, datamodule=data)
     return trainer
 
@@ -106,12 +114,21 @@ def test_without_a_logger_a_relative_path_goes_into_default_root_dir(tmp_path, m
 
 def test_through_the_command_line_into_the_run_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    status = main([
-        "fit", "--trainer.callbacks+=LearningAnimation", "--trainer.callbacks.every_n_steps=1",
-        "--trainer.callbacks.dpi=30", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
-        "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false", "--model.hidden=[16]",
-        "--test_after_fit=false", f"--trainer.default_root_dir={tmp_path / 'root'}",
-    ])
+    status = main(
+        [
+            "fit",
+            "--trainer.callbacks+=LearningAnimation",
+            "--trainer.callbacks.every_n_steps=1",
+            "--trainer.callbacks.dpi=30",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=1",
+            "--trainer.enable_progress_bar=false",
+            "--model.hidden=[16]",
+            "--test_after_fit=false",
+            f"--trainer.default_root_dir={tmp_path / 'root'}",
+        ]
+    )
     assert status == 0
     gif = tmp_path / "root" / "lightning_logs" / "version_0" / "learning.gif"
     assert re.search(rf"^LearningAnimation: wrote {re.escape(str(gif))}$", capsys.readouterr().out, re.M)
@@ -142,8 +159,9 @@ def drawn_texts(monkeypatch):
     return texts
 
 
-@pytest.mark.parametrize("arch, backend", [("mlp", "manual"), ("lenet5", "manual"), ("lenet5", "autograd"),
-                                           ("lstm", "manual")])
+@pytest.mark.parametrize(
+    "arch, backend", [("mlp", "manual"), ("lenet5", "manual"), ("lenet5", "autograd"), ("lstm", "manual")]
+)
 def test_the_gif_text_is_readable_at_its_default_size(tmp_path, drawn_texts, arch, backend):
     """Every text of a frame, as the GIF is written with the callback's defaults, is at least 12 px tall, lies
     inside the frame and overlaps no other text (LeNet-5's layer labels "conv1 (6×8×8)" and "pool1 (6×4×4)" did)."""
@@ -157,7 +175,7 @@ def test_the_gif_text_is_readable_at_its_default_size(tmp_path, drawn_texts, arc
         assert size >= 12, f"{text!r} is {size:.1f} px"
         assert frame.x0 <= extent.x0 and extent.x1 <= frame.x1 and frame.y0 <= extent.y0 and extent.y1 <= frame.y1, text
     for i, (a, box_a, *_) in enumerate(drawn_texts):
-        for b, box_b, *_ in drawn_texts[i + 1:]:
+        for b, box_b, *_ in drawn_texts[i + 1 :]:
             overlap_x = min(box_a.x1, box_b.x1) - max(box_a.x0, box_b.x0)
             overlap_y = min(box_a.y1, box_b.y1) - max(box_a.y0, box_b.y0)
             assert overlap_x <= 1 or overlap_y <= 1, f"{a!r} overlaps {b!r}"
@@ -209,8 +227,15 @@ def test_figure_functions_write_pngs(tmp_path):
             assert image.format == "PNG" and image.size[0] > 300
 
     frame = dict(
-        step=0, label=5, image=np.zeros((1, 8, 8)), layers=["fc1", "out"], activations=[np.ones(16), np.ones(10)],
-        errors=[np.ones(16), None], probs=np.full(10, 0.1), loss=2.3, updates={},
+        step=0,
+        label=5,
+        image=np.zeros((1, 8, 8)),
+        layers=["fc1", "out"],
+        activations=[np.ones(16), np.ones(10)],
+        errors=[np.ones(16), None],
+        probs=np.full(10, 0.1),
+        loss=2.3,
+        updates={},
     )
     save_learning_animation([frame, dict(frame, step=1, updates={"fc1": 0.1, "out": 0.01})], tmp_path / "a.gif", dpi=30)
     assert _n_frames(tmp_path / "a.gif") == 2

@@ -79,11 +79,15 @@ class Alignment(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for attribute in ("net", "loss_fn"):
             if not callable(getattr(pl_module, attribute, None)):
-                raise TypeError(f"Alignment: {type(pl_module).__name__} has no `{attribute}` to compute the true gradient with")
+                raise TypeError(
+                    f"Alignment: {type(pl_module).__name__} has no `{attribute}` to compute the true gradient with"
+                )
         self.steps, self.history = [], []
         self._twin = None
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._recording = trainer.is_global_zero and trainer.global_step % self.every_n_steps == 0
         self._batch = batch if self._recording else None
 
@@ -110,7 +114,9 @@ class Alignment(pl.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._batch = None
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -132,7 +138,9 @@ class Alignment(pl.Callback):
         names = list(dict.fromkeys(name for metrics in self.history for name in metrics))  # first seen, first drawn
         angles = {name.split("/")[1]: [h.get(name, math.nan) for h in self.history] for name in names}
         plot_alignment(
-            self.steps, angles, path,
+            self.steps,
+            angles,
+            path,
             title=f"Alignment with the true gradient: every {self.every_n_steps} optimizer steps",
         )
         return Path(path)
@@ -146,10 +154,11 @@ class Alignment(pl.Callback):
         if self._twin is None:
             self._twin = to_torch(net)
         params = {
-            name: p for name, p in net.named_parameters()
+            name: p
+            for name, p in net.named_parameters()
             if p.requires_grad and (self.parameters == "all" or p.dim() >= 2)
         }
-        state: dict[str, torch.Tensor] = {name: p for name, p in net.named_parameters()}
+        state: dict[str, torch.Tensor] = dict(net.named_parameters())
         twin_buffers = dict(self._twin.named_buffers())
         state.update({name: b.detach().clone() for name, b in net.named_buffers() if name in twin_buffers})
         with torch.enable_grad():

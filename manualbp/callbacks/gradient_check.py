@@ -130,13 +130,17 @@ class GradientCheckCallback(pl.Callback):
                 stacklevel=2,
             )
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._batch, self._rng = None, None
         if trainer.global_step % self.every_n_steps == 0:
             self._batch = batch
             self._rng = _rng_state()
 
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer) -> None:
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
         if self._batch is None or trainer.global_step % self.every_n_steps != 0:
             return
         batch, rng = self._batch, self._rng
@@ -158,7 +162,9 @@ class GradientCheckCallback(pl.Callback):
             raise GradientMismatchError(message)
         warnings.warn(message, UserWarning, stacklevel=2)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._batch, self._rng = None, None  # a skipped step (training_step returned None) keeps nothing
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

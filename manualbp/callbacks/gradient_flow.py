@@ -132,8 +132,11 @@ class GradientFlow(pl.Callback):
         weights = [name for name, p in _trained(net) if p.ndim > 1]
         norms = {name: [h.get(f"gradflow/{name}/grad_norm", math.nan) for h in self.history] for name in weights}
         plot_gradient_flow(
-            self.steps, norms, path,
-            title=f"Gradient flow: every {self.every_n_steps} optimizer steps", ylabel="‖∂L/∂W‖ (weight gradient)",
+            self.steps,
+            norms,
+            path,
+            title=f"Gradient flow: every {self.every_n_steps} optimizer steps",
+            ylabel="‖∂L/∂W‖ (weight gradient)",
         )
         return Path(path)
 

@@ -64,8 +64,9 @@ class LearningAnimation(pl.Callback):
         dpi: float | None = None,
     ) -> None:
         super().__init__()
-        if every_n_steps is not None and (isinstance(every_n_steps, bool) or int(every_n_steps) != every_n_steps
-                                          or every_n_steps < 1):
+        if every_n_steps is not None and (
+            isinstance(every_n_steps, bool) or int(every_n_steps) != every_n_steps or every_n_steps < 1
+        ):
             raise ValueError(f"LearningAnimation: every_n_steps must be an integer >= 1 or None, got {every_n_steps!r}")
         if max_frames < 2:
             raise ValueError(f"LearningAnimation: max_frames must be at least 2, got {max_frames!r}")
@@ -187,7 +188,8 @@ class LearningAnimation(pl.Callback):
         finally:
             net.train(was_training)
         shown = [
-            name for name, module in net.named_modules()
+            name
+            for name, module in net.named_modules()
             if name in record.layers and not isinstance(module, (torch.nn.Flatten, torch.nn.Dropout))
         ]
 

@@ -4,6 +4,7 @@ Each function validates its arguments and calls a ``torch.autograd.Function`` wh
 written out by hand; the Function classes are exported too, for reading and for reuse.
 """
 
+from manualbp.functional._inplace import CopyFunction
 from manualbp.functional.activation import (
     ELUFunction,
     ELUInplaceFunction,
@@ -31,7 +32,6 @@ from manualbp.functional.activation import (
     softmax,
     tanh,
 )
-from manualbp.functional._inplace import CopyFunction
 from manualbp.functional.conv import Conv2dFunction, conv2d
 from manualbp.functional.dropout import DropoutFunction, DropoutInplaceFunction, dropout
 from manualbp.functional.fused import LinearReLUFunction, ReLUMaxPool2dFunction, linear_relu, relu_max_pool2d

@@ -95,6 +95,8 @@ def function(cls: FunctionType) -> FunctionType:
     def apply_compile_twin(*args: Any) -> Any:
         return twin.apply(*args)
 
+    apply_compile_twin.__doc__ = f"Apply {cls.__name__}'s jvp-less twin (what ``call`` does while torch.compile traces)."
+
     def call(*args: Any) -> Any:
         return apply(cls, *args)
 
@@ -104,7 +106,6 @@ def function(cls: FunctionType) -> FunctionType:
     cls.eager_twin = cls if cls.setup_context is _COMBINED_STYLE else _eager_twin(cls)
     cls.call = staticmethod(call)
     return cls
-
 
 
 def _eager_twin(cls: FunctionType) -> FunctionType:
@@ -149,4 +150,3 @@ def apply(function_cls: type[torch.autograd.Function], *args: Any) -> Any:
     if torch._C._are_functorch_transforms_active():
         return function_cls.apply(*args)
     return function_cls.eager_twin.apply(*args)
-

@@ -44,7 +44,7 @@ class NonFiniteGradientError(FloatingPointError, RuntimeError):
     """
 
 
-class detect_nonfinite:  # noqa: N801 (lower case, like torch.autograd.set_detect_anomaly)
+class detect_nonfinite:
     """Switch the non-finite gradient check of every manualbp backward on (``mode=True``) or off.
 
     ``manualbp.detect_nonfinite(True)`` turns it on for the whole process; ``with
@@ -117,8 +117,7 @@ def _raise_at_first_nonfinite(op: str, names: Sequence[str], grad_outputs: tuple
         if _is_nonfinite(grad):
             name = f"'{names[index]}' (forward input {index})" if index < len(names) else f"forward input {index}"
             raise NonFiniteGradientError(
-                f"{op}.backward returned a non-finite gradient of {name}: {_census(grad)}. "
-                + _origin(op, grad_outputs)
+                f"{op}.backward returned a non-finite gradient of {name}: {_census(grad)}. " + _origin(op, grad_outputs)
             )
 
 

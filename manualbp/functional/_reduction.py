@@ -106,7 +106,10 @@ def outer_per_sample(g: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None 
 def into(out: torch.Tensor | None, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     """``out`` when it is a contiguous tensor of ``shape`` with ``like``'s dtype and device, else a new one."""
     fits = (
-        out is not None and out.shape == shape and out.dtype == like.dtype and out.device == like.device
+        out is not None
+        and out.shape == shape
+        and out.dtype == like.dtype
+        and out.device == like.device
         and out.is_contiguous()
     )
     return out if fits else like.new_empty(shape)
@@ -260,7 +263,9 @@ class SequenceTerms:
         return out
 
     def _each(self, compute):
-        return tuple(compute(i, g, x) if need else None for i, ((g, x), need) in enumerate(zip(self.entries, self.needs)))
+        return tuple(
+            compute(i, g, x) if need else None for i, ((g, x), need) in enumerate(zip(self.entries, self.needs))
+        )
 
     def reduce(self, scale=None):
         return self._each(lambda _, g, x: self._plain(self._scaled(g, scale), x))

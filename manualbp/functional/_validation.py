@@ -108,12 +108,12 @@ def check_dim(op: str, name: str, t: torch.Tensor, allowed: tuple[int, ...] | ra
     """Raise InputError (a ValueError and a RuntimeError) unless ``t.dim()`` is in ``allowed``."""
     if t.dim() not in allowed:
         wanted = (
-            f"{allowed.start} or more" if isinstance(allowed, range) and allowed.stop > 64
+            f"{allowed.start} or more"
+            if isinstance(allowed, range) and allowed.stop > 64
             else " or ".join(str(d) for d in allowed)
         )
         raise InputError(
-            f"{op}: expected {name} with {wanted} dimensions, got {t.dim()}-D {name} of shape "
-            f"{shape_str(t)}"
+            f"{op}: expected {name} with {wanted} dimensions, got {t.dim()}-D {name} of shape {shape_str(t)}"
         )
 
 

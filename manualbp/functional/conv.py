@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from manualbp.functional._autocast import autocast_inputs
 from manualbp.functional._dispatch import apply, function
 from manualbp.functional._layout import memory_format_of
+from manualbp.functional._reduction import REDUCTION, OuterTerms
 from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import (
     InputError,
@@ -29,7 +30,6 @@ from manualbp.functional._validation import (
     int_pair,
     shape_str,
 )
-from manualbp.functional._reduction import REDUCTION, OuterTerms
 
 Pair = tuple[int, int]
 
@@ -209,7 +209,11 @@ def conv_memory_format(x: torch.Tensor, weight: torch.Tensor) -> torch.memory_fo
     """torch's layout for a convolution's output and all its gradients: channels_last when the (batched)
     input or the weight is channels_last, contiguous otherwise."""
     batched = x.unsqueeze(0) if x.dim() == 3 else x
-    return torch.channels_last if torch.channels_last in (memory_format_of(batched), memory_format_of(weight)) else torch.contiguous_format
+    return (
+        torch.channels_last
+        if torch.channels_last in (memory_format_of(batched), memory_format_of(weight))
+        else torch.contiguous_format
+    )
 
 
 def _input_grad(x, weight, grad_out, stride, padding, dilation, groups):

@@ -86,7 +86,7 @@ def linear_reduction(grad_out, x, needs_weight, needs_bias):
 class LinearTerms(OuterTerms):
     """The reduction of y = x Wᵀ + b, for ``REDUCTION.mode``. G: (N, *, out), x: (N, *, in), T = prod(*):
 
-        dL/dW_n = Σ_t G_ntᵀ x_nt  (out, in)          dL/db_n = Σ_t G_nt
+    dL/dW_n = Σ_t G_ntᵀ x_nt  (out, in)          dL/db_n = Σ_t G_nt
     """
 
     def __init__(self, grad_out: torch.Tensor, x: torch.Tensor, needs: tuple[bool, bool]) -> None:

@@ -384,7 +384,7 @@ def _check_class_target(op: str, input: torch.Tensor, target: torch.Tensor, igno
     Returns whether the values read show that every target counts (none equals ``ignore_index``); False
     where they were not read."""
     cd = _class_dim(input)
-    expected = (input.shape[0],) + tuple(input.shape[2:]) if input.dim() >= 2 else ()
+    expected = (input.shape[0], *input.shape[2:]) if input.dim() >= 2 else ()
     if tuple(target.shape) != expected:
         raise InputError(
             f"{op}: expected target of shape {expected} for input of shape {shape_str(input)}, "
@@ -405,7 +405,7 @@ def _check_class_target(op: str, input: torch.Tensor, target: torch.Tensor, igno
         torch._assert_async(in_range.all(), f"{op}: a target is out of bounds for {num_classes} classes")
         return False
     lowest, highest = (int(v) for v in torch.aminmax(target))
-    if 0 <= lowest and highest < num_classes:  # one reduction in the common case
+    if lowest >= 0 and highest < num_classes:  # one reduction in the common case
         return not lowest <= ignore_index <= highest
     bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
     if bool(bad.any()):
@@ -438,7 +438,9 @@ def _check_class_loss_args(
             f"got {shape_str(weight)}"
         )
     if weight.requires_grad:
-        raise NotImplementedError(f"{op}: a class weight that requires grad is not supported (torch has no such derivative either)")
+        raise NotImplementedError(
+            f"{op}: a class weight that requires grad is not supported (torch has no such derivative either)"
+        )
 
 
 def cross_entropy(
@@ -465,8 +467,7 @@ def cross_entropy(
         check_same_dtype(op, input=input, target=target)
         if target.shape != input.shape:
             raise InputError(
-                f"{op}: probability targets must have the input's shape {shape_str(input)}, "
-                f"got {shape_str(target)}"
+                f"{op}: probability targets must have the input's shape {shape_str(input)}, got {shape_str(target)}"
             )
     else:
         all_counted = _check_class_target(op, input, target, ignore_index)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from manualbp.functional._autocast import autocast_inputs, autocast_output
 from manualbp.functional._dispatch import apply, function
+from manualbp.functional._reduction import REDUCTION, per_sample_factor
 from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import (
     InputError,
@@ -47,7 +48,6 @@ from manualbp.functional._validation import (
     is_int,
     shape_str,
 )
-from manualbp.functional._reduction import REDUCTION, per_sample_factor
 
 
 def _channel_shape(x: torch.Tensor) -> list[int]:
@@ -141,7 +141,8 @@ class BatchNormFunction(torch.autograd.Function):
                 None if var_dot is None else -0.5 * x_hat * inv_std * inv_std * var_dot.reshape(shape),
             )
         return _affine_tangent(
-            x_hat, x_hat_dot,
+            x_hat,
+            x_hat_dot,
             None if weight is None else weight.reshape(shape),
             None if weight_dot is None else weight_dot.reshape(shape),
             None if bias_dot is None else bias_dot.reshape(shape),

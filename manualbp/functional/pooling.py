@@ -98,8 +98,14 @@ def _live_windows(live_windows: list[list[bool]] | None, device: torch.device) -
 
 
 def _avg_pool_divisor(
-    input_size: Pair, output_size: Pair, kernel_size: Pair, stride: Pair, padding: Pair,
-    count_include_pad: bool, divisor_override: int | None, like: torch.Tensor,
+    input_size: Pair,
+    output_size: Pair,
+    kernel_size: Pair,
+    stride: Pair,
+    padding: Pair,
+    count_include_pad: bool,
+    divisor_override: int | None,
+    like: torch.Tensor,
 ) -> torch.Tensor:
     """The (Ho, Wo) divisors of avg_pool2d, computed as torch does.
 
@@ -159,7 +165,7 @@ class AvgPool2dFunction(torch.autograd.Function):
         divisor = _avg_pool_divisor(
             (h, w), (ho, wo), kernel_size, stride, padding, count_include_pad, divisor_override, grad_out
         )
-        ones = grad_out.new_ones((1, 1) + tuple(kernel_size))
+        ones = grad_out.new_ones((1, 1, *kernel_size))
         spread = F.conv_transpose2d((grad_out / divisor).reshape(-1, 1, ho, wo), ones, stride=stride)
         (ph, pw), (full_h, full_w) = padding, spread.shape[-2:]
         grad_x = F.pad(spread, (-pw, w + pw - full_w, -ph, h + ph - full_h))
@@ -217,7 +223,6 @@ class AdaptiveAvgPool2dFunction(torch.autograd.Function):
         return F.adaptive_avg_pool2d(x_dot, ctx.output_size)
 
 
-
 #: Inputs from this size on are max-pooled in channels_last on the CPU (see ``pool_layout``).
 CHANNELS_LAST_MIN_ELEMENTS = 1 << 15
 
@@ -231,7 +236,7 @@ def shape_of(x: torch.Tensor) -> torch.Tensor:
 
 def planes(t: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) or (C, H, W) as (N, C, H·W) or (C, H·W) planes."""
-    return t.reshape(t.shape[:-2] + (t.shape[-2] * t.shape[-1],))  # not -1: the batch may be empty
+    return t.reshape(*t.shape[:-2], t.shape[-2] * t.shape[-1])  # not -1: the batch may be empty
 
 
 def scatter_into_planes(
@@ -250,7 +255,7 @@ def zero_planes(like: torch.Tensor, shape: torch.Size, layout: torch.memory_form
     if layout == torch.channels_last:
         n, c, h, w = shape
         return like.new_zeros((n, h, w, c)).permute(0, 3, 1, 2).flatten(-2)
-    return like.new_zeros(shape[:-2] + (shape[-2] * shape[-1],))
+    return like.new_zeros((*shape[:-2], shape[-2] * shape[-1]))
 
 
 def pool_layout(x: torch.Tensor, relu: bool = False) -> torch.Tensor:
@@ -325,7 +330,7 @@ def check_divisor_override(op: str, divisor_override: int | None) -> None:
 
 
 def adaptive_output_size(
-    op: str, output_size: int | None | tuple[int | None, int | None]
+    op: str, output_size: int | tuple[int | None, int | None] | None
 ) -> tuple[int | None, int | None]:
     """adaptive_avg_pool2d's ``output_size`` as a checked pair of positive ints or None (keep that dimension)."""
     if output_size is None or isinstance(output_size, int):
@@ -372,7 +377,7 @@ def avg_pool2d(
     )
 
 
-def adaptive_avg_pool2d(input: torch.Tensor, output_size: int | None | tuple[int | None, int | None]) -> torch.Tensor:
+def adaptive_avg_pool2d(input: torch.Tensor, output_size: int | tuple[int | None, int | None] | None) -> torch.Tensor:
     """Hand-differentiated ``torch.nn.functional.adaptive_avg_pool2d``; a None entry of
     ``output_size`` keeps that input dimension."""
     op = "adaptive_avg_pool2d"

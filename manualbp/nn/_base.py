@@ -37,8 +37,7 @@ class ManualModule:
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         cls.torch_twin = next(
-            base for base in cls.__mro__[1:]
-            if issubclass(base, torch.nn.Module) and not issubclass(base, ManualModule)
+            base for base in cls.__mro__[1:] if issubclass(base, torch.nn.Module) and not issubclass(base, ManualModule)
         )
         if cls.__module__.startswith("manualbp.nn."):  # users' subclasses and parametrized layers are no twins
             _TWINS[cls.torch_twin] = cls
@@ -60,7 +59,9 @@ class ManualModule:
     def from_torch(cls: type[_T], module: torch.nn.Module) -> _T:
         """A manual layer sharing ``module``'s Parameters, buffers, hooks and mode (nothing is copied)."""
         if type(module) is not cls.torch_twin:
-            raise TypeError(f"{cls.__name__}.from_torch expects a {cls.torch_twin.__name__}, got {type(module).__name__}")
+            raise TypeError(
+                f"{cls.__name__}.from_torch expects a {cls.torch_twin.__name__}, got {type(module).__name__}"
+            )
         manual = share_state(module, cls)
         manual.check_supported()
         return manual
@@ -81,7 +82,9 @@ def share_state(module: torch.nn.Module, cls: type[_Layer]) -> _Layer:
     configuration and the same Parameter and buffer objects, hooks and train/eval mode (the registries
     are copied dicts of the same objects, so adding a hook to one later does not affect the other)."""
     layer = cls.__new__(cls)
-    layer.__dict__.update({key: value.copy() if isinstance(value, dict) else value for key, value in module.__dict__.items()})
+    layer.__dict__.update(
+        {key: value.copy() if isinstance(value, dict) else value for key, value in module.__dict__.items()}
+    )
     return layer
 
 

@@ -72,9 +72,7 @@ class Conv2d(ManualModule, torch.nn.Conv2d):
 
     def check_supported(self) -> None:
         if self.padding_mode != "zeros":
-            raise NotImplementedError(
-                f"{_OP}: padding_mode={self.padding_mode!r} is not supported; only 'zeros' is"
-            )
+            raise NotImplementedError(f"{_OP}: padding_mode={self.padding_mode!r} is not supported; only 'zeros' is")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if self.rule is None or not torch.is_grad_enabled():  # no rule, or no backward to change

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import torch
-
 from collections.abc import Mapping
 from typing import Any
+
+import torch
 
 from manualbp import functional as MF
 from manualbp.functional._validation import check_unit_interval

@@ -4,6 +4,8 @@ twin); each names its autograd counterpart through ``to_torch``."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from manualbp import functional as MF
@@ -51,7 +53,9 @@ class ReLUMaxPool2d(torch.nn.Module):
         return MF.relu_max_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode)
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, ceil_mode={self.ceil_mode}"
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, ceil_mode={self.ceil_mode}"
+        )
 
     def _get_name(self) -> str:
         return "manualbp." + type(self).__name__
@@ -70,7 +74,7 @@ class _AffineLayer(torch.nn.Module):
     ``isinstance(m, torch.nn.Linear)``, or tools that find Linears by type (LoRA wrappers, pruning,
     quantization) would treat them as one and silently compute something else."""
 
-    __constants__ = ["in_features", "out_features"]
+    __constants__: ClassVar[list[str]] = ["in_features", "out_features"]
 
     def __init__(
         self,

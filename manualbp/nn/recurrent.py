@@ -113,8 +113,16 @@ class RNN(_FlatWeights, ManualModule, torch.nn.RNN):
 
     def forward(self, input: torch.Tensor | PackedSequence, hx: torch.Tensor | None = None):
         return MF.rnn(
-            input, hx, self._weights(), self.nonlinearity, self.bias, self.num_layers, self.dropout, self.training,
-            self.bidirectional, self.batch_first,
+            input,
+            hx,
+            self._weights(),
+            self.nonlinearity,
+            self.bias,
+            self.num_layers,
+            self.dropout,
+            self.training,
+            self.bidirectional,
+            self.batch_first,
         )
 
 
@@ -124,7 +132,14 @@ class LSTM(_FlatWeights, ManualModule, torch.nn.LSTM):
 
     def forward(self, input: torch.Tensor | PackedSequence, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
         return MF.lstm(
-            input, hx, self._weights(), self.bias, self.num_layers, self.dropout, self.training, self.bidirectional,
+            input,
+            hx,
+            self._weights(),
+            self.bias,
+            self.num_layers,
+            self.dropout,
+            self.training,
+            self.bidirectional,
             self.batch_first,
         )
 
@@ -135,7 +150,14 @@ class GRU(_FlatWeights, ManualModule, torch.nn.GRU):
 
     def forward(self, input: torch.Tensor | PackedSequence, hx: torch.Tensor | None = None):
         return MF.gru(
-            input, hx, self._weights(), self.bias, self.num_layers, self.dropout, self.training, self.bidirectional,
+            input,
+            hx,
+            self._weights(),
+            self.bias,
+            self.num_layers,
+            self.dropout,
+            self.training,
+            self.bidirectional,
             self.batch_first,
         )
 

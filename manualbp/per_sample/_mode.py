@@ -61,13 +61,13 @@ def check_no_batch_statistics(op: str, model: torch.nn.Module) -> None:
     """Raise PerSampleError naming the first batch-norm layer of ``model`` that would normalise with the
     statistics of the batch (training mode, or no running estimates), as Opacus's validator does."""
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            if module.training or module.running_mean is None:
-                raise PerSampleError(
-                    f"{op}: {name or 'the model'} ({type(module).__name__}) normalises with the statistics of the "
-                    "batch, which mixes its samples: a sample's gradient would depend on the others. Put it in eval "
-                    "mode (module.eval(), running statistics) or replace it, e.g. by GroupNorm or LayerNorm"
-                )
+        batch_norm = isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+        if batch_norm and (module.training or module.running_mean is None):
+            raise PerSampleError(
+                f"{op}: {name or 'the model'} ({type(module).__name__}) normalises with the statistics of the "
+                "batch, which mixes its samples: a sample's gradient would depend on the others. Put it in eval "
+                "mode (module.eval(), running statistics) or replace it, e.g. by GroupNorm or LayerNorm"
+            )
 
 
 def accumulate_grad(p: torch.Tensor, grad: torch.Tensor) -> None:

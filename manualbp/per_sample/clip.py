@@ -33,8 +33,10 @@ class PerSampleClip(PerSampleMode):
         self, model: torch.nn.Module, max_grad_norm: float, loss_reduction: str = "mean", batch_first: bool = True
     ) -> None:
         super().__init__(model, loss_reduction, batch_first)
-        if isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, (int, float)) or not (
-            math.isfinite(max_grad_norm) and max_grad_norm > 0
+        if (
+            isinstance(max_grad_norm, bool)
+            or not isinstance(max_grad_norm, (int, float))
+            or not (math.isfinite(max_grad_norm) and max_grad_norm > 0)
         ):
             raise ValueError(f"{self.op}: max_grad_norm must be a positive finite number, got {max_grad_norm!r}")
         self.max_grad_norm = float(max_grad_norm)

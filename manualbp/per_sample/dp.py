@@ -234,9 +234,11 @@ class PoissonLoader:
         return len(self.sampler)
 
     def state_dict(self) -> dict[str, Any]:
+        """The sampler's seed (None in secure mode), which Lightning keeps in checkpoints."""
         return {"seed": self.sampler.seed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take a checkpoint's seed (a secure sampler keeps drawing from the operating system)."""
         if self.sampler.seed is not None and state.get("seed") is not None:  # secure sampling stays secure
             self.sampler.seed = state["seed"]
 
@@ -293,6 +295,8 @@ class DPSGD:
         return sum(steps for _, _, steps in self.accountant.history)
 
     def poisson_loader(self, loader: torch.utils.data.DataLoader, rank: int = 0, world_size: int = 1) -> PoissonLoader:
+        """This rank's ``PoissonLoader`` over ``loader``'s dataset (see the class docstring); sets the sampling rate
+        and the expected batch size the step divides by."""
         _, data_loader = _opacus()
         if world_size > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             raise RuntimeError(f"DPSGD: world_size={world_size} needs torch.distributed initialised (DDP)")
@@ -329,11 +333,14 @@ class DPSGD:
         return PoissonLoader(poisson, sampler)
 
     def clip(self, model: torch.nn.Module):
+        """``clip_per_sample(model, max_grad_norm, loss_reduction="sum")``: the context of the step's backward."""
         from manualbp.per_sample.clip import clip_per_sample
 
         return clip_per_sample(model, self.settings.max_grad_norm, loss_reduction="sum")
 
     def privatize(self, params: Iterable[torch.nn.Parameter]) -> None:
+        """After the backward, before the optimizer's step: the noise (rank 0), the division by B, the sum over the
+        ranks under DDP, and one accountant step (see the class docstring)."""
         if self.sample_rate is None:
             raise RuntimeError("DPSGD: no Poisson loader yet (poisson_loader) to take the sampling rate from")
         params = [p for p in params if p.requires_grad]
@@ -374,6 +381,7 @@ class DPSGD:
         return generator
 
     def epsilon(self) -> float:
+        """The ε of (ε, δ)-DP spent so far, at ``settings.delta``, by Opacus's RDP accountant."""
         return float(self.accountant.get_epsilon(self.settings.delta))
 
     @staticmethod
@@ -381,10 +389,12 @@ class DPSGD:
         return {"device": generator.device.type, "state": generator.get_state()}
 
     def state_dict(self) -> dict[str, Any]:
+        """The accountant's history, the sampling rate and the noise generator's state, for checkpoints."""
         generator = self._generator_state if self._generator is None else self._state(self._generator)
         return {"accountant": self.accountant.state_dict(), "sample_rate": self.sample_rate, "generator": generator}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state_dict()``'s: the privacy spent so far, and the noise's stream where it stopped."""
         if state["accountant"].get("history"):
             self.accountant.load_state_dict(state["accountant"])
         if state.get("generator") is not None:

@@ -95,9 +95,7 @@ def _held_only_by(p: torch.Tensor) -> bool:
     return _grad_sample_refs(p) == _SOLE_REFS
 
 
-def per_sample_grads(
-    model: torch.nn.Module, loss_reduction: str = "mean", batch_first: bool = True
-) -> _GradSampleMode:
+def per_sample_grads(model: torch.nn.Module, loss_reduction: str = "mean", batch_first: bool = True) -> _GradSampleMode:
     """Context manager: a backward inside it leaves on each trainable parameter p of ``model`` its per-sample
     gradients ``p.grad_sample`` (N, *p.shape), and ``p.grad`` as usual.
 

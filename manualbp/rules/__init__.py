@@ -55,14 +55,18 @@ def get_rule(rule: str | Rule) -> Rule:
         return rule
     if isinstance(rule, str) and rule in RULES:
         return RULES[rule]()
-    raise ValueError(f"unknown learning rule {rule!r}: expected one of {', '.join(map(repr, RULES))} or a manualbp.rules.Rule")
+    raise ValueError(
+        f"unknown learning rule {rule!r}: expected one of {', '.join(map(repr, RULES))} or a manualbp.rules.Rule"
+    )
 
 
 def rule_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     """The layers of ``model`` a rule applies to (those with ``forward_feedback``: manualbp's Linear, LinearReLU,
     Conv2d), by name, in ``model.named_modules()`` order."""
     return [
-        (name, module) for name, module in model.named_modules() if callable(getattr(type(module), "forward_feedback", None))
+        (name, module)
+        for name, module in model.named_modules()
+        if callable(getattr(type(module), "forward_feedback", None))
     ]
 
 

@@ -161,7 +161,9 @@ class DirectFeedbackAlignment(Rule):
         self._feedback: list[torch.Tensor] = []
         self._next = 0
 
-    def attach(self, model: torch.nn.Module, layers: Sequence[Layer], example_input: torch.Tensor | None = None) -> None:
+    def attach(
+        self, model: torch.nn.Module, layers: Sequence[Layer], example_input: torch.Tensor | None = None
+    ) -> None:
         op = self.name
         if len(layers) < 2:
             found = ", ".join(f"{name} ({type(layer).__name__})" for name, layer in layers)
@@ -203,7 +205,8 @@ class DirectFeedbackAlignment(Rule):
                 f", and record a graph: if {skipped} ran under torch.no_grad or inside an activation checkpoint with "
                 "use_reentrant=True (which runs its block so), the rule did not see it and cannot send it the output "
                 "error; checkpoint with torch.utils.checkpoint(..., use_reentrant=False)"
-                if position > expected else ""
+                if position > expected
+                else ""
             )
             raise RuntimeError(
                 f"{self.name}: layer {position} of the rule ran where layer {expected} was expected; the layers must "

@@ -33,5 +33,7 @@ class FeedbackAlignment(Rule):
 
     def feedback_matrix(self, weight: torch.Tensor, feedback_weight: torch.Tensor | None) -> torch.Tensor:
         if feedback_weight is None:
-            raise RuntimeError("feedback_alignment: the layer has no feedback_weight buffer; attach the rule with manualbp.convert")
+            raise RuntimeError(
+                "feedback_alignment: the layer has no feedback_weight buffer; attach the rule with manualbp.convert"
+            )
         return feedback_weight

@@ -87,7 +87,9 @@ class Rule:
 
     # ---- machinery -------------------------------------------------------------------------------------------
 
-    def attach(self, model: torch.nn.Module, layers: Sequence[Layer], example_input: torch.Tensor | None = None) -> None:
+    def attach(
+        self, model: torch.nn.Module, layers: Sequence[Layer], example_input: torch.Tensor | None = None
+    ) -> None:
         """Make this rule the one of every layer in ``layers`` (in the model's order), drawing each layer's
         ``feedback_weight`` from ``seed``. ``example_input`` is for rules that need the layers' input shapes."""
         generator = self.generator()
@@ -122,7 +124,9 @@ class Backprop(Rule):
 
     name = "backprop"
 
-    def attach(self, model: torch.nn.Module, layers: Sequence[Layer], example_input: torch.Tensor | None = None) -> None:
+    def attach(
+        self, model: torch.nn.Module, layers: Sequence[Layer], example_input: torch.Tensor | None = None
+    ) -> None:
         for _, layer in layers:
             detach_rule(layer)
 

@@ -18,6 +18,7 @@ from manualbp.verify.case import seeded
 
 Tolerance = tuple[float, float]
 
+
 class Unsupported(Exception):
     """Raised inside a check when the function cannot take it (as opposed to taking it and failing)."""
 
@@ -69,13 +70,19 @@ class _Subject:
         return [self.args[i] for i in self.int_slots]
 
     def __call__(
-        self, *tensors: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None, ints: Sequence[torch.Tensor] | None = None
+        self,
+        *tensors: torch.Tensor,
+        buffers: dict[str, torch.Tensor] | None = None,
+        ints: Sequence[torch.Tensor] | None = None,
     ) -> Any:
         """The call under a fixed seed."""
         return seeded(self.unseeded)(*tensors, buffers=buffers, ints=ints)
 
     def unseeded(
-        self, *tensors: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None, ints: Sequence[torch.Tensor] | None = None
+        self,
+        *tensors: torch.Tensor,
+        buffers: dict[str, torch.Tensor] | None = None,
+        ints: Sequence[torch.Tensor] | None = None,
     ) -> Any:
         full = list(self.args)
         for slot, tensor in zip(self.slots, tensors[: self.num_inputs]):
@@ -220,7 +227,6 @@ def _vjp(
     return [o.detach() for o in outputs], [next(grads) if leaf.requires_grad else None for leaf in leaves]
 
 
-
 @dataclass
 class _Sample:
     function: Callable[..., Any]
@@ -237,7 +243,9 @@ class _Sample:
         args = [_cast(a, dtype, device) for a in self.args]
         function = _copy_to(self.function, dtype, device)
         reference = _copy_to(self.reference, dtype, device)
-        state_from = function if isinstance(reference, torch.nn.Module) and isinstance(function, torch.nn.Module) else None
+        state_from = (
+            function if isinstance(reference, torch.nn.Module) and isinstance(function, torch.nn.Module) else None
+        )
         return _Subject(function, args), _Subject(reference, args, state_from)
 
     def errors(self, dtype: torch.dtype) -> _Errors:
@@ -269,7 +277,5 @@ def _run_function(check: str, thunk: Callable[[], Any]) -> Any:
         raise
 
 
-
 def _first_lines(text: str, count: int) -> str:
     return " ".join(line.strip() for line in text.strip().splitlines()[:count])
-

@@ -37,8 +37,8 @@ from manualbp.verify._harness import (
     _vjp,
 )
 from manualbp.verify.case import OpCase
-from manualbp.verify.memory_format import _check_memory_format
 from manualbp.verify.graph_capture import _check_compile, _check_compile_dynamic, _check_export_dynamic
+from manualbp.verify.memory_format import _check_memory_format
 from manualbp.verify.report import Report, Row
 
 SampleInputs = Iterable[Sequence[Any]] | Callable[[torch.dtype, torch.device], Iterable[Sequence[Any]]]
@@ -170,13 +170,15 @@ def _compare_forward_ad(s: _Sample) -> _Errors:
     errors = s.errors(torch.float64)
     tangents = _tangents(f.tensors)
     _, jvp_r = torch.func.jvp(lambda *t: tuple(_float_outputs(r(*t))), r.tensors, tangents)
-    _, jvp_f = _run_function("forward_ad", lambda: torch.func.jvp(lambda *t: tuple(_float_outputs(f(*t))), f.tensors, tangents))
+    _, jvp_f = _run_function(
+        "forward_ad", lambda: torch.func.jvp(lambda *t: tuple(_float_outputs(f(*t))), f.tensors, tangents)
+    )
     errors.add_all([f"tangent of output {i}" for i in range(len(jvp_r))], list(jvp_f), list(jvp_r))
     if len(f.tensors) > 1:
         for which in range(min(len(f.tensors), 4)):
             only = f"(tangent on {f.labels[which]} only)"
             expected = _dual_tangents(r, tangents, which)
-            actual = _run_function("forward_ad", lambda: _dual_tangents(f, tangents, which))
+            actual = _run_function("forward_ad", lambda which=which: _dual_tangents(f, tangents, which))
             errors.add_all([f"tangent of output {i} {only}" for i in range(len(expected))], actual, expected)
     return errors
 
@@ -190,9 +192,14 @@ def _batched(f: _Subject) -> Batch:
     valid values, and an op that reads them, a range check, meets a batched tensor), the buffers repeated."""
     g = torch.Generator().manual_seed(3)
     inputs = f.tensors[: f.num_inputs]
-    batched = [t.unsqueeze(0) + 0.1 * torch.randn((_VMAP_BATCH, *t.shape), generator=g, dtype=torch.float64).to(t) for t in inputs]
+    batched = [
+        t.unsqueeze(0) + 0.1 * torch.randn((_VMAP_BATCH, *t.shape), generator=g, dtype=torch.float64).to(t)
+        for t in inputs
+    ]
     buffers = {n: b.unsqueeze(0).repeat(_VMAP_BATCH, *([1] * b.dim())) for n, b in f.buffers().items()}
-    ints = [torch.stack([t.flatten().roll(k).reshape(t.shape) for k in range(_VMAP_BATCH)]) for t in f.integer_tensors()]
+    ints = [
+        torch.stack([t.flatten().roll(k).reshape(t.shape) for k in range(_VMAP_BATCH)]) for t in f.integer_tensors()
+    ]
     return tuple(batched), buffers, tuple(ints)
 
 
@@ -227,8 +234,12 @@ def _check_func_grad(s: _Sample) -> _Errors:
     errors = s.errors(torch.float64)
     params = f.tensors[f.num_inputs :]
 
-    def loss(xs: tuple[torch.Tensor, ...], ps: tuple[torch.Tensor, ...], bufs: dict[str, torch.Tensor] | None = None,
-             ints: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+    def loss(
+        xs: tuple[torch.Tensor, ...],
+        ps: tuple[torch.Tensor, ...],
+        bufs: dict[str, torch.Tensor] | None = None,
+        ints: tuple[torch.Tensor, ...] | None = None,
+    ) -> torch.Tensor:
         outputs = _float_outputs(f(*xs, *ps, buffers=bufs, ints=ints))
         return sum((o * g).sum() for o, g in zip(outputs, _grad_outputs(outputs)))
 
@@ -238,6 +249,7 @@ def _check_func_grad(s: _Sample) -> _Errors:
     errors.add_all([f"grad of {label}" for label in f.labels], [*grads_f[0], *grads_f[1]], grads_r)
 
     whole = _batched(f)
+
     def per_sample(batch: Batch) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
         xs, bufs, ints = batch
         return grad(xs, params, bufs, ints)
@@ -345,7 +357,6 @@ CHECKS: dict[str, Callable[[_Sample], _Errors]] = {
 }
 
 
-
 def _missing_save_for_forward(traceback: TracebackType | None) -> str:
     """A hint when the error was raised in a ``jvp`` that found ``ctx.saved_tensors`` empty: in forward
     mode it holds only what ``setup_context`` passed to ``ctx.save_for_forward``; "" otherwise."""
@@ -361,8 +372,6 @@ def _missing_save_for_forward(traceback: TracebackType | None) -> str:
         "only the tensors setup_context passes to ctx.save_for_forward: add ctx.save_for_forward(...) of the "
         "tensors jvp reads, next to ctx.save_for_backward.)"
     )
-
-
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -444,5 +453,7 @@ def verify_cases(cases: Iterable[OpCase], checks: Sequence[str] | None = None, *
     for case in cases:
         manual, reference = case.build(torch.float64)
         sample = [case.sample(requires_grad=False)]
-        report.extend(verify(manual, reference, sample, checks=checks, name=case.id, batch_dim=case.batch_dim, **options))
+        report.extend(
+            verify(manual, reference, sample, checks=checks, name=case.id, batch_dim=case.batch_dim, **options)
+        )
     return report

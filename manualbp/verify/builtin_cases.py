@@ -47,7 +47,9 @@ def args(*makers: Maker) -> InputMaker:
     return lambda g: tuple(make(g) for make in makers)
 
 
-def twin(case_id: str, layer: str, *ctor_args: Any, inputs: InputMaker, train: bool = True, **ctor_kwargs: Any) -> OpCase:
+def twin(
+    case_id: str, layer: str, *ctor_args: Any, inputs: InputMaker, train: bool = True, **ctor_kwargs: Any
+) -> OpCase:
     """A case comparing ``manualbp.nn.<layer>`` with ``torch.nn.<layer>``, both built from the same arguments.
 
     Tensor constructor arguments (a class weight) are made from a fixed generator on every build.
@@ -127,7 +129,9 @@ class Packed(torch.nn.Module):
             output, state = self.layer(packed)
             return MF.pad_packed_sequence(output, batch_first=True, total_length=input.shape[1])[0], state
         results = [self.layer(input[b : b + 1, :length]) for b, length in enumerate(self.lengths)]
-        output = torch.cat([torch.nn.functional.pad(out, (0, 0, 0, input.shape[1] - out.shape[1])) for out, _ in results])
+        output = torch.cat(
+            [torch.nn.functional.pad(out, (0, 0, 0, input.shape[1] - out.shape[1])) for out, _ in results]
+        )
         states = [state for _, state in results]  # each (layers · directions, 1, H), or a pair of them (LSTM)
         if isinstance(states[0], tuple):
             return output, tuple(torch.cat(parts, dim=1) for parts in zip(*states))
@@ -208,7 +212,9 @@ BUILTIN_CASES: list[OpCase] = [
     # cross entropy
     twin("cross_entropy-mean", "CrossEntropyLoss", inputs=args(randn(4, 5), classes(4, num_classes=5))),
     twin("cross_entropy-sum", "CrossEntropyLoss", reduction="sum", inputs=args(randn(4, 5), classes(4, num_classes=5))),
-    twin("cross_entropy-none", "CrossEntropyLoss", reduction="none", inputs=args(randn(4, 5), classes(4, num_classes=5))),
+    twin(
+        "cross_entropy-none", "CrossEntropyLoss", reduction="none", inputs=args(randn(4, 5), classes(4, num_classes=5))
+    ),
     twin(
         "cross_entropy-weight",
         "CrossEntropyLoss",
@@ -265,8 +271,14 @@ BUILTIN_CASES: list[OpCase] = [
         label_smoothing=0.1,
         inputs=args(randn(4, 5), probabilities(4, 5)),
     ),
-    twin("cross_entropy-logits-spread1e4", "CrossEntropyLoss", inputs=args(randn(4, 5, scale=1e4), classes(4, num_classes=5))),
-    twin("cross_entropy-logits+1e4", "CrossEntropyLoss", inputs=args(randn(4, 5, offset=1e4), classes(4, num_classes=5))),
+    twin(
+        "cross_entropy-logits-spread1e4",
+        "CrossEntropyLoss",
+        inputs=args(randn(4, 5, scale=1e4), classes(4, num_classes=5)),
+    ),
+    twin(
+        "cross_entropy-logits+1e4", "CrossEntropyLoss", inputs=args(randn(4, 5, offset=1e4), classes(4, num_classes=5))
+    ),
     # negative log-likelihood
     twin("nll_loss-mean", "NLLLoss", inputs=args(randn(4, 5), classes(4, num_classes=5))),
     twin("nll_loss-sum", "NLLLoss", reduction="sum", inputs=args(randn(4, 5), classes(4, num_classes=5))),
@@ -464,13 +476,35 @@ BUILTIN_CASES: list[OpCase] = [
     twin("layer_norm-size2", "LayerNorm", 2, inputs=args(randn(3, 2))),
     # fused
     fused("fused-relu_max_pool2d-k2", lambda: mnn.ReLUMaxPool2d(2), inputs=args(randn(2, 3, 6, 6))),
-    fused("fused-relu_max_pool2d-k3-stride2-pad1", lambda: mnn.ReLUMaxPool2d(3, stride=2, padding=1), inputs=args(randn(2, 2, 7, 7))),
-    fused("fused-relu_max_pool2d-ceil_mode-pad1", lambda: mnn.ReLUMaxPool2d(3, stride=2, padding=1, ceil_mode=True), inputs=args(randn(2, 2, 6, 6))),
-    fused("fused-relu_max_pool2d-ceil_mode-stride3", lambda: mnn.ReLUMaxPool2d(2, stride=3, ceil_mode=True), inputs=args(randn(2, 2, 6, 7))),
-    fused("fused-relu_max_pool2d-rect_kernel-rect_stride", lambda: mnn.ReLUMaxPool2d((3, 2), stride=(2, 1), padding=(1, 0)), inputs=args(randn(2, 2, 6, 5))),
+    fused(
+        "fused-relu_max_pool2d-k3-stride2-pad1",
+        lambda: mnn.ReLUMaxPool2d(3, stride=2, padding=1),
+        inputs=args(randn(2, 2, 7, 7)),
+    ),
+    fused(
+        "fused-relu_max_pool2d-ceil_mode-pad1",
+        lambda: mnn.ReLUMaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+        inputs=args(randn(2, 2, 6, 6)),
+    ),
+    fused(
+        "fused-relu_max_pool2d-ceil_mode-stride3",
+        lambda: mnn.ReLUMaxPool2d(2, stride=3, ceil_mode=True),
+        inputs=args(randn(2, 2, 6, 7)),
+    ),
+    fused(
+        "fused-relu_max_pool2d-rect_kernel-rect_stride",
+        lambda: mnn.ReLUMaxPool2d((3, 2), stride=(2, 1), padding=(1, 0)),
+        inputs=args(randn(2, 2, 6, 5)),
+    ),
     fused("fused-relu_max_pool2d-batch1-one_channel", lambda: mnn.ReLUMaxPool2d(2), inputs=args(randn(1, 1, 6, 6))),
-    fused("fused-relu_max_pool2d-unbatched", lambda: mnn.ReLUMaxPool2d(3, stride=2, padding=1), inputs=args(randn(2, 6, 5))),
-    fused("fused-relu_max_pool2d-all_negative", lambda: mnn.ReLUMaxPool2d(2), inputs=args(randn(2, 2, 4, 4, offset=-5.0))),
+    fused(
+        "fused-relu_max_pool2d-unbatched",
+        lambda: mnn.ReLUMaxPool2d(3, stride=2, padding=1),
+        inputs=args(randn(2, 6, 5)),
+    ),
+    fused(
+        "fused-relu_max_pool2d-all_negative", lambda: mnn.ReLUMaxPool2d(2), inputs=args(randn(2, 2, 4, 4, offset=-5.0))
+    ),
     fused("fused-linear_relu-bias", lambda: mnn.LinearReLU(5, 4), inputs=args(randn(3, 5))),
     fused("fused-linear_relu-nobias-3d", lambda: mnn.LinearReLU(5, 4, bias=False), inputs=args(randn(2, 3, 5))),
     fused("fused-linear_relu-unbatched", lambda: mnn.LinearReLU(5, 4), inputs=args(randn(5))),
@@ -489,15 +523,16 @@ BUILTIN_CASES: list[OpCase] = [
         inputs=args(randn(3, 2, 2), randn(2, 3, 2)),
     ),
     unbatched_sequence(
-    twin(
-        "rnn-unbatched-bidirectional-2layers-dropout0.5",
-        "RNN",
-        2,
-        2,
-        2,
-        bidirectional=True,
-        dropout=0.5,
-        inputs=args(randn(2, 2))),
+        twin(
+            "rnn-unbatched-bidirectional-2layers-dropout0.5",
+            "RNN",
+            2,
+            2,
+            2,
+            bidirectional=True,
+            dropout=0.5,
+            inputs=args(randn(2, 2)),
+        ),
     ),
     time_major(twin("lstm", "LSTM", 2, 3, inputs=args(randn(2, 3, 2)))),
     wrapped(
@@ -512,7 +547,9 @@ BUILTIN_CASES: list[OpCase] = [
         dropout=0.5,
         inputs=args(randn(3, 2, 2), randn(4, 3, 2), randn(4, 3, 2)),
     ),
-    unbatched_sequence(twin("lstm-proj-unbatched-nobias", "LSTM", 2, 3, proj_size=2, bias=False, inputs=args(randn(2, 2)))),
+    unbatched_sequence(
+        twin("lstm-proj-unbatched-nobias", "LSTM", 2, 3, proj_size=2, bias=False, inputs=args(randn(2, 2)))
+    ),
     wrapped(
         "lstm-packed-bidirectional",
         lambda layer: Packed(layer, [2, 1, 2]),
@@ -538,11 +575,24 @@ BUILTIN_CASES: list[OpCase] = [
     ),
     unbatched_sequence(twin("gru-unbatched-h0", "GRU", 2, 3, inputs=args(randn(2, 2), randn(1, 3)))),
     wrapped(
-        "gru-packed-2layers", lambda layer: Packed(layer, [1, 2, 2]), "GRU", 2, 2, 2, batch_first=True, inputs=args(randn(3, 2, 2))
+        "gru-packed-2layers",
+        lambda layer: Packed(layer, [1, 2, 2]),
+        "GRU",
+        2,
+        2,
+        2,
+        batch_first=True,
+        inputs=args(randn(3, 2, 2)),
     ),
     twin("rnn_cell-tanh", "RNNCell", 2, 3, inputs=args(randn(3, 2))),
     twin(
-        "rnn_cell-relu-unbatched-nobias-h0", "RNNCell", 2, 3, bias=False, nonlinearity="relu", inputs=args(randn(2), randn(3))
+        "rnn_cell-relu-unbatched-nobias-h0",
+        "RNNCell",
+        2,
+        3,
+        bias=False,
+        nonlinearity="relu",
+        inputs=args(randn(2), randn(3)),
     ),
     wrapped("lstm_cell-h0-c0", WithCellState, "LSTMCell", 2, 3, inputs=args(randn(3, 2), randn(3, 3), randn(3, 3))),
     twin("lstm_cell-unbatched-nobias", "LSTMCell", 2, 3, bias=False, inputs=args(randn(2))),

@@ -29,16 +29,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="manualbp verify",
         description=DESCRIPTION,
     )
-    parser.add_argument("--op", action="append", metavar="NAME", help="only cases whose id starts with NAME (repeatable)")
-    parser.add_argument("--check", action="append", metavar="CHECK", choices=list(CHECKS), help="only this check (repeatable)")
+    parser.add_argument(
+        "--op", action="append", metavar="NAME", help="only cases whose id starts with NAME (repeatable)"
+    )
+    parser.add_argument(
+        "--check", action="append", metavar="CHECK", choices=list(CHECKS), help="only this check (repeatable)"
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows as JSON to PATH")
     parser.add_argument("--compile-backend", default="aot_eager", help="torch.compile backend of the compile check")
     parser.add_argument(
-        "--exhaustive", action="store_true",
+        "--exhaustive",
+        action="store_true",
         help="gradcheck and gradgradcheck compare every Jacobian entry (default: torch's fast mode, random projections)",
     )
     parser.add_argument(
-        "--jobs", "-j", type=int, metavar="N",
+        "--jobs",
+        "-j",
+        type=int,
+        metavar="N",
         help="check the cases in N processes (default: one per CPU core when there are many cases, else 1)",
     )
     parser.add_argument("--list", action="store_true", help="list the case ids and exit")
@@ -115,7 +123,9 @@ def _with_progress(results: Iterator[list[Row]], case_ids: Sequence[str]) -> Ite
     """``results`` one case at a time, with a progress bar on stderr (cases done / total, the case just checked)
     when stderr is a terminal; nothing extra when it is piped or redirected. The bar is cleared at the end."""
     terminal = sys.stderr.isatty()
-    with tqdm(total=len(case_ids), desc="verify", unit="case", file=sys.stderr, disable=not terminal, leave=False) as bar:
+    with tqdm(
+        total=len(case_ids), desc="verify", unit="case", file=sys.stderr, disable=not terminal, leave=False
+    ) as bar:
         for index, rows in enumerate(results):  # to the end of ``results``: a pool behind it closes
             bar.set_postfix_str(case_ids[index])
             yield rows

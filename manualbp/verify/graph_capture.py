@@ -35,7 +35,9 @@ def _check_compile_dynamic(s: _Sample) -> _Errors:
 
 
 def _one_size_note(samples: Sequence[Sequence[Any]]) -> str:
-    return "" if len(samples) > 1 else "one size only: the sample has no batch dim, or the reference refuses other sizes"
+    return (
+        "" if len(samples) > 1 else "one size only: the sample has no batch dim, or the reference refuses other sizes"
+    )
 
 
 def _compiled_vs_eager(s: _Sample, samples: Sequence[Sequence[Any]], dynamic: bool) -> _Errors:
@@ -59,11 +61,16 @@ def _compiled_vs_eager(s: _Sample, samples: Sequence[Sequence[Any]], dynamic: bo
                 if "Detected recompile" not in str(error):
                     raise
                 errors.ok = False
-                errors.worst = f"recompiled for {where}: " + _first_lines(str(error), 4).split("triggered by the following guard failure(s): ")[-1]
+                errors.worst = (
+                    f"recompiled for {where}: "
+                    + _first_lines(str(error), 4).split("triggered by the following guard failure(s): ")[-1]
+                )
                 return errors
             out_e, grads_e = _vjp(subject, subject.tensors)
             errors.add_all([f"output {i} (compiled vs eager, {where})" for i in range(len(out_e))], out_c, out_e)
-            errors.add_all([f"grad of {label} (compiled vs eager, {where})" for label in subject.labels], grads_c, grads_e)
+            errors.add_all(
+                [f"grad of {label} (compiled vs eager, {where})" for label in subject.labels], grads_c, grads_e
+            )
     except torch._dynamo.exc.Unsupported as error:
         if "custom jvp" in str(error):
             raise GraphBreak(_custom_jvp_hint(s.function)) from error
@@ -90,7 +97,9 @@ def _check_export_dynamic(s: _Sample) -> _Errors:
     dims = _batch_dims(samples)
     shapes = tuple({dim % t.dim(): batch} if dim is not None else None for t, dim in zip(exportable.tensors(), dims))
     with _trace_log_kept_for_torch():
-        program = seeded(torch.export.export)(exportable, exportable.tensors(), dynamic_shapes={"tensors": shapes} if samples[1:] else None)
+        program = seeded(torch.export.export)(
+            exportable, exportable.tensors(), dynamic_shapes={"tensors": shapes} if samples[1:] else None
+        )
     for subject in subjects:
         where = _where(subject, dynamic=True)
         exported = seeded(program.module())(*_Exportable(subject).tensors())

@@ -25,7 +25,9 @@ def _check_memory_format(s: _Sample) -> _Errors:
         try:
             out_r, grads_r = _vjp(r, [arrange(t) for t in r.tensors], "like_output")
         except RuntimeError as error:  # a limit of the reference (torch's nll_loss2d backward on channels_last)
-            errors.note = f"the reference fails in the {name} layout, so it is not compared: {_first_lines(str(error), 1)}"
+            errors.note = (
+                f"the reference fails in the {name} layout, so it is not compared: {_first_lines(str(error), 1)}"
+            )
             continue
         out_f, grads_f = _vjp(f, [arrange(t) for t in f.tensors], "like_output")
         output_labels = [f"output {i} ({name})" for i in range(len(out_r))]
@@ -33,7 +35,11 @@ def _check_memory_format(s: _Sample) -> _Errors:
         errors.add_all(output_labels, out_f, out_r)
         errors.add_all(grad_labels, grads_f, grads_r)
         for label, actual, expected in zip(output_labels + grad_labels, [*out_f, *grads_f], [*out_r, *grads_r]):
-            if isinstance(actual, torch.Tensor) and isinstance(expected, torch.Tensor) and layout(actual) != layout(expected):
+            if (
+                isinstance(actual, torch.Tensor)
+                and isinstance(expected, torch.Tensor)
+                and layout(actual) != layout(expected)
+            ):
                 errors.ok = False
                 errors.worst = f"{label}: layout {layout(actual)} != reference {layout(expected)}"
                 return errors
@@ -54,8 +60,11 @@ def layout(t: torch.Tensor) -> str:
     dims from the outermost in memory to the innermost (dims of size 1 left out, where any order is the same)."""
     formats = [
         name
-        for name, fmt in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last),
-                          ("channels_last_3d", torch.channels_last_3d))
+        for name, fmt in (
+            ("contiguous", torch.contiguous_format),
+            ("channels_last", torch.channels_last),
+            ("channels_last_3d", torch.channels_last_3d),
+        )
         if _has_dims(t, fmt) and t.is_contiguous(memory_format=fmt)
     ]
     if formats:

@@ -43,9 +43,11 @@ class Report:
 
     @property
     def failures(self) -> list[Row]:
+        """The rows whose status is "fail"."""
         return [row for row in self.rows if row.status == "fail"]
 
     def extend(self, other: Report) -> None:
+        """Append ``other``'s rows."""
         self.rows.extend(other.rows)
 
     def raise_if_failed(self) -> None:
@@ -54,6 +56,7 @@ class Report:
             raise AssertionError(f"{len(self.failures)} check(s) failed:\n{self}")
 
     def to_json(self) -> str:
+        """The rows as a JSON list of objects (NaN errors as null)."""
         return json.dumps([_json_row(row) for row in self.rows], indent=2)
 
     def __str__(self) -> str:

@@ -45,7 +45,10 @@ OPS: dict[str, tuple[Callable, Callable, Callable[[], tuple]]] = {
 
 
 def _run(fn: Callable, args: tuple) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-    args = tuple(a.detach().clone().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+    args = tuple(
+        a.detach().clone().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+        for a in args
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = fn(*args)
     out.backward(torch.ones_like(out))
@@ -62,7 +65,9 @@ def test_op_under_cpu_autocast_matches_its_torch_twin(op):
     ref_out, ref_grads = _run(twin, args)
     assert out.dtype == ref_out.dtype
     assert_close(out.float(), ref_out.float(), rtol=5e-2, atol=5e-2)
-    for grad, ref, arg in zip(grads, ref_grads, [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]):
+    for grad, ref, arg in zip(
+        grads, ref_grads, [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
+    ):
         assert grad.dtype == ref.dtype == arg.dtype
         assert_close(grad.float(), ref.float(), rtol=5e-2, atol=5e-2)
 
@@ -75,7 +80,10 @@ def test_lower_precision_ops_compute_in_the_autocast_dtype_whatever_the_inputs()
 
 def test_float64_is_not_eligible_for_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert MF.linear(torch.randn(2, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)).dtype == torch.float64
+        assert (
+            MF.linear(torch.randn(2, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)).dtype
+            == torch.float64
+        )
 
 
 @pytest.mark.parametrize("op", ["linear", "linear_relu", "conv2d", "mse_loss"])

@@ -56,11 +56,26 @@ def test_ties_and_non_positive_windows_match_torch():
         (lambda: mnn.ReLUMaxPool2d(2, return_indices=True), NotImplementedError, r"ReLUMaxPool2d: return_indices"),
         (lambda: mnn.ReLUMaxPool2d(0), ValueError, r"ReLUMaxPool2d: kernel_size must be at least 1, got 0"),
         (lambda: mnn.LinearReLU(-1, 3), ValueError, r"LinearReLU: in_features must be at least 0, got -1"),
-        (lambda: MF.linear_relu(torch.randn(2, 3), torch.randn(4, 5)), ValueError, r"linear_relu: input of shape \(2, 3\)"),
-        (lambda: MF.linear_relu(torch.randn(2, 3), torch.randn(4, 3).double()), TypeError, r"linear_relu: expected all tensors"),
+        (
+            lambda: MF.linear_relu(torch.randn(2, 3), torch.randn(4, 5)),
+            ValueError,
+            r"linear_relu: input of shape \(2, 3\)",
+        ),
+        (
+            lambda: MF.linear_relu(torch.randn(2, 3), torch.randn(4, 3).double()),
+            TypeError,
+            r"linear_relu: expected all tensors",
+        ),
     ],
     ids=[
-        "padding", "2d-input", "dilation", "return_indices", "module-kernel-0", "linear_relu-negative-features", "linear_relu-shape", "linear_relu-dtype",
+        "padding",
+        "2d-input",
+        "dilation",
+        "return_indices",
+        "module-kernel-0",
+        "linear_relu-negative-features",
+        "linear_relu-shape",
+        "linear_relu-dtype",
     ],
 )
 def test_unsupported_configurations_are_named(call, exception, pattern):

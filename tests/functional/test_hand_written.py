@@ -21,7 +21,9 @@ def _outputs(module, args) -> list[torch.Tensor]:
 def _outputs_and_grads(module, args):
     outs = _outputs(module, args)
     wrt = differentiable(args) + [p for p in module.parameters() if p.requires_grad]
-    return [o.detach() for o in outs], torch.autograd.grad(outs, wrt, [torch.ones_like(o) for o in outs], allow_unused=True)
+    return [o.detach() for o in outs], torch.autograd.grad(
+        outs, wrt, [torch.ones_like(o) for o in outs], allow_unused=True
+    )
 
 
 @pytest.mark.parametrize("case", CASES)

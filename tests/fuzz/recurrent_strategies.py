@@ -22,7 +22,12 @@ import manualbp.functional as MF
 from tests.fuzz.strategies import FuzzCase, _generator, randn
 
 _LAYERS = {
-    "rnn": "RNN", "lstm": "LSTM", "gru": "GRU", "rnn_cell": "RNNCell", "lstm_cell": "LSTMCell", "gru_cell": "GRUCell"
+    "rnn": "RNN",
+    "lstm": "LSTM",
+    "gru": "GRU",
+    "rnn_cell": "RNNCell",
+    "lstm_cell": "LSTMCell",
+    "gru_cell": "GRUCell",
 }
 sizes = st.integers(1, 3)
 steps = st.integers(1, 4)
@@ -46,8 +51,15 @@ def _manual_layer(op: str):
         extra = {"nonlinearity": config["nonlinearity"]} if op == "rnn" else {}
         return _tensors(
             getattr(MF, op)(
-                input, _hx(op, h0, c0), list(weights.values()), bias=config["bias"], num_layers=config["num_layers"],
-                bidirectional=config["bidirectional"], batch_first=config["batch_first"], lengths=lengths, **extra,
+                input,
+                _hx(op, h0, c0),
+                list(weights.values()),
+                bias=config["bias"],
+                num_layers=config["num_layers"],
+                bidirectional=config["bidirectional"],
+                batch_first=config["batch_first"],
+                lengths=lengths,
+                **extra,
             )
         )
 
@@ -76,8 +88,12 @@ def sequence_layer(draw: DrawFn, op: str) -> FuzzCase:
     seed, g = _generator(draw)
     hidden = draw(sizes)
     config = dict(
-        input_size=draw(sizes), hidden_size=hidden, num_layers=draw(st.integers(1, 2)), bias=draw(st.booleans()),
-        batch_first=draw(st.booleans()), bidirectional=draw(st.booleans()),
+        input_size=draw(sizes),
+        hidden_size=hidden,
+        num_layers=draw(st.integers(1, 2)),
+        bias=draw(st.booleans()),
+        batch_first=draw(st.booleans()),
+        bidirectional=draw(st.booleans()),
     )
     if op == "lstm":
         config["proj_size"] = draw(st.integers(0, hidden - 1))
@@ -163,8 +179,12 @@ def pad(draw: DrawFn) -> FuzzCase:
     layout = pack_padded_sequence(padded, lengths, batch_first=batch_first, enforce_sorted=enforce_sorted)
     total = draw(st.none() | st.integers(max(lengths), max(lengths) + 2))
     options = dict(
-        batch_sizes=layout.batch_sizes, sorted_indices=layout.sorted_indices, unsorted_indices=layout.unsorted_indices,
-        batch_first=batch_first, padding_value=draw(st.sampled_from([0.0, -1.5])), total_length=total,
+        batch_sizes=layout.batch_sizes,
+        sorted_indices=layout.sorted_indices,
+        unsorted_indices=layout.unsorted_indices,
+        batch_first=batch_first,
+        padding_value=draw(st.sampled_from([0.0, -1.5])),
+        total_length=total,
     )
 
     def call(unpack):

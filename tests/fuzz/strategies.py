@@ -382,9 +382,7 @@ def max_pool2d(draw: DrawFn) -> FuzzCase:
 def avg_pool2d(draw: DrawFn) -> FuzzCase:
     seed, g = _generator(draw)
     shape, args = _pool_geometry(draw, dilated=False)
-    args.update(
-        count_include_pad=draw(st.booleans()), divisor_override=draw(st.one_of(st.none(), st.integers(1, 7)))
-    )
+    args.update(count_include_pad=draw(st.booleans()), divisor_override=draw(st.one_of(st.none(), st.integers(1, 7))))
     return op_case("avg_pool2d", seed, {"input": randn(g, shape)}, **args)
 
 

@@ -95,7 +95,7 @@ def test_per_sample_gradients_and_clipping_match_torch_func(family: str, data: s
         batch_loss(layer(x), r, loss_reduction).backward()
     plain = torch.autograd.grad(batch_loss(layer(x), r, loss_reduction), list(params.values()))
     for (name, p), grad_p in zip(params.items(), plain):
-        assert_close(p.grad_sample, expected[name], **TOL, msg=lambda m: f"{case!r} {name}: {m}")
+        assert_close(p.grad_sample, expected[name], **TOL, msg=lambda m, name=name: f"{case!r} {name}: {m}")
         assert_close(p.grad, grad_p, **TOL)
 
     norms, _ = clipped_reference(expected, 1.0, loss_reduction)
@@ -106,4 +106,4 @@ def test_per_sample_gradients_and_clipping_match_torch_func(family: str, data: s
         batch_loss(layer(x), r, loss_reduction).backward()
     assert_close(clip.norms, norms, **TOL, msg=lambda m: f"{case!r} norms: {m}")
     for name, p in params.items():
-        assert_close(p.grad, clipped[name], **TOL, msg=lambda m: f"{case!r} clipped {name}: {m}")
+        assert_close(p.grad, clipped[name], **TOL, msg=lambda m, name=name: f"{case!r} clipped {name}: {m}")

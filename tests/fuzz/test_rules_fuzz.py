@@ -42,7 +42,9 @@ FEEDBACK_OPS = {
 def _first_and_second(grads_of, leaves: dict[str, torch.Tensor], grad_out: torch.Tensor, g: torch.Generator):
     """First derivatives ``grads_of(leaves, grad_out)`` and the second ones, d/dθ Σ <first, v>."""
     first = grads_of(leaves, grad_out)
-    probe = [(d * torch.randn(d.shape, generator=g, dtype=d.dtype)).sum() for d in first if d is not None and d.requires_grad]
+    probe = [
+        (d * torch.randn(d.shape, generator=g, dtype=d.dtype)).sum() for d in first if d is not None and d.requires_grad
+    ]
     wrt = (*leaves.values(), grad_out)
     if probe:
         second = torch.autograd.grad(sum(probe), wrt, allow_unused=True, materialize_grads=True)
@@ -97,8 +99,9 @@ def test_feedback_function_matches_autograds_products(family: str, data: st.Data
             (grad_x,) = torch.autograd.grad(torch_op(x, feedback, None, **options), (x,), grad_a, create_graph=True)
         return (grad_x, *grad_params)
 
-    their_first, their_second = _first_and_second(their_grads, theirs, grad_out.detach().clone().requires_grad_(),
-                                                  torch.Generator().manual_seed(case.seed + 8))
+    their_first, their_second = _first_and_second(
+        their_grads, theirs, grad_out.detach().clone().requires_grad_(), torch.Generator().manual_seed(case.seed + 8)
+    )
     names = list(case.inputs)
     where = f"{case} with {'a feedback matrix' if sends_feedback else 'no feedback'}"
     assert_close(y, expected_y, msg=lambda m: f"{where}: forward: {m}")

@@ -63,63 +63,174 @@ def _lstm_weights(layer: torch.nn.LSTM) -> list[torch.Tensor]:
 
 BAD_CALLS = [
     # (id, call, exception, message pattern)
-    ("input-size", lambda: mnn.LSTM(3, 4)(torch.randn(5, 2, 7)), InputError,
-     r"lstm: input of shape \(5, 2, 7\) has 7 features, but weight_ih_l0 of shape \(16, 3\) expects input_size=3"),
-    ("input-size-packed", lambda: mnn.GRU(3, 4)(pack_padded_sequence(torch.randn(5, 2, 2), [5, 3])), InputError,
-     r"gru: input of shape \(8, 2\) has 2 features, but weight_ih_l0 of shape \(12, 3\) expects input_size=3"),
-    ("input-dims", lambda: mnn.RNN(3, 4)(torch.randn(2, 5, 2, 3)), InputError,
-     r"rnn: expected input of 2 \(unbatched\) or 3 dimensions, got shape \(2, 5, 2, 3\)"),
-    ("h0-shape", lambda: mnn.GRU(3, 4, 2)(torch.randn(5, 2, 3), torch.zeros(1, 2, 4)), InputError,
-     r"gru: h0 of shape \(1, 2, 4\) does not match the input of shape \(5, 2, 3\): expected \(2, 2, 4\) "
-     r"\(num_layers · num_directions, batch, hidden_size\)"),
-    ("h0-batch_first", lambda: mnn.RNN(3, 4, batch_first=True)(torch.randn(2, 5, 3), torch.zeros(1, 5, 4)), InputError,
-     r"rnn: h0 of shape \(1, 5, 4\) does not match the input of shape \(2, 5, 3\): expected \(1, 2, 4\)"),
-    ("h0-unbatched", lambda: mnn.RNN(3, 4)(torch.randn(5, 3), torch.zeros(1, 1, 4)), InputError,
-     r"rnn: h0 of shape \(1, 1, 4\) does not match the input of shape \(5, 3\): expected \(1, 4\) "
-     r"\(num_layers · num_directions, hidden_size\)"),
-    ("c0-shape", lambda: mnn.LSTM(3, 4, proj_size=2)(torch.randn(5, 2, 3), (torch.zeros(1, 2, 2), torch.zeros(1, 2, 2))),
-     InputError, r"lstm: c0 of shape \(1, 2, 2\) does not match the input of shape \(5, 2, 3\): expected \(1, 2, 4\)"),
-    ("hx-not-a-pair", lambda: mnn.LSTM(3, 4)(torch.randn(5, 2, 3), torch.zeros(1, 2, 4)), TypeError,
-     r"lstm: hx must be a pair \(h0, c0\), got Tensor"),
-    ("lengths-longer", lambda: MF.lstm(torch.randn(5, 2, 3), None, _lstm_weights(mnn.LSTM(3, 4)), lengths=[5, 7]),
-     InputError, r"lstm: lengths \[5, 7\] are longer than the sequence of 5 steps \(input of shape \(5, 2, 3\)\)"),
-    ("lengths-count", lambda: MF.lstm(torch.randn(5, 2, 3), None, _lstm_weights(mnn.LSTM(3, 4)), lengths=[5]),
-     InputError, r"lstm: expected 2 integer lengths, one per sequence of the input of shape \(5, 2, 3\), got \[5\]"),
-    ("lengths-unbatched", lambda: MF.lstm(torch.randn(5, 3), None, _lstm_weights(mnn.LSTM(3, 4)), lengths=[5]),
-     InputError, r"lstm: lengths need a batched input of 3 dimensions, got input of shape \(5, 3\)"),
-    ("lengths-float-tensor", lambda: MF.lstm(torch.randn(5, 2, 3), None, _lstm_weights(mnn.LSTM(3, 4)), lengths=torch.ones(2)),
-     DtypeError, r"lstm: lengths must be a 1-D integer tensor or a sequence of ints"),
-    ("integer-input", lambda: mnn.LSTM(3, 4)(torch.ones(5, 2, 3, dtype=torch.long)), DtypeError,
-     r"lstm: expected a floating-point input, got dtype torch.int64 with shape \(5, 2, 3\); convert it with .float\(\)"),
-    ("no-steps", lambda: mnn.GRU(3, 4)(torch.randn(0, 2, 3)), InputError,
-     r"gru: expected a sequence of at least one step, got input of shape \(0, 2, 3\)"),
-    ("mixed-dtypes", lambda: mnn.GRU(3, 4)(torch.randn(5, 2, 3, dtype=F64)), DtypeError,
-     r"gru: expected all tensors to have the same dtype, got input torch.float64, h0 torch.float64, weights\[0\] torch.float32"),
-    ("weights-count", lambda: MF.gru(torch.randn(5, 2, 3), None, [torch.randn(12, 3)]), InputError,
-     r"gru: expected 4 weights \(W_ih, W_hh, b_ih, b_hh for each of 1 layer\(s\) and 1 direction\(s\)\), got 1"),
-    ("weights-shape", lambda: MF.rnn(torch.randn(5, 2, 3), None, [torch.randn(4, 3), torch.randn(4, 4), torch.randn(5), torch.randn(4)]),
-     InputError, r"rnn: b_ih of layer 0 has shape \(5,\), expected \(4,\)"),
-    ("nonlinearity", lambda: MF.rnn(torch.randn(5, 2, 3), None, [torch.randn(4, 3), torch.randn(4, 4)], "sigmoid", bias=False),
-     InputError, r"rnn: nonlinearity must be one of \('tanh', 'relu'\), got 'sigmoid'"),
-    ("cell-input-size", lambda: mnn.GRUCell(3, 4)(torch.randn(2, 5)), InputError,
-     r"gru_cell: input of shape \(2, 5\) has 5 features, but weight_ih of shape \(12, 3\) expects input_size=3"),
-    ("cell-hx-shape", lambda: mnn.RNNCell(3, 4)(torch.randn(2, 3), torch.zeros(3, 4)), InputError,
-     r"rnn_cell: hx of shape \(3, 4\) does not match the input of shape \(2, 3\): expected \(2, 4\)"),
-    ("cell-c-shape", lambda: mnn.LSTMCell(3, 4)(torch.randn(3), (torch.zeros(4), torch.zeros(1, 4))), InputError,
-     r"lstm_cell: hx\[1\] of shape \(1, 4\) does not match the input of shape \(3,\): expected \(4,\)"),
-    ("cell-integer-input", lambda: mnn.LSTMCell(3, 4)(torch.ones(2, 3, dtype=torch.int32)), DtypeError,
-     r"lstm_cell: expected a floating-point input, got dtype torch.int32"),
-    ("pack-unsorted", lambda: MF.pack_padded_sequence(torch.randn(5, 2, 3), [3, 5]), InputError,
-     r"pack_padded_sequence: lengths \[3, 5\] are not in decreasing order, as enforce_sorted=True requires"),
-    ("pack-zero-length", lambda: MF.pack_padded_sequence(torch.randn(5, 2, 3), [5, 0]), InputError,
-     r"pack_padded_sequence: lengths must be at least 1, got \[5, 0\]"),
-    ("pack-longer", lambda: MF.pack_padded_sequence(torch.randn(2, 5, 3), [6, 1], batch_first=True), InputError,
-     r"pack_padded_sequence: lengths \[6, 1\] are longer than the sequence of 5 steps"),
-    ("pad-total_length", lambda: MF.pad_packed_sequence(pack_padded_sequence(torch.randn(5, 2, 3), [5, 3]), total_length=4),
-     InputError, r"pad_packed_sequence: total_length=4 is shorter than the longest sequence \(5 steps\)"),
-    ("lengths-with-packed", lambda: MF.gru(pack_padded_sequence(torch.randn(5, 2, 3), [5, 3]), None,
-                                           _lstm_weights(mnn.GRU(3, 4)), lengths=[5, 3]),
-     InputError, r"gru: a PackedSequence carries its lengths; pass lengths only with a padded input"),
+    (
+        "input-size",
+        lambda: mnn.LSTM(3, 4)(torch.randn(5, 2, 7)),
+        InputError,
+        r"lstm: input of shape \(5, 2, 7\) has 7 features, but weight_ih_l0 of shape \(16, 3\) expects input_size=3",
+    ),
+    (
+        "input-size-packed",
+        lambda: mnn.GRU(3, 4)(pack_padded_sequence(torch.randn(5, 2, 2), [5, 3])),
+        InputError,
+        r"gru: input of shape \(8, 2\) has 2 features, but weight_ih_l0 of shape \(12, 3\) expects input_size=3",
+    ),
+    (
+        "input-dims",
+        lambda: mnn.RNN(3, 4)(torch.randn(2, 5, 2, 3)),
+        InputError,
+        r"rnn: expected input of 2 \(unbatched\) or 3 dimensions, got shape \(2, 5, 2, 3\)",
+    ),
+    (
+        "h0-shape",
+        lambda: mnn.GRU(3, 4, 2)(torch.randn(5, 2, 3), torch.zeros(1, 2, 4)),
+        InputError,
+        r"gru: h0 of shape \(1, 2, 4\) does not match the input of shape \(5, 2, 3\): expected \(2, 2, 4\) "
+        r"\(num_layers · num_directions, batch, hidden_size\)",
+    ),
+    (
+        "h0-batch_first",
+        lambda: mnn.RNN(3, 4, batch_first=True)(torch.randn(2, 5, 3), torch.zeros(1, 5, 4)),
+        InputError,
+        r"rnn: h0 of shape \(1, 5, 4\) does not match the input of shape \(2, 5, 3\): expected \(1, 2, 4\)",
+    ),
+    (
+        "h0-unbatched",
+        lambda: mnn.RNN(3, 4)(torch.randn(5, 3), torch.zeros(1, 1, 4)),
+        InputError,
+        r"rnn: h0 of shape \(1, 1, 4\) does not match the input of shape \(5, 3\): expected \(1, 4\) "
+        r"\(num_layers · num_directions, hidden_size\)",
+    ),
+    (
+        "c0-shape",
+        lambda: mnn.LSTM(3, 4, proj_size=2)(torch.randn(5, 2, 3), (torch.zeros(1, 2, 2), torch.zeros(1, 2, 2))),
+        InputError,
+        r"lstm: c0 of shape \(1, 2, 2\) does not match the input of shape \(5, 2, 3\): expected \(1, 2, 4\)",
+    ),
+    (
+        "hx-not-a-pair",
+        lambda: mnn.LSTM(3, 4)(torch.randn(5, 2, 3), torch.zeros(1, 2, 4)),
+        TypeError,
+        r"lstm: hx must be a pair \(h0, c0\), got Tensor",
+    ),
+    (
+        "lengths-longer",
+        lambda: MF.lstm(torch.randn(5, 2, 3), None, _lstm_weights(mnn.LSTM(3, 4)), lengths=[5, 7]),
+        InputError,
+        r"lstm: lengths \[5, 7\] are longer than the sequence of 5 steps \(input of shape \(5, 2, 3\)\)",
+    ),
+    (
+        "lengths-count",
+        lambda: MF.lstm(torch.randn(5, 2, 3), None, _lstm_weights(mnn.LSTM(3, 4)), lengths=[5]),
+        InputError,
+        r"lstm: expected 2 integer lengths, one per sequence of the input of shape \(5, 2, 3\), got \[5\]",
+    ),
+    (
+        "lengths-unbatched",
+        lambda: MF.lstm(torch.randn(5, 3), None, _lstm_weights(mnn.LSTM(3, 4)), lengths=[5]),
+        InputError,
+        r"lstm: lengths need a batched input of 3 dimensions, got input of shape \(5, 3\)",
+    ),
+    (
+        "lengths-float-tensor",
+        lambda: MF.lstm(torch.randn(5, 2, 3), None, _lstm_weights(mnn.LSTM(3, 4)), lengths=torch.ones(2)),
+        DtypeError,
+        r"lstm: lengths must be a 1-D integer tensor or a sequence of ints",
+    ),
+    (
+        "integer-input",
+        lambda: mnn.LSTM(3, 4)(torch.ones(5, 2, 3, dtype=torch.long)),
+        DtypeError,
+        r"lstm: expected a floating-point input, got dtype torch.int64 with shape \(5, 2, 3\); convert it with .float\(\)",
+    ),
+    (
+        "no-steps",
+        lambda: mnn.GRU(3, 4)(torch.randn(0, 2, 3)),
+        InputError,
+        r"gru: expected a sequence of at least one step, got input of shape \(0, 2, 3\)",
+    ),
+    (
+        "mixed-dtypes",
+        lambda: mnn.GRU(3, 4)(torch.randn(5, 2, 3, dtype=F64)),
+        DtypeError,
+        r"gru: expected all tensors to have the same dtype, got input torch.float64, h0 torch.float64, weights\[0\] torch.float32",
+    ),
+    (
+        "weights-count",
+        lambda: MF.gru(torch.randn(5, 2, 3), None, [torch.randn(12, 3)]),
+        InputError,
+        r"gru: expected 4 weights \(W_ih, W_hh, b_ih, b_hh for each of 1 layer\(s\) and 1 direction\(s\)\), got 1",
+    ),
+    (
+        "weights-shape",
+        lambda: MF.rnn(
+            torch.randn(5, 2, 3), None, [torch.randn(4, 3), torch.randn(4, 4), torch.randn(5), torch.randn(4)]
+        ),
+        InputError,
+        r"rnn: b_ih of layer 0 has shape \(5,\), expected \(4,\)",
+    ),
+    (
+        "nonlinearity",
+        lambda: MF.rnn(torch.randn(5, 2, 3), None, [torch.randn(4, 3), torch.randn(4, 4)], "sigmoid", bias=False),
+        InputError,
+        r"rnn: nonlinearity must be one of \('tanh', 'relu'\), got 'sigmoid'",
+    ),
+    (
+        "cell-input-size",
+        lambda: mnn.GRUCell(3, 4)(torch.randn(2, 5)),
+        InputError,
+        r"gru_cell: input of shape \(2, 5\) has 5 features, but weight_ih of shape \(12, 3\) expects input_size=3",
+    ),
+    (
+        "cell-hx-shape",
+        lambda: mnn.RNNCell(3, 4)(torch.randn(2, 3), torch.zeros(3, 4)),
+        InputError,
+        r"rnn_cell: hx of shape \(3, 4\) does not match the input of shape \(2, 3\): expected \(2, 4\)",
+    ),
+    (
+        "cell-c-shape",
+        lambda: mnn.LSTMCell(3, 4)(torch.randn(3), (torch.zeros(4), torch.zeros(1, 4))),
+        InputError,
+        r"lstm_cell: hx\[1\] of shape \(1, 4\) does not match the input of shape \(3,\): expected \(4,\)",
+    ),
+    (
+        "cell-integer-input",
+        lambda: mnn.LSTMCell(3, 4)(torch.ones(2, 3, dtype=torch.int32)),
+        DtypeError,
+        r"lstm_cell: expected a floating-point input, got dtype torch.int32",
+    ),
+    (
+        "pack-unsorted",
+        lambda: MF.pack_padded_sequence(torch.randn(5, 2, 3), [3, 5]),
+        InputError,
+        r"pack_padded_sequence: lengths \[3, 5\] are not in decreasing order, as enforce_sorted=True requires",
+    ),
+    (
+        "pack-zero-length",
+        lambda: MF.pack_padded_sequence(torch.randn(5, 2, 3), [5, 0]),
+        InputError,
+        r"pack_padded_sequence: lengths must be at least 1, got \[5, 0\]",
+    ),
+    (
+        "pack-longer",
+        lambda: MF.pack_padded_sequence(torch.randn(2, 5, 3), [6, 1], batch_first=True),
+        InputError,
+        r"pack_padded_sequence: lengths \[6, 1\] are longer than the sequence of 5 steps",
+    ),
+    (
+        "pad-total_length",
+        lambda: MF.pad_packed_sequence(pack_padded_sequence(torch.randn(5, 2, 3), [5, 3]), total_length=4),
+        InputError,
+        r"pad_packed_sequence: total_length=4 is shorter than the longest sequence \(5 steps\)",
+    ),
+    (
+        "lengths-with-packed",
+        lambda: MF.gru(
+            pack_padded_sequence(torch.randn(5, 2, 3), [5, 3]), None, _lstm_weights(mnn.GRU(3, 4)), lengths=[5, 3]
+        ),
+        InputError,
+        r"gru: a PackedSequence carries its lengths; pass lengths only with a padded input",
+    ),
 ]
 
 
@@ -131,7 +242,9 @@ def test_bad_input_gets_a_clear_error(call, exception, pattern):
 
 def test_an_unknown_cell_nonlinearity_fails_at_construction():
     """torch.nn.RNNCell accepts any string and fails at its first forward; the manual cell fails where it is built."""
-    with pytest.raises(ValueError, match=r"manualbp.nn.RNNCell: nonlinearity must be one of \('tanh', 'relu'\), got 'gelu'"):
+    with pytest.raises(
+        ValueError, match=r"manualbp.nn.RNNCell: nonlinearity must be one of \('tanh', 'relu'\), got 'gelu'"
+    ):
         mnn.RNNCell(3, 4, nonlinearity="gelu")
     with pytest.raises(ValueError, match="nonlinearity must be one of"):
         mnn.RNNCell.from_torch(torch.nn.RNNCell(3, 4, nonlinearity="gelu"))
@@ -142,8 +255,14 @@ def test_an_unknown_cell_nonlinearity_fails_at_construction():
 
 @pytest.mark.parametrize(
     "name, kwargs",
-    [("RNN", dict(num_layers=2, nonlinearity="relu", bias=False)), ("LSTM", dict(num_layers=2, proj_size=2, bidirectional=True)),
-     ("GRU", dict(bidirectional=True)), ("RNNCell", {}), ("LSTMCell", dict(bias=False)), ("GRUCell", {})],
+    [
+        ("RNN", dict(num_layers=2, nonlinearity="relu", bias=False)),
+        ("LSTM", dict(num_layers=2, proj_size=2, bidirectional=True)),
+        ("GRU", dict(bidirectional=True)),
+        ("RNNCell", {}),
+        ("LSTMCell", dict(bias=False)),
+        ("GRUCell", {}),
+    ],
 )
 def test_state_dicts_move_both_ways_and_give_torchs_results(name, kwargs):
     torch.manual_seed(0)
@@ -242,7 +361,9 @@ def test_padded_input_with_lengths_equals_torchs_packed_path(name):
     lengths = torch.tensor([3, 5, 1])
     x = torch.randn(3, 5, 3, dtype=F64)
     functional = getattr(MF, name.lower())
-    out, state = functional(x, None, manual._weights(), num_layers=2, bidirectional=True, batch_first=True, lengths=lengths)
+    out, state = functional(
+        x, None, manual._weights(), num_layers=2, bidirectional=True, batch_first=True, lengths=lengths
+    )
     packed_out, ref_state = reference(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
     ref_out, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=5)
     assert_close(out, ref_out)
@@ -274,7 +395,12 @@ def _autocast_dtypes(layer, *args) -> list[torch.dtype]:
         return [t.dtype for t in _tensors(layer(*args)) if t.is_floating_point()]
 
 
-_DTYPES = [(torch.float32, None), (torch.bfloat16, None), (torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)]
+_DTYPES = [
+    (torch.float32, None),
+    (torch.bfloat16, None),
+    (torch.bfloat16, torch.float32),
+    (torch.float32, torch.bfloat16),
+]
 _PACKED_DTYPES = [(torch.float32, None), (torch.bfloat16, torch.float32)]
 
 
@@ -313,25 +439,32 @@ def _node_names(root) -> list[str]:
         if node is None or node in seen:
             continue
         seen.add(node)
-        names.append(type(node).__name__ if not isinstance(node, torch.autograd.function.BackwardCFunction) else node.name())
+        names.append(
+            type(node).__name__ if not isinstance(node, torch.autograd.function.BackwardCFunction) else node.name()
+        )
         stack.extend(n for n, _ in node.next_functions)
     return names
 
 
 @pytest.mark.parametrize("name", LAYERS)
-@pytest.mark.parametrize("kwargs", [dict(num_layers=2, bidirectional=True, batch_first=True), dict(num_layers=3, dropout=0.5)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(num_layers=2, bidirectional=True, batch_first=True), dict(num_layers=3, dropout=0.5)]
+)
 def test_one_manual_node_per_layer_and_direction_and_no_native_node(name, kwargs):
     layer = getattr(mnn, name)(3, 4, **kwargs)
     out, state = layer(torch.randn(2, 5, 3))
     loss = out.sum() + sum(t.sum() for t in _tensors(state))
     names = _node_names(loss.grad_fn)
-    native = {n for n in names if not n.endswith("FunctionBackward")} - {"AccumulateGrad", "SumBackward0", "AddBackward0"}
+    native = {n for n in names if not n.endswith("FunctionBackward")} - {
+        "AccumulateGrad",
+        "SumBackward0",
+        "AddBackward0",
+    }
     assert native == set()
     directions = 2 if layer.bidirectional else 1
     assert names.count(f"{name}FunctionBackward") == layer.num_layers * directions
     for t in [out, *_tensors(state)]:
         assert isinstance(t.grad_fn, torch.autograd.function.BackwardCFunction)
-
 
 
 @pytest.mark.parametrize("name", LAYERS + CELLS)

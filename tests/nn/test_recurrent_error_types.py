@@ -25,11 +25,19 @@ def _state(name: str, shape: tuple[int, ...], dtype: torch.dtype):
 
 CALLS = {
     # name -> (input, hx) built for a layer of input_size 3, hidden_size 4
-    "float64-input": lambda name: (torch.randn(5, 2, 3, dtype=F64) if name in LAYERS else torch.randn(2, 3, dtype=F64), None),
-    "int64-input": lambda name: (torch.ones(5, 2, 3, dtype=I64) if name in LAYERS else torch.ones(2, 3, dtype=I64), None),
+    "float64-input": lambda name: (
+        torch.randn(5, 2, 3, dtype=F64) if name in LAYERS else torch.randn(2, 3, dtype=F64),
+        None,
+    ),
+    "int64-input": lambda name: (
+        torch.ones(5, 2, 3, dtype=I64) if name in LAYERS else torch.ones(2, 3, dtype=I64),
+        None,
+    ),
     "float64-packed-input": lambda name: (pack_padded_sequence(torch.randn(5, 2, 3, dtype=F64), [5, 3]), None),
     "float64-state": lambda name: (
-        (torch.randn(5, 2, 3), _state(name, (1, 2, 4), F64)) if name in LAYERS else (torch.randn(2, 3), _state(name, (2, 4), F64))
+        (torch.randn(5, 2, 3), _state(name, (1, 2, 4), F64))
+        if name in LAYERS
+        else (torch.randn(2, 3), _state(name, (2, 4), F64))
     ),
 }
 CASES = [

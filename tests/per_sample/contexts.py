@@ -84,7 +84,9 @@ def _mlp():
 
 
 def _sequence():
-    return torch.nn.Sequential(mnn.Linear(5, 6), mnn.LayerNorm(6)), torch.nn.Sequential(torch.nn.Tanh(), mnn.Linear(6, 2))
+    return torch.nn.Sequential(mnn.Linear(5, 6), mnn.LayerNorm(6)), torch.nn.Sequential(
+        torch.nn.Tanh(), mnn.Linear(6, 2)
+    )
 
 
 def _conv():
@@ -117,7 +119,9 @@ FAMILIES = [
 ]
 
 
-def reference_grads(family: Family, model: torch.nn.Module, x: torch.Tensor, r: torch.Tensor) -> dict[str, torch.Tensor]:
+def reference_grads(
+    family: Family, model: torch.nn.Module, x: torch.Tensor, r: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """∇ℓ_n for every sample n, (N, *p.shape) per parameter name: one single-sample batch at a time through the
     plain backward (no context open)."""
     params = trainable(model)
@@ -268,7 +272,12 @@ WAYS = [
 
 # ---- the contexts ----------------------------------------------------------------------------------------------
 
-CONTEXTS = [("per_sample_grads", "mean"), ("per_sample_grads", "sum"), ("clip_per_sample", "mean"), ("clip_per_sample", "sum")]
+CONTEXTS = [
+    ("per_sample_grads", "mean"),
+    ("per_sample_grads", "sum"),
+    ("clip_per_sample", "mean"),
+    ("clip_per_sample", "sum"),
+]
 
 
 def open_context(name: str, model: torch.nn.Module, loss_reduction: str, batch_first: bool, max_grad_norm: float):

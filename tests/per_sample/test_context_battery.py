@@ -52,7 +52,9 @@ def _expected(family, model, run, context, loss_reduction, max_grad_norm):
     return grad_sample, grads, norms
 
 
-@pytest.mark.filterwarnings("ignore:torch.utils.checkpoint:UserWarning", "ignore:Using backward\\(\\) with create_graph=True:UserWarning")
+@pytest.mark.filterwarnings(
+    "ignore:torch.utils.checkpoint:UserWarning", "ignore:Using backward\\(\\) with create_graph=True:UserWarning"
+)
 @pytest.mark.parametrize("context, loss_reduction", CONTEXTS, ids=[f"{c}-{r}" for c, r in CONTEXTS])
 @pytest.mark.parametrize("way", WAYS, ids=[w.id for w in WAYS])
 @pytest.mark.parametrize("family", FAMILIES, ids=[f.id for f in FAMILIES])
@@ -107,7 +109,7 @@ def test_layers_that_disagree_on_the_batch_size_raise(context):
     family = BY_FAMILY["gru_time_major"]
     model = family.network()
     x = torch.randn(5, 4, 3, dtype=torch.float64)  # T = 5 steps of N = 4: read batch-first, the Linear sees 5
-    with pytest.raises(PerSampleError, match="batch_first=False|different sizes"):
+    with pytest.raises(PerSampleError, match=r"batch_first=False|different sizes"):
         with open_context(context, model, "sum", batch_first=True, max_grad_norm=1.0):
             model(x).sum().backward()
 

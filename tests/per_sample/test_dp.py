@@ -38,15 +38,24 @@ def test_a_step_is_the_clipped_sum_over_the_expected_batch_size(net):
     data = DigitsDataModule(batch_size=32)
     model = ClassifierModule(**net, in_shape=data.in_shape, dp=DifferentialPrivacy(0.0, 0.5))
     step = _Step()
-    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[step], limit_val_batches=0)
+    trainer = pl.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[step],
+        limit_val_batches=0,
+    )
     trainer.fit(model, datamodule=data)
     images, labels = step.batch
     reference = ClassifierModule(**net, in_shape=data.in_shape).net
     reference.load_state_dict(step.weights)
     params = list(reference.parameters())
-    rows = [torch.autograd.grad(cross_entropy(reference(images[n : n + 1]), labels[n : n + 1]), params)
-            for n in range(len(labels))]
+    rows = [
+        torch.autograd.grad(cross_entropy(reference(images[n : n + 1]), labels[n : n + 1]), params)
+        for n in range(len(labels))
+    ]
     norms = torch.stack([torch.cat([g.flatten() for g in row]).norm() for row in rows])
     factors = (0.5 / (norms + 1e-6)).clamp(max=1.0)
     expected_batch = int(len(data.train_set) / len(data.train_dataloader()))
@@ -63,9 +72,18 @@ def _metrics(root: Path) -> list[dict[str, str]]:
 
 
 def test_the_command_logs_the_privacy_spent_by_opacus_accounting(tmp_path, capsys):
-    main(["fit", f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
-          "--trainer.max_epochs=2", "--model.hidden=[16]", "--model.dp.noise_multiplier=1.2",
-          "--model.dp.max_grad_norm=1.0", "--model.dp.delta=1e-4"])
+    main(
+        [
+            "fit",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.max_epochs=2",
+            "--model.hidden=[16]",
+            "--model.dp.noise_multiplier=1.2",
+            "--model.dp.max_grad_norm=1.0",
+            "--model.dp.delta=1e-4",
+        ]
+    )
     epsilons = [float(r["epsilon"]) for r in _metrics(tmp_path) if r.get("epsilon")]
     data = DigitsDataModule()
     data.setup("fit")
@@ -95,8 +113,14 @@ def test_what_dp_refuses():
     with pytest.raises(ValueError, match="delta"):
         DifferentialPrivacy(1.0, 1.0, delta=1.0)
     model = ClassifierModule(hidden=(8,), in_shape=(1, 8, 8), dp=DifferentialPrivacy(1.0, 1.0))
-    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, gradient_clip_val=1.0)
+    trainer = pl.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=1.0,
+    )
     with pytest.raises(ValueError, match="gradient_clip_val"):
         trainer.fit(model, datamodule=DigitsDataModule())
 

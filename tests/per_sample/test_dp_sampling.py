@@ -134,4 +134,6 @@ def test_a_fit_resumed_with_dp_switched_on_or_off_is_refused(tmp_path):
         _fit(tmp_path / "off", 2, None, tmp_path / "dp" / "checkpoints" / "last.ckpt")
     _fit(tmp_path / "plain", 1, None)
     with pytest.raises(CheckpointMismatchError, match="without DP-SGD"):
-        _fit(tmp_path / "on", 2, DifferentialPrivacy(1.0, 1.0, seed=0), tmp_path / "plain" / "checkpoints" / "last.ckpt")
+        _fit(
+            tmp_path / "on", 2, DifferentialPrivacy(1.0, 1.0, seed=0), tmp_path / "plain" / "checkpoints" / "last.ckpt"
+        )

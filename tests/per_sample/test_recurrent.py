@@ -73,7 +73,9 @@ CASES = {
     "lstm-2layers-bidirectional-proj-batch_first": SequenceCase(
         "LSTM", (3, 4), dict(num_layers=2, bidirectional=True, proj_size=2, batch_first=True)
     ),
-    "lstm-packed-bidirectional": SequenceCase("LSTM", (3, 4), dict(bidirectional=True, batch_first=True), lengths=(5, 2, 4, 1)),
+    "lstm-packed-bidirectional": SequenceCase(
+        "LSTM", (3, 4), dict(bidirectional=True, batch_first=True), lengths=(5, 2, 4, 1)
+    ),
     "gru-2layers-batch_first": SequenceCase("GRU", (3, 4), dict(num_layers=2, batch_first=True)),
     "gru-packed-nobias": SequenceCase("GRU", (3, 4), dict(batch_first=True, bias=False), lengths=(3, 5, 1, 2)),
     "rnn_cell": SequenceCase("RNNCell", (3, 4)),
@@ -90,7 +92,9 @@ def _responses(case: SequenceCase, manual: torch.nn.Module, x: torch.Tensor) -> 
     return torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
 
 
-def _loop_grads(case: SequenceCase, reference: torch.nn.Module, x: torch.Tensor, r: torch.Tensor) -> dict[str, torch.Tensor]:
+def _loop_grads(
+    case: SequenceCase, reference: torch.nn.Module, x: torch.Tensor, r: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """∇ℓ_n of torch's own layer, run on each sequence alone (what packing means)."""
     params = trainable(reference)
     rows = []
@@ -103,7 +107,9 @@ def _loop_grads(case: SequenceCase, reference: torch.nn.Module, x: torch.Tensor,
     return {name: torch.stack([row[i] for row in rows]) for i, name in enumerate(params)}
 
 
-def _vmap_grads(case: SequenceCase, manual: torch.nn.Module, x: torch.Tensor, r: torch.Tensor) -> dict[str, torch.Tensor]:
+def _vmap_grads(
+    case: SequenceCase, manual: torch.nn.Module, x: torch.Tensor, r: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """∇ℓ_n by torch.func's vmap(grad) over the manual layer (torch's recurrent kernels have no batching rule),
     which runs its plain backward: the seam is not used under a torch.func transform."""
     params = {k: v.detach() for k, v in trainable(manual).items()}

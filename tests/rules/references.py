@@ -27,7 +27,9 @@ from manualbp.rules import Rule
 Op = Callable[..., torch.Tensor]
 
 
-def straight_through(op: Op, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, feedback: torch.Tensor, **options) -> torch.Tensor:
+def straight_through(
+    op: Op, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, feedback: torch.Tensor, **options
+) -> torch.Tensor:
     """op(x, W, b) in value; dL/dW, dL/db as op's; dL/dx through ``feedback`` in W's place."""
     through = op(x, feedback.detach(), None, **options)
     return op(x.detach(), weight, bias, **options) + (through - through.detach())
@@ -86,7 +88,7 @@ class DFAReference(torch.nn.Sequential):
     manual model's buffers with ``from_manual``: the names of parameters and buffers are the same."""
 
     @classmethod
-    def from_manual(cls, model: torch.nn.Sequential) -> "DFAReference":
+    def from_manual(cls, model: torch.nn.Sequential) -> DFAReference:
         import manualbp
 
         twin = manualbp.to_torch(model)

@@ -42,11 +42,17 @@ def _fit(rule, tmp_path, steps: int = 60, figure: bool = True, **trainer_args) -
     model = ClassifierModule(hidden=(32,), in_shape=(1, 4, 4), num_classes=4)
     manualbp.convert(model.net, rule=rule)
     model.configure_optimizers = lambda: torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.configure_callbacks = lambda: []  # no checkpoints
+    model.configure_callbacks = list  # no checkpoints
     callback = Alignment(every_n_steps=5, figure=figure)
     trainer = pl.Trainer(
-        max_steps=steps, logger=CSVLogger(tmp_path), enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, callbacks=[callback], **trainer_args,
+        max_steps=steps,
+        logger=CSVLogger(tmp_path),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[callback],
+        **trainer_args,
     )
     trainer.fit(model, train_dataloaders=DataLoader(TensorDataset(images, labels), batch_size=32))
     return callback
@@ -67,7 +73,11 @@ def test_feedback_alignment_aligns_and_fresh_random_feedback_does_not(tmp_path):
 
     (path,) = (tmp_path / "fa").glob("**/metrics.csv")
     with path.open() as f:
-        logged = [float(row["alignment/fc1.weight/angle"]) for row in csv.DictReader(f) if row.get("alignment/fc1.weight/angle")]
+        logged = [
+            float(row["alignment/fc1.weight/angle"])
+            for row in csv.DictReader(f)
+            if row.get("alignment/fc1.weight/angle")
+        ]
     assert logged == hidden
 
 
@@ -75,7 +85,9 @@ def test_feedback_alignment_aligns_and_fresh_random_feedback_does_not(tmp_path):
 def test_backprop_is_at_zero_degrees(tmp_path, accumulate):
     """Also with gradient accumulation: the true gradient is summed over the step's micro-batches, as the rule's."""
     callback = _fit("backprop", tmp_path, steps=6, accumulate_grad_batches=accumulate)
-    assert callback.steps == [0, 5] and all(angle < 1e-3 for h in callback.history for angle in h.values()), callback.history
+    assert callback.steps == [0, 5] and all(angle < 1e-3 for h in callback.history for angle in h.values()), (
+        callback.history
+    )
 
 
 def _last_angles(callback: Alignment) -> str:

@@ -19,8 +19,14 @@ import manualbp
 def _model() -> torch.nn.Sequential:
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Flatten(), torch.nn.Linear(16, 12), torch.nn.ReLU(), torch.nn.Linear(12, 8), torch.nn.ReLU(),
-        torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 4),
+        torch.nn.Flatten(),
+        torch.nn.Linear(16, 12),
+        torch.nn.ReLU(),
+        torch.nn.Linear(12, 8),
+        torch.nn.ReLU(),
+        torch.nn.Linear(8, 6),
+        torch.nn.ReLU(),
+        torch.nn.Linear(6, 4),
     ).double()
     return manualbp.convert(model, rule="direct_feedback_alignment")
 
@@ -63,8 +69,11 @@ def test_non_reentrant_checkpointing_gives_the_gradients_without_it(form):
 @pytest.mark.parametrize("form", FORMS)
 def test_reentrant_checkpointing_is_refused_in_the_forward_pass(form):
     model = _model()
-    with pytest.raises(RuntimeError, match=r"direct_feedback_alignment: layer \d of the rule ran where layer \d was "
-                       r"expected.*use_reentrant=True.*use_reentrant=False\)"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"direct_feedback_alignment: layer \d of the rule ran where layer \d was "
+        r"expected.*use_reentrant=True.*use_reentrant=False\)",
+    ):
         FORMS[form](model, X, True)
     assert_close(model(X), _model()(X))  # the next pass runs as ever
 
@@ -77,6 +86,9 @@ def test_a_checkpointed_output_layer_is_refused(reentrant):
         h = model[:5](x)
         return checkpoint(lambda h: model[7](model[6](model[5](h))), h, use_reentrant=reentrant)
 
-    with pytest.raises(RuntimeError, match=r"the output layer \(layer 3 of the rule\) ran inside an activation "
-                       "checkpoint.*keep the output layer out of the checkpoint"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"the output layer \(layer 3 of the rule\) ran inside an activation "
+        "checkpoint.*keep the output layer out of the checkpoint",
+    ):
         _grads(model, run)

@@ -41,13 +41,21 @@ def test_a_training_step_uses_the_users_rule(capsys):
         cross_entropy(reference(x), y).backward()
 
     module = ClassifierModule(net=model, in_shape=(1, 8, 8))
-    assert "ClassifierModule: manual (hand-written backward): 1 Flatten, 2 Linear, 1 ReLU; learning rule " \
-           "feedback_alignment (2 Linear)" in capsys.readouterr().out
+    assert (
+        "ClassifierModule: manual (hand-written backward): 1 Flatten, 2 Linear, 1 ReLU; learning rule "
+        "feedback_alignment (2 Linear)" in capsys.readouterr().out
+    )
     for name, buffer in module.net.named_buffers():
         assert_close(buffer, buffers[name], rtol=0, atol=0)  # the user's B, not another draw
     grads = _FirstStepGradients()
-    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[grads])
+    trainer = pl.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[grads],
+    )
     trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=8))
 
     first_weight = 0
@@ -60,14 +68,17 @@ def test_the_same_rule_named_again_keeps_the_users_matrices():
     model = _converted()
     buffers = {name: b.clone() for name, b in model.named_buffers()}
     module = ClassifierModule(net=model, in_shape=(1, 8, 8), rule="feedback_alignment")
-    assert {name: b for name, b in module.net.named_buffers()}.keys() == buffers.keys()
+    assert dict(module.net.named_buffers()).keys() == buffers.keys()
     for name, buffer in module.net.named_buffers():
         assert_close(buffer, buffers[name], rtol=0, atol=0)
 
 
 def test_another_rule_than_the_nets_is_refused():
-    with pytest.raises(ValueError, match=r"ClassifierModule: net learns by feedback_alignment already "
-                       r"\(manualbp.convert\(net, rule=...\)\), but rule='sign_symmetry'"):
+    with pytest.raises(
+        ValueError,
+        match=r"ClassifierModule: net learns by feedback_alignment already "
+        r"\(manualbp.convert\(net, rule=...\)\), but rule='sign_symmetry'",
+    ):
         ClassifierModule(net=_converted(), in_shape=(1, 8, 8), rule="sign_symmetry")
 
 

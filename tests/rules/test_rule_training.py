@@ -11,16 +11,29 @@ import torch
 from manualbp.cli import main
 from manualbp.lightning import ClassifierModule
 
-FAST = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2",
-        "--test_after_fit=false", "--trainer.enable_progress_bar=false"]
+FAST = [
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=4",
+    "--trainer.limit_val_batches=2",
+    "--test_after_fit=false",
+    "--trainer.enable_progress_bar=false",
+]
 
 
 def test_feedback_alignment_trains_from_the_command_with_its_angles_logged(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    options = ["--model.rule=feedback_alignment", "--trainer.callbacks+=Alignment", "--trainer.callbacks.every_n_steps=1"]
+    options = [
+        "--model.rule=feedback_alignment",
+        "--trainer.callbacks+=Alignment",
+        "--trainer.callbacks.every_n_steps=1",
+    ]
     assert main(["fit", *options, *FAST]) == 0
     (metrics,) = tmp_path.glob("lightning_logs/*/metrics.csv")
-    angles = [float(row["alignment/fc1.weight/angle"]) for row in csv.DictReader(metrics.open()) if row["alignment/fc1.weight/angle"]]
+    angles = [
+        float(row["alignment/fc1.weight/angle"])
+        for row in csv.DictReader(metrics.open())
+        if row["alignment/fc1.weight/angle"]
+    ]
     assert len(angles) == 4 and all(0 < a < 180 for a in angles)
     (last,) = tmp_path.glob("lightning_logs/*/checkpoints/last.ckpt")
     state = torch.load(last, weights_only=False)["state_dict"]

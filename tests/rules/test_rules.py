@@ -175,9 +175,10 @@ def test_the_state_dict_carries_the_matrices_so_a_run_resumes_exactly():
     for rule in (FeedbackAlignment, DirectFeedbackAlignment):
         torch.manual_seed(0)
         model = manualbp.convert(mlp((16, 8), in_shape=(1, 4, 4), num_classes=3), rule=rule(seed=0))
-        assert [k for k in model.state_dict() if k.endswith(BUFFER)] == ["fc1.feedback_weight", "fc2.feedback_weight"] + (
-            ["out.feedback_weight"] if rule is FeedbackAlignment else []
-        )
+        assert [k for k in model.state_dict() if k.endswith(BUFFER)] == [
+            "fc1.feedback_weight",
+            "fc2.feedback_weight",
+        ] + (["out.feedback_weight"] if rule is FeedbackAlignment else [])
         x, y = _batch((6, 1, 4, 4))
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         step(model, x, y, optimizer)
@@ -205,7 +206,9 @@ def test_convert_swaps_torch_layers_and_gives_them_the_rule():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
     converted = manualbp.convert(model, rule="sign_symmetry")
-    assert converted is model and all(isinstance(layer, mnn.Linear) and isinstance(layer.rule, SignSymmetry) for layer in _weights(model))
+    assert converted is model and all(
+        isinstance(layer, mnn.Linear) and isinstance(layer.rule, SignSymmetry) for layer in _weights(model)
+    )
 
 
 # ---- in a training loop ---------------------------------------------------------------------------------------
@@ -264,12 +267,19 @@ def test_direct_feedback_alignment_needs_the_layers_in_order():
 
 def test_direct_feedback_alignment_through_lenet5_sizes_each_matrix_by_the_blocks_output():
     torch.manual_seed(0)
-    model = manualbp.convert(lenet5(in_shape=(1, 8, 8), num_classes=10), rule="direct_feedback_alignment",
-                             example_input=torch.zeros(2, 1, 8, 8))
+    model = manualbp.convert(
+        lenet5(in_shape=(1, 8, 8), num_classes=10),
+        rule="direct_feedback_alignment",
+        example_input=torch.zeros(2, 1, 8, 8),
+    )
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items() if k.endswith(BUFFER)}
     # conv1 -> pool1 (6, 4, 4); conv2 -> pool2 -> flatten (64); fc1 (120); fc2 (84); out: none
-    assert shapes == {"conv1.feedback_weight": (10, 96), "conv2.feedback_weight": (10, 64),
-                      "fc1.feedback_weight": (10, 120), "fc2.feedback_weight": (10, 84)}
+    assert shapes == {
+        "conv1.feedback_weight": (10, 96),
+        "conv2.feedback_weight": (10, 64),
+        "fc1.feedback_weight": (10, 120),
+        "fc2.feedback_weight": (10, 84),
+    }
     x, y = _batch((4, 1, 8, 8), classes=10)
     assert all(g.abs().sum() > 0 for g in _grads(model, x, y))
     assert all(m.training for m in model.modules())  # the measuring pass ran in eval mode and restored the modes

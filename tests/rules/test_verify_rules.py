@@ -42,7 +42,9 @@ from manualbp.rules import Rule
 from manualbp.verify import CPU_CHECKS, GRAPH_CAPTURE_CHECKS, verify
 from tests.rules.references import DFAReference, FeedbackReference, NoisyFeedback, buffer_matrix, injected, sign_matrix
 
-pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")  # torch's conv2d
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Using padding='same' with even kernel lengths:UserWarning"
+)  # torch's conv2d
 
 CHECKS = [check for check in CPU_CHECKS if check not in ("gradcheck", "double_backward")]
 # each battery test runs twice: the quick checks, and the graph-capture ones in the slow tier (pytest -m slow)
@@ -54,6 +56,8 @@ TIERS = pytest.mark.parametrize(
 
 def _tier(checks: list[str], graph_capture: bool) -> list[str]:
     return [check for check in checks if (check in GRAPH_CAPTURE_CHECKS) == graph_capture]
+
+
 #: DirectFeedbackFunction's backward (e, e · B_l) depends on dL/dy alone, which an autograd reference can express
 CHECKS_WITH_DOUBLE = [check for check in CPU_CHECKS if check != "gradcheck"]
 
@@ -120,7 +124,9 @@ def _failures(report) -> list[str]:
 def test_rule_passes_the_battery(rule_id, rule, matrix, layer_id, left_out, tier):
     layer = _layer_under(rule(), layer_id)
     checks = _tier([check for check in CHECKS if check not in left_out], tier)
-    report = verify(layer, FeedbackReference(layer, matrix), [(LAYERS[layer_id][1],)], checks=checks, name=f"{rule_id}-{layer_id}")
+    report = verify(
+        layer, FeedbackReference(layer, matrix), [(LAYERS[layer_id][1],)], checks=checks, name=f"{rule_id}-{layer_id}"
+    )
     failed = _failures(report)
     assert not failed, "\n".join(failed)
 
@@ -129,7 +135,9 @@ def test_gradcheck_fails_on_the_input_gradient_only_where_the_rule_replaces_back
     """gradcheck compares with numerical derivatives of the forward: the rule's dL/dx is not one (B ≠ W),
     while dL/dW and dL/db are (with B := W the layer is backprop and gradcheck passes)."""
     layer = _layer_under("feedback_alignment", "linear-2d")
-    (row,) = verify(layer, FeedbackReference(layer, buffer_matrix), [(LAYERS["linear-2d"][1],)], checks=["gradcheck"]).rows
+    (row,) = verify(
+        layer, FeedbackReference(layer, buffer_matrix), [(LAYERS["linear-2d"][1],)], checks=["gradcheck"]
+    ).rows
     assert row.status == "fail" and "input 0" in row.detail, row
     params_only = verify(
         lambda w, b, B: manualbp.rules.linear_feedback(LAYERS["linear-2d"][1], w, b, B.detach()),
@@ -140,7 +148,9 @@ def test_gradcheck_fails_on_the_input_gradient_only_where_the_rule_replaces_back
     assert params_only.rows[0].status == "pass", params_only.rows[0]
     with torch.no_grad():
         layer.feedback_weight.copy_(layer.weight)
-    (row,) = verify(layer, FeedbackReference(layer, buffer_matrix), [(LAYERS["linear-2d"][1],)], checks=["gradcheck"]).rows
+    (row,) = verify(
+        layer, FeedbackReference(layer, buffer_matrix), [(LAYERS["linear-2d"][1],)], checks=["gradcheck"]
+    ).rows
     assert row.status == "pass", row
 
 
@@ -167,7 +177,8 @@ def _dfa_convnet() -> torch.nn.Sequential:
 
 
 @pytest.mark.parametrize(
-    "make, x", [pytest.param(_dfa_mlp, _randn(3, 5), id="mlp"), pytest.param(_dfa_convnet, _randn(2, 2, 8, 8), id="convnet")]
+    "make, x",
+    [pytest.param(_dfa_mlp, _randn(3, 5), id="mlp"), pytest.param(_dfa_convnet, _randn(2, 2, 8, 8), id="convnet")],
 )
 @TIERS
 def test_direct_feedback_alignment_passes_the_battery(make, x, tier):
@@ -197,6 +208,11 @@ class _Injection(torch.nn.Module):
 
 def test_direct_feedback_function_passes_the_battery():
     """DFA's own Function: every CPU check but gradcheck (dz'/dh_l is 0 in value, e · B_l in backward)."""
-    report = verify(_Injection(), _Injection(reference=True), [(_randn(2, 3), _randn(2, 2, 2, 2), _randn(2, 4))], checks=CHECKS_WITH_DOUBLE)
+    report = verify(
+        _Injection(),
+        _Injection(reference=True),
+        [(_randn(2, 3), _randn(2, 2, 2, 2), _randn(2, 4))],
+        checks=CHECKS_WITH_DOUBLE,
+    )
     failed = _failures(report)
     assert not failed, "\n".join(failed)

@@ -46,7 +46,9 @@ class _Float32LinearModule(torch.nn.Linear):
 
 def test_a_users_function_that_ignores_autocast_fails_the_check_on_the_output_dtype():
     x = torch.randn(3, 5)
-    report = verify(_Float32LinearModule(5, 4, bias=False), torch.nn.Linear(5, 4, bias=False), [(x,)], checks=["autocast_chain"])
+    report = verify(
+        _Float32LinearModule(5, 4, bias=False), torch.nn.Linear(5, 4, bias=False), [(x,)], checks=["autocast_chain"]
+    )
     (row,) = report.rows
     assert row.status == "fail"
     assert "dtype torch.float32 != reference torch.bfloat16" in row.detail

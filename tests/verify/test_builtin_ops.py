@@ -9,7 +9,9 @@ from manualbp.verify.builtin_cases import BUILTIN_CASES
 
 # the graph-capture cells compile or export (seconds each): the slow tier (pytest -m slow), which CI runs too
 CELLS = [
-    pytest.param(case, check, id=f"{case.id}-{check}", marks=[pytest.mark.slow] if check in GRAPH_CAPTURE_CHECKS else [])
+    pytest.param(
+        case, check, id=f"{case.id}-{check}", marks=[pytest.mark.slow] if check in GRAPH_CAPTURE_CHECKS else []
+    )
     for case in BUILTIN_CASES
     for check in CPU_CHECKS
 ]

@@ -116,7 +116,9 @@ def test_a_correct_function_passes_every_cpu_check():
 
 
 def test_wrong_derivative_is_caught_with_the_largest_error_and_where():
-    report = verify(WrongDerivative.apply, torch.square, SAMPLES[:1], checks=["forward", "backward_float64", "gradcheck"])
+    report = verify(
+        WrongDerivative.apply, torch.square, SAMPLES[:1], checks=["forward", "backward_float64", "gradcheck"]
+    )
     status = _status(report)
     assert status == {"forward": {"pass"}, "backward_float64": {"fail"}, "gradcheck": {"fail"}}
     row = next(r for r in report.rows if r.check == "backward_float64")
@@ -168,7 +170,9 @@ def test_a_jvp_without_save_for_forward_is_told_what_is_missing():
 
 
 def test_report_table_json_and_raise():
-    report = verify(WrongDerivative.apply, torch.square, SAMPLES[:1], checks=["forward", "backward_float64"], name="mine")
+    report = verify(
+        WrongDerivative.apply, torch.square, SAMPLES[:1], checks=["forward", "backward_float64"], name="mine"
+    )
     table = str(report)
     assert table.splitlines()[0].split() == ["case", "check", "status", "max_abs_err", "max_rel_err", "detail"]
     assert "mine  backward_float64  FAIL" in table
@@ -214,7 +218,9 @@ def test_gradcheck_runs_in_fast_mode_unless_exhaustive(monkeypatch):
             torch.autograd, name, lambda *a, original=original, **k: modes.append(k["fast_mode"]) or original(*a, **k)
         )
     assert verify(Square.apply, torch.square, SAMPLES[:1], checks=["gradcheck", "gradgradcheck"]).passed
-    assert verify(Square.apply, torch.square, SAMPLES[:1], checks=["gradcheck", "gradgradcheck"], exhaustive=True).passed
+    assert verify(
+        Square.apply, torch.square, SAMPLES[:1], checks=["gradcheck", "gradgradcheck"], exhaustive=True
+    ).passed
     assert modes == [True, True, False, False]
 
 

@@ -154,8 +154,6 @@ def gru_cell(
     return _cast(apply(GRUFunction, x, h0, *weights, None, False, False)[1], out_dtype)
 
 
-
-
 def _stack(
     op: str, input, hx, weights, bias, num_layers, dropout, training, bidirectional, batch_first, lengths, relu=False
 ):

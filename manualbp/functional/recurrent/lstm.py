@@ -151,8 +151,14 @@ class LSTMFunction(torch.autograd.Function):
         entries = [(3, d_pre, _time_major(x, ctx.batch_first)), (4, d_pre, h_prev), (5, d_pre, None), (6, d_pre, None)]
         weights = _parameter_grads(ctx, entries + ([(7, d_hat, hat)] if w_hr is not None else []))
         return (
-            grad_x, _as_state(dh, h0) if need[1] else None, _as_state(dc, c0) if need[2] else None,
-            *weights[:4], weights[4] if w_hr is not None else None, None, None, None,
+            grad_x,
+            _as_state(dh, h0) if need[1] else None,
+            _as_state(dc, c0) if need[2] else None,
+            *weights[:4],
+            weights[4] if w_hr is not None else None,
+            None,
+            None,
+            None,
         )
 
     @staticmethod
@@ -183,8 +189,10 @@ class LSTMFunction(torch.autograd.Function):
             cells_d.append(c_new)
         return (
             _as_input(_in_time_order(outputs, ctx.reverse), x.dim(), ctx.batch_first),
-            _as_state(hd, h0), _as_state(cd, c0),
-            _in_time_order(gates_d, ctx.reverse), _in_time_order(cells_d, ctx.reverse),
+            _as_state(hd, h0),
+            _as_state(cd, c0),
+            _in_time_order(gates_d, ctx.reverse),
+            _in_time_order(cells_d, ctx.reverse),
         )
 
 

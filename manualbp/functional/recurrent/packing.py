@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -147,7 +148,6 @@ def _packed_mask(batch_sizes: torch.Tensor, unsorted_indices: torch.Tensor | Non
     return running if unsorted_indices is None else running[:, unsorted_indices.to(running.device)]
 
 
-
 def _length_values(op: str, lengths, input: torch.Tensor, steps: int, batch: int, minimum: int) -> list[int]:
     """``lengths`` as a list of ints, checked: one per sequence, each in [minimum, steps]."""
     if isinstance(lengths, torch.Tensor):
@@ -188,7 +188,7 @@ def pack_padded_sequence(
         raise InputError(f"{op}: expected an input with a time and a batch dimension, got shape {shape_str(input)}")
     steps, batch = (input.shape[1], input.shape[0]) if batch_first else (input.shape[0], input.shape[1])
     values = _length_values(op, lengths, input, steps, batch, minimum=1)
-    if enforce_sorted and any(a < b for a, b in zip(values, values[1:])):
+    if enforce_sorted and any(a < b for a, b in itertools.pairwise(values)):
         raise InputError(
             f"{op}: lengths {values} are not in decreasing order, as enforce_sorted=True requires; sort the "
             "batch, or pass enforce_sorted=False"
