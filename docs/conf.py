@@ -43,7 +43,6 @@ myst_heading_anchors = 3
 
 html_theme = "furo"
 html_title = f"manualbp {release}"
-html_static_path = ["_static"]
 
 # The API reference: every public name with its docstring, in source order; members without a docstring are
 # listed too, so that a missing docstring is seen (the build fails on it: manualbp_docs checks the public names).
