@@ -41,7 +41,7 @@ __all__ = [
     "to_torch",
     "trace",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Submodules imported when first read as attributes of the package (PEP 562), so that ``import manualbp``
 # does not pay for Lightning, torchvision and matplotlib.
