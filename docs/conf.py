@@ -23,7 +23,7 @@ import manualbp  # noqa: E402
 
 project = "manualbp"
 author = "the manualbp developers"
-copyright = "2026, the manualbp developers"  # noqa: A001
+copyright = "2026, the manualbp developers"
 release = manualbp.__version__
 version = release
 
@@ -37,7 +37,15 @@ extensions = [
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build", "tutorials/README.rst", "auto_tutorials/*.ipynb", "auto_tutorials/*.py", "auto_tutorials/*.zip", "**/*.codeobj.json"]
+exclude_patterns = [
+    "_build",
+    "_generated",
+    "tutorials/README.rst",
+    "auto_tutorials/*.ipynb",
+    "auto_tutorials/*.py",
+    "auto_tutorials/*.zip",
+    "**/*.codeobj.json",
+]
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 

@@ -13,9 +13,13 @@ results under experiments/results/ change only when asked (``--out``).
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
 import platform
+import shlex
 import statistics
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -125,3 +129,24 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def machine_meta(script: str, argv: Sequence[str] | None = None, **options: object) -> dict[str, object]:
+    """What a results JSON records of the machine and the run, for the results page (``docs/_ext/results.py``):
+    the CPU's model name, its logical cores (``os.cpu_count()``), torch's CPU threads, the torch and Python
+    versions, the date and time (UTC), the 1-, 5- and 15-minute load averages when called (this process counts
+    too: about its thread count while it computes), the command that made the file (``python
+    experiments/<script>`` with ``argv``, default the command line's arguments) and any ``options`` worth
+    naming (repetitions, epochs...)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "command": shlex.join(["python", f"experiments/{script}", *args]),
+        **({"options": options} if options else {}),
+    }

@@ -77,12 +77,13 @@ prints a table, and with ``--json PATH`` writes a list of rows, one per (model, 
 autograd_ms, time_ratio, manual_saved_bytes, autograd_saved_bytes, saved_bytes_ratio, gflops,
 machine_gflops, machine_share and more (spreads, autograd_gflops, flops_per_step, threads, the
 compiled rows' compile times, ``loadavg_1min`` before/after the row, to show whether other processes
-shared the cores).
+shared the cores, and the machine: ``device_name``, ``cpu_count``, ``torch``, the row's ``date``).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import gc
 import os
 import statistics
@@ -524,6 +525,7 @@ def run(
         probe = MatmulProbe(device, matmul_size)
         extra = {
             "device_name": _device_name(device),
+            "cpu_count": os.cpu_count(),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "matmul_size": matmul_size,
@@ -553,6 +555,7 @@ def run(
                     # 1-minute load average before and after (this process counts about its thread count): more
                     # means other processes competed for the cores
                     row["loadavg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+                    row["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
                     row.update(extra)
                     rows.append(row)
     return rows

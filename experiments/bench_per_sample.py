@@ -45,7 +45,7 @@ the clipped sum over the batch size) against the clipped mean of Opacus's hooks 
 
 prints a table, and with ``--json PATH`` writes ``{"meta": {...}, "rows": [...]}``: one row per (model,
 batch, method) with the keys model, batch, method, ms, ratio_to_plain (and p25_ms, p75_ms, reps); ``meta``
-holds the versions, threads, machine, the 1-minute load average before and after each (model, batch) and
+holds the versions, threads, machine, cores, date, the 1-minute load average before and after each (model, batch) and
 the checks' max abs differences.
 """
 
@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import datetime
 import gc
 import os
 import statistics
@@ -419,6 +420,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         "threads": torch.get_num_threads(),
         "machine": cpu_name(),
         "cpu_count": os.cpu_count(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "reps": reps,
         "warmup": warmup,
         "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],

@@ -18,7 +18,8 @@ backward equals it exactly).
     python experiments/conv_backward_timing.py [--reps 50] [--threads 1]
                                                [--out experiments/results/conv_backward_timing.json]
 
-writes the medians as JSON to ``--out`` as well (default: ``conv_backward_timing.json`` in a new temporary folder,
+writes the medians as JSON (``median_ms``, with ``meta``: the machine, the date, the load averages before and
+after, the command; ``_common.machine_meta``) to ``--out`` as well (default: ``conv_backward_timing.json`` in a new temporary folder,
 ``manualbp-conv_backward_timing-*``, so a plain run leaves the tracked results alone), and prints where.
 """
 
@@ -26,13 +27,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import output_folder
+from _common import machine_meta, output_folder
 
 import manualbp.functional as MF
 
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> Path:
     torch.set_num_threads(opts.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, {opts.reps} interleaved reps\n")
     results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "reps": opts.reps, "median_ms": {}}
+    results["meta"] = machine_meta("conv_backward_timing.py", argv, reps=opts.reps)
     for name, cfg in LAYERS.items():
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(cfg["n"], cfg["c"], cfg["hw"], cfg["hw"], generator=gen)
@@ -156,6 +159,7 @@ def main(argv: list[str] | None = None) -> Path:
             print(f"  {key:15s} median {ms:7.3f} ms   (IQR {q1:.3f}-{q3:.3f})")
         print(f"  im2col / convprim = {medians['im2col'] / medians['convprim']:.2f}\n")
         results["median_ms"][name] = medians
+    results["meta"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")

@@ -23,6 +23,15 @@ side (``--reuse-opacus JSON`` takes the Opacus side from an earlier output inste
 
     python experiments/dp_compare.py --data-dir ../shared/data/mnist --manual-run /tmp/manual_dp \\
         --json experiments/results/dp_compare_mnist.json
+
+``--fit-manual`` runs that ``manualbp fit`` first (in a new process, into ``--manual-run`` or a new temporary
+folder), so one command makes both sides:
+
+    python experiments/dp_compare.py --data-dir ../shared/data/mnist --fit-manual \\
+        --json experiments/results/dp_compare_mnist.json
+
+The JSON holds ``settings``, ``opacus``, ``manualbp`` and ``meta`` (the machine, the date, the load averages
+before and after, the command; ``_common.machine_meta``).
 """
 
 from __future__ import annotations
@@ -31,12 +40,19 @@ import argparse
 import copy
 import csv
 import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import machine_meta
 
 from manualbp.data import MNISTDataModule
 from manualbp.models import mlp
@@ -145,7 +161,34 @@ def read_manual_run(run_dir: Path, data_dir: str) -> dict:
     }
 
 
-def main() -> None:
+def fit_manual(args: argparse.Namespace, run_dir: Path) -> None:
+    """The manualbp side: ``manualbp fit --model.dp...`` on the same data and settings, logging into ``run_dir``."""
+    command = [
+        "fit",
+        "--data=MNISTDataModule",
+        f"--data.data_dir={args.data_dir}",
+        "--data.download=false",
+        f"--trainer.max_epochs={args.epochs}",
+        f"--model.dp.noise_multiplier={args.noise_multiplier}",
+        f"--model.dp.max_grad_norm={args.max_grad_norm}",
+        f"--model.dp.delta={args.delta}",
+        f"--model.dp.seed={args.seed}",
+        f"--seed_everything={args.seed}",
+        f"--trainer.default_root_dir={run_dir}",
+    ]
+    if args.lr != 1e-3:  # the command's default optimizer is Adam with lr 1e-3
+        command += ["--optimizer=Adam", f"--optimizer.lr={args.lr}"]
+    print(f"manualbp {shlex.join(command)}", flush=True)
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from manualbp.cli import main; sys.exit(main())", *command],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"the manualbp run failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default="../shared/data/mnist")
     parser.add_argument("--epochs", type=int, default=10)
@@ -156,9 +199,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--manual-run", type=Path, default=None, help="default_root_dir of the manualbp DP run")
     parser.add_argument("--reuse-opacus", type=Path, default=None, help="take the Opacus result from this JSON")
+    parser.add_argument(
+        "--fit-manual",
+        action="store_true",
+        help="run the manualbp fit first (into --manual-run, or a temporary folder)",
+    )
     parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-    result = {"settings": {k: v for k, v in vars(args).items() if k not in ("json", "manual_run", "reuse_opacus")}}
+    args = parser.parse_args(argv)
+    meta = machine_meta("dp_compare.py", argv)
+    if args.fit_manual:
+        if args.manual_run is None:
+            args.manual_run = Path(tempfile.mkdtemp(prefix="manualbp-dp_compare-"))
+        fit_manual(args, args.manual_run)
+    skip = ("json", "manual_run", "reuse_opacus", "fit_manual")
+    result = {"settings": {k: v for k, v in vars(args).items() if k not in skip}}
     result["settings"]["manual_run"] = str(args.manual_run) if args.manual_run else None
     if args.reuse_opacus is not None:  # an earlier run's Opacus result, not trained again
         result["opacus"] = json.loads(args.reuse_opacus.read_text())["opacus"]
@@ -166,10 +220,12 @@ def main() -> None:
         result["opacus"] = train_opacus(args)
     if args.manual_run is not None:
         result["manualbp"] = read_manual_run(args.manual_run, args.data_dir)
+    result["meta"] = {**meta, "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
     print(json.dumps({k: v for k, v in result.items() if k != "settings"}, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 if __name__ == "__main__":

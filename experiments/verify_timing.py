@@ -11,7 +11,9 @@ Rows, each one new Python process, timed from start to exit (imports included):
 * ``manualbp verify --op conv2d``: the 17 conv2d cases (the largest family), by default and ``--exhaustive``;
 * ``manualbp verify``: every built-in case (skipped with ``--skip-full``).
 
-The machine's load average is recorded before each row: on a shared machine the seconds grow with it.
+The machine's load average is recorded before each row: on a shared machine the seconds grow with it. The JSON
+holds ``machine`` (CPU, cores, torch), ``meta`` (the same and the date, the load averages at the start and in
+``loadavg_after`` at the end, the command: ``_common.machine_meta``) and ``rows``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import cpu_name, write_json
+from _common import cpu_name, machine_meta, write_json
 
 CUBE = """
 import torch
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     parser.add_argument("--skip-full", action="store_true", help="leave out the whole matrix")
     args = parser.parse_args(argv)
 
+    meta = machine_meta("verify_timing.py", argv, skip_full=args.skip_full)
     verify_command = [sys.executable, "-c", "import sys; from manualbp.cli import main; sys.exit(main())", "verify"]
     rows = [
         _timed("own_function", [sys.executable, "-c", CUBE.replace("{exhaustive}", "False")]),
@@ -86,6 +89,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
         args.out,
         {
             "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__},
+            "meta": {**meta, "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
             "rows": rows,
         },
     )

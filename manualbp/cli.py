@@ -32,7 +32,7 @@ import pytorch_lightning as pl
 import torch
 from jsonargparse import lazy_instance
 from lightning_fabric.utilities.cloud_io import _is_local_file_protocol
-from pytorch_lightning.callbacks import BasePredictionWriter, ProgressBar
+from pytorch_lightning.callbacks import BasePredictionWriter, ModelCheckpoint, ProgressBar
 from pytorch_lightning.cli import (
     ArgsType,
     LightningArgumentParser,
@@ -136,7 +136,8 @@ class ManualbpCLI(LightningCLI):
             return
         subparser = self._parser(subcommand)
         # _skip_validation: jsonargparse's own switch for a parse whose result is not run (no required options)
-        given_model = parser.parse_args(args, defaults=False, _skip_validation=True)[subcommand].get("model")
+        given_options = parser.parse_args(self._command_line, defaults=False, _skip_validation=True)
+        given_model = given_options[subcommand].get("model")
         given = given_model.as_dict() if given_model is not None else {}
         path = self.config[subcommand].get("ckpt_path")
         if subcommand == "predict" and not path:
@@ -215,6 +216,7 @@ class ManualbpCLI(LightningCLI):
         # so the saved config.yaml always names the optimizer a run used.
         parser.add_optimizer_args((Optimizer,))
         parser.add_lr_scheduler_args(LRSchedulerTypeTuple)
+        assert parser.groups is not None, "the two calls above added groups"
         parser.groups["optimizer"].title = "Optimizer (Adam, lr 1e-3, by default; the recurrent archs have their own)"
         parser.groups["lr_scheduler"].title = "Learning-rate schedule (none unless --lr_scheduler gives one)"
         parser.set_defaults({"optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 1e-3}}})
@@ -227,7 +229,8 @@ class ManualbpCLI(LightningCLI):
     def after_fit(self) -> None:
         if not self.config[self.subcommand].get("test_after_fit", True) or self.trainer.interrupted:
             return
-        checkpoint = self.trainer.checkpoint_callback
+        # the first ModelCheckpoint: another Checkpoint (OnExceptionCheckpoint) keeps no best
+        checkpoint = next((c for c in self.trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
         best = checkpoint.best_model_path if checkpoint is not None else ""
         results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
         if results and "test_acc" in results[0] and self.trainer.is_global_zero:
@@ -237,11 +240,13 @@ class ManualbpCLI(LightningCLI):
     def before_predict(self) -> None:
         """Predictions go to ``predictions.csv`` in the run's log folder (``PredictionWriter``), unless the
         trainer already has a prediction writer of the user's own."""
-        if not any(isinstance(c, BasePredictionWriter) for c in self.trainer.callbacks):
-            self.trainer.callbacks.append(PredictionWriter())
+        callbacks: list[pl.Callback] = self.trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning's callback connector, undeclared
+        if not any(isinstance(c, BasePredictionWriter) for c in callbacks):
+            callbacks.append(PredictionWriter())
 
     def after_predict(self) -> None:
-        for writer in self.trainer.callbacks:
+        callbacks: list[pl.Callback] = self.trainer.callbacks  # type: ignore[attr-defined]  # as in before_predict
+        for writer in callbacks:
             if isinstance(writer, PredictionWriter) and writer.path is not None:
                 print(f"predictions written to {writer.path}")
 

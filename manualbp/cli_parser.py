@@ -133,13 +133,16 @@ class ManualbpArgumentParser(LightningArgumentParser):
         """The parser of the subcommand among the arguments being parsed, if any: jsonargparse reports some errors
         in a subcommand's options (a class's missing argument) from the command's parser, without naming it."""
         subcommands = self._subcommands_action
+        if subcommands is None:
+            return None
         given = [arg for arg in getattr(self, "args", []) if subcommands is not None and arg in subcommands.choices]
         return subcommands.choices[given[0]] if given else None
 
     def format_help(self, *args: Any, **kwargs: Any) -> str:
         """The help of ``help_section``: without the Trainer's options unless it is ``all``, or only them (``trainer``);
         in full for a parser without Trainer options."""
-        trainer = self.groups.get("trainer") if self.groups else None
+        named = self.groups or {}
+        trainer = named.get("trainer")
         if trainer is None or self.help_section == "all":
             return super().format_help(*args, **kwargs)
         groups, usage, epilog = self._action_groups, self.usage, self.epilog
@@ -147,7 +150,7 @@ class ManualbpArgumentParser(LightningArgumentParser):
         if self.help_section == "trainer":
             self._action_groups = [trainer]
         else:
-            first = [self.groups[key] for key in ("model", "data") if key in self.groups]
+            first = [named[key] for key in ("model", "data") if key in named]
             self._action_groups = first + [group for group in groups if group is not trainer and group not in first]
             self.epilog = (
                 f"Lightning's Trainer options (--trainer.*) are listed by `{prog} --help=trainer`, "
@@ -291,4 +294,5 @@ def add_verify_subcommand(parser: LightningArgumentParser) -> None:
     """List ``verify`` among the subcommands of the command's ``parser``, so that ``manualbp --help`` shows
     it; ``manualbp.cli.main`` runs it before any parser sees the arguments."""
     verify = type(parser)(description=VERIFY_DESCRIPTION)
+    assert parser._subcommands_action is not None, "called after LightningCLI added the subcommands"
     parser._subcommands_action.add_subcommand("verify", verify, help=VERIFY_DESCRIPTION)

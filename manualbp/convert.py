@@ -148,9 +148,13 @@ def _fusions(model: torch.nn.Module) -> dict[Position, torch.nn.Module]:
 def _fuse_pair(first: torch.nn.Module, second: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     """The two layers that replace ``first`` then ``second``, or None when they form no fusible pattern."""
     relu = (torch.nn.ReLU, mnn.ReLU)
-    if type(first) in (torch.nn.Linear, mnn.Linear) and type(second) in relu:
+    if type(first) in (torch.nn.Linear, mnn.Linear) and isinstance(first, torch.nn.Linear) and type(second) in relu:
         return LinearReLU.from_linear(first), torch.nn.Identity()
-    if type(first) in relu and type(second) in (torch.nn.MaxPool2d, mnn.MaxPool2d):
+    if (
+        type(first) in relu
+        and type(second) in (torch.nn.MaxPool2d, mnn.MaxPool2d)
+        and isinstance(second, torch.nn.MaxPool2d)
+    ):
         try:
             pool = ReLUMaxPool2d(
                 second.kernel_size,

@@ -19,11 +19,11 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset, random_split
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset, random_split
 
 from manualbp.functional._validation import check_int
 
@@ -117,7 +117,8 @@ class TensorDataModule(pl.LightningDataModule):
         """
         trainer = self.trainer
         world_size, rank, epoch = (
-            (trainer.world_size, trainer.global_rank, trainer.fit_loop.epoch_progress.current.processed)
+            # epoch_progress.current is a _ProcessedTracker; Lightning annotates it as its base, without processed
+            (trainer.world_size, trainer.global_rank, trainer.fit_loop.epoch_progress.current.processed)  # type: ignore[attr-defined]
             if trainer is not None
             else (1, 0, 0)
         )
@@ -238,7 +239,7 @@ class MNISTDataModule(TensorDataModule):
         """Where the four IDX files are read from: ``data_dir/<dataset's torchvision class>/raw``."""
         return Path(self.data_dir) / _TORCHVISION_CLASSES[self.dataset] / "raw"
 
-    def _torchvision_dataset(self, root: str | Path, train: bool, download: bool):
+    def _torchvision_dataset(self, root: str | Path, train: bool, download: bool) -> Any:  # torchvision: untyped
         import torchvision
 
         cls = getattr(torchvision.datasets, _TORCHVISION_CLASSES[self.dataset])
@@ -320,9 +321,12 @@ class MNISTDataModule(TensorDataModule):
         n_val = self._validation_count(len(train_labels))
         generator = torch.Generator().manual_seed(self.seed)
         train_idx, val_idx = random_split(
-            range(len(train_labels)), [len(train_labels) - n_val, n_val], generator=generator
+            cast("Dataset[int]", range(len(train_labels))),  # a range serves: random_split reads it by index
+            [len(train_labels) - n_val, n_val],
+            generator=generator,
         )
-        train_idx, val_idx = torch.tensor(list(train_idx)), torch.tensor(list(val_idx))
+        # a split of range(n) holds its indices themselves
+        train_idx, val_idx = torch.tensor(train_idx.indices), torch.tensor(val_idx.indices)
         self._set_splits(
             (train_images[train_idx], train_labels[train_idx]), (train_images[val_idx], train_labels[val_idx]), test
         )

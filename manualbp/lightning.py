@@ -17,6 +17,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.model_helpers import _restricted_classmethod
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
+from pytorch_lightning.utilities.types import OptimizerLRSchedulerConfig
 
 from manualbp.checkpoints import CheckpointMismatchError, check_checkpoint_fits, check_trusted, saved_hyperparameters
 from manualbp.convert import convert, layer_summary
@@ -166,13 +167,14 @@ class ClassifierModule(pl.LightningModule):
         if isinstance(self.hparams.get("net"), torch.nn.Module):
             self.save_hyperparameters(ignore=["net"])
 
-    @property
+    @property  # type: ignore[misc]  # read-only on purpose (Lightning's is settable): made from in_shape, dtype, device
     def example_input_array(self) -> torch.Tensor:
         """Two blank images (2, *in_shape) in the module's dtype and on its device, for Lightning's model
         summary. The trainer's precision plugin casts the module (float64 under ``precision="64-true"``,
         bfloat16 under ``"bf16-true"``) and every batch it feeds (``Precision.convert_input``), but not this
         example: made in the module's dtype, it fits the layers at every precision."""
-        return torch.zeros(2, *self.hparams.in_shape, dtype=self.dtype, device=self.device)
+        # Lightning types dtype as str | torch.dtype (a str only after Module.type("...")): a torch.dtype here
+        return torch.zeros(2, *self.hparams["in_shape"], dtype=self.dtype, device=self.device)  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -195,7 +197,7 @@ class ClassifierModule(pl.LightningModule):
         (``DPSGD.poisson_loader``: this rank's share of each step's Poisson batch)."""
         if self._dp is None or stage != "fit":
             return
-        datamodule = self.trainer.datamodule
+        datamodule = self.trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning's data connector, undeclared
         if datamodule is None:
             raise ValueError(
                 "ClassifierModule(dp=...): DP-SGD training needs a data module (its training loader is "
@@ -206,7 +208,7 @@ class ClassifierModule(pl.LightningModule):
         datamodule.train_dataloader = lambda: self._dp.poisson_loader(make_loader(), rank, world_size)
 
     def teardown(self, stage: str) -> None:
-        datamodule = None if self._trainer is None else self.trainer.datamodule
+        datamodule = None if self._trainer is None else self.trainer.datamodule  # type: ignore[attr-defined]  # as in setup
         if self._dp is not None and stage == "fit" and datamodule is not None:
             vars(datamodule).pop("train_dataloader", None)  # the data module's own loader again
 
@@ -270,7 +272,7 @@ class ClassifierModule(pl.LightningModule):
         """The class probabilities softmax(logits), (N, num_classes), of the batch's images."""
         return torch.softmax(self(batch[0]), dim=1)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+    def configure_optimizers(self) -> torch.optim.Optimizer | OptimizerLRSchedulerConfig:
         """Adam with lr 1e-3: the default when nothing else chooses (the ``manualbp`` command's ``--optimizer``
         replaces this method, as LightningCLI does). The recurrent archs: Adam under ``OneCycleLR`` with a peak lr
         of 5e-3 over the fit's steps (up from 2e-4 in the first 30%, then down to 2e-8, along cosines), stepped
@@ -413,8 +415,8 @@ def _keep_best_checkpoints(checkpoint: dict[str, Any], callbacks: Iterable[pl.Ca
     states = checkpoint.get("callbacks") or {}
     for callback in callbacks:
         state = states.get(callback.state_key)
-        if state is not None and getattr(callback, "dirpath", None) is not None:
-            state["dirpath"] = callback.dirpath
+        if state is not None and (dirpath := getattr(callback, "dirpath", None)) is not None:
+            state["dirpath"] = dirpath
 
 
 def _is_lightning_default(callback: pl.Callback) -> bool:
@@ -470,7 +472,8 @@ def _rules(net: torch.nn.Module) -> dict[str, Counter[str]]:
     layers of each type learn by it; a layer without a rule counts under ``backprop``."""
     rules: dict[str, Counter[str]] = {}
     for _, layer in rule_layers(net):
-        name = "backprop" if getattr(layer, "rule", None) is None else layer.rule.name
+        rule = getattr(layer, "rule", None)
+        name = "backprop" if rule is None else rule.name
         rules.setdefault(name, Counter())[type(layer).__name__] += 1
     return rules
 

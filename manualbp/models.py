@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -48,7 +48,7 @@ def layers(backend: Backend) -> ModuleType:
     raise ValueError(f"backend must be 'manual' or 'autograd', got {backend!r}")
 
 
-def cross_entropy(backend: Backend) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def cross_entropy(backend: Backend) -> Callable[..., torch.Tensor]:
     """The backend's cross entropy: manualbp's hand-written one, so that no native autograd node sits
     between the loss and the parameters, or torch's."""
     layers(backend)  # validates the name
@@ -194,23 +194,24 @@ class LastStatesFunction(torch.autograd.Function):
     """
 
     generate_vmap_rule = True
+    call: ClassVar[Callable[[torch.Tensor, int], torch.Tensor]]  # attached by @function (no type checker sees that)
 
     @staticmethod
-    def forward(h_n, directions):
+    def forward(h_n: torch.Tensor, directions: int) -> torch.Tensor:
         return _last_states(h_n, directions)
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         ctx.shape, ctx.directions = inputs[0].shape, inputs[1]
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:
         rows, n, hidden = ctx.shape
         last = grad_out.reshape(n, ctx.directions, hidden).transpose(0, 1)
         return torch.cat([last.new_zeros(rows - ctx.directions, n, hidden), last]), None
 
     @staticmethod
-    def jvp(ctx, h_n_dot, _directions):
+    def jvp(ctx: Any, h_n_dot: torch.Tensor, _directions: None) -> torch.Tensor:
         return _last_states(h_n_dot, ctx.directions)
 
 

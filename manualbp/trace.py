@@ -45,7 +45,7 @@ Every hook is removed when the block exits, normally or by an exception.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -136,7 +136,7 @@ def trace(model: torch.nn.Module) -> Iterator[Trace]:
         record.steps += 1
         record.layers = OrderedDict()
 
-    def forward_hook(name: str):
+    def forward_hook(name: str) -> Callable[[torch.nn.Module, object, object], None]:
         def hook(module: torch.nn.Module, args: object, output: object) -> None:
             out = _first_tensor(output)
             if out is None:
@@ -156,7 +156,7 @@ def trace(model: torch.nn.Module) -> Iterator[Trace]:
 
         return hook
 
-    def param_hook(name: str, pname: str):
+    def param_hook(name: str, pname: str) -> Callable[[torch.Tensor | None], None]:
         def hook(grad: torch.Tensor | None) -> None:
             layer = record.layers.get(name)
             if layer is None or grad is None:

@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 from matplotlib.animation import PillowWriter
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure, SubFigure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, MultipleLocator, NullFormatter
 
@@ -100,7 +101,7 @@ def as_grid(values: Any) -> np.ndarray:
     return out
 
 
-def _heatmap(ax, values: Any, limit: float | None, diverging: bool, cmap: str | None = None) -> np.ndarray:
+def _heatmap(ax: Axes, values: Any, limit: float | None, diverging: bool, cmap: str | None = None) -> np.ndarray:
     """Draw one layer's values; ``limit`` the colour range (max |value|, None: this map's own). A map more than
     four times wider than tall (a sequence of hidden states, time × features) fills its cell instead of
     shrinking to a strip."""
@@ -129,7 +130,7 @@ def _heatmap(ax, values: Any, limit: float | None, diverging: bool, cmap: str | 
     return grid
 
 
-def _class_ticks(ax, grid: np.ndarray, label: int) -> None:
+def _class_ticks(ax: Axes, grid: np.ndarray, label: int) -> None:
     """Mark the true class on a one-row map (logits, class scores): its cell framed, its number under it."""
     if grid.shape[0] != 1 or grid.shape[1] > 16 or not 0 <= label < grid.shape[1]:
         return
@@ -138,7 +139,7 @@ def _class_ticks(ax, grid: np.ndarray, label: int) -> None:
     ax.add_patch(Rectangle((label - 0.5, -0.5), 1, 1, fill=False, ec=TRUE_COLOR, lw=1.5))
 
 
-def _panel(parent, title: str, color: str):
+def _panel(parent: SubFigure, title: str, color: str) -> SubFigure:
     parent.set_facecolor(color)
     parent.suptitle(title, fontsize=FRAME_FONT + 1.5, fontweight="bold", x=0.01, ha="left", y=0.98, va="top")
     return parent
@@ -171,7 +172,7 @@ def frame_figsize(frame: Mapping[str, Any]) -> tuple[float, float]:
     return (round(row + _LOSS_WIDTH, 2), _FRAME_HEIGHT)
 
 
-def _layer_row(panel, n: int, arrow: str, top: float, bottom: float) -> np.ndarray:
+def _layer_row(panel: SubFigure, n: int, arrow: str, top: float, bottom: float) -> np.ndarray:
     """``n`` cells in a row across ``panel`` between heights ``bottom`` and ``top``, with ``arrow`` (the direction
     of the pass) in the middle of each gap."""
     axes = panel.subplots(1, n, gridspec_kw=dict(_ROW, top=top, bottom=bottom))
@@ -190,7 +191,7 @@ def _layer_row(panel, n: int, arrow: str, top: float, bottom: float) -> np.ndarr
     return axes
 
 
-def _loss_ticks(ax) -> None:
+def _loss_ticks(ax: Axes) -> None:
     """1-2-5 ticks on the log loss axis; over less than a decade, three or four round values instead."""
     low, high = ax.get_ylim()
     if high < 10 * low:
@@ -230,7 +231,8 @@ def draw_learning_frame(fig: Figure, frame: Mapping[str, Any], limits: Mapping[s
     step = int(frame["step"])
     epoch = frame.get("epoch")
     head = f"optimizer step {step}" + (f", epoch {int(epoch)}" if epoch is not None else "")
-    top, body = fig.subfigures(2, 1, height_ratios=[0.075, 0.925])
+    # matplotlib types subfigures() as SubFigure | ndarray, whatever the grid: a (2,) array of SubFigures here
+    top, body = fig.subfigures(2, 1, height_ratios=[0.075, 0.925])  # type: ignore[misc]
     top.text(
         0.5,
         0.45,
@@ -379,7 +381,7 @@ def save_learning_animation(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig = new_figure(figsize or frame_figsize(frames[0]), dpi)
     limits = frame_limits(frames)
-    writer = PillowWriter(fps=fps)
+    writer = PillowWriter(fps=fps)  # type: ignore[arg-type]  # typed int; it writes int(1000 / fps) ms a frame
     with writer.saving(fig, str(path), dpi):
         for frame in frames:
             draw_learning_frame(fig, frame, limits)
@@ -457,7 +459,9 @@ def plot_alignment(
     return fig
 
 
-def _layer_lines(steps: Sequence[float], values: Mapping[str, Sequence[float]], fig: Figure | None, ylabel: str):
+def _layer_lines(
+    steps: Sequence[float], values: Mapping[str, Sequence[float]], fig: Figure | None, ylabel: str
+) -> tuple[Figure, Axes]:
     """``fig`` (cleared; a new 7 x 3.8 in figure when None) and its axes with one line per layer over the
     optimizer steps, input side dark, output side light."""
     from matplotlib import colormaps
@@ -474,7 +478,7 @@ def _layer_lines(steps: Sequence[float], values: Mapping[str, Sequence[float]], 
     return fig, ax
 
 
-def _finish_layer_lines(fig: Figure, ax, title: str, path: str | Path | None) -> None:
+def _finish_layer_lines(fig: Figure, ax: Axes, title: str, path: str | Path | None) -> None:
     """The layers' legend and the title of a ``_layer_lines`` figure; write it to ``path`` when given."""
     lines = len(ax.get_legend_handles_labels()[0])
     ax.legend(fontsize=8, ncol=2 if lines > 4 else 1, title="layer (input → output)", title_fontsize=8)

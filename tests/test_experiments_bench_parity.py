@@ -40,7 +40,7 @@ def experiments(monkeypatch):
         return importlib.import_module(name)
 
     yield load
-    for name in ("bench", "bench_per_sample", "parity", "_common"):
+    for name in ("bench", "bench_per_sample", "bench_dp_noise", "parity", "_common"):
         sys.modules.pop(name, None)
 
 
@@ -147,6 +147,22 @@ def test_bench_per_sample_tiny_run_writes_a_row_per_method(experiments, tmp_path
         assert math.isfinite(row["ms"]) and row["ms"] > 0
         assert row["ratio_to_plain"] == pytest.approx(row["ms"] / plain)
     assert "manualbp_clip" in capsys.readouterr().out
+
+
+def test_bench_dp_noise_tiny_run_writes_its_cases_and_the_machine(experiments, tmp_path, capsys):
+    bench = experiments("bench_dp_noise")
+    out = tmp_path / "dp_noise.json"
+    result = bench.main(["--reps", "1", "--json", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert [r["case"] for r in result["rows"]][:2] == ["noise, default", "noise, secure_mode"]
+    assert {"step, batch 128, secure_mode", "os.urandom, 32 bytes a parameter"} <= {r["case"] for r in result["rows"]}
+    for row in result["rows"]:
+        assert row["reps"] == 1 and 0 < row["best_ms"] <= row["median_ms"], row
+    assert result["parameters"] == 784 * 800 + 800 + 800 * 800 + 800 + 800 * 10 + 10
+    meta = result["meta"]
+    assert meta["cpu"] and meta["cores"] >= 1 and meta["torch"] and meta["date"] and len(meta["loadavg"]) == 3
+    assert meta["command"] == f"python experiments/bench_dp_noise.py --reps 1 --json {out}"
+    assert "secure_mode" in capsys.readouterr().out
 
 
 def test_bench_compile_failure_gives_a_row_that_says_so_and_the_run_goes_on(experiments, tmp_path, monkeypatch, capsys):

@@ -23,6 +23,7 @@ RUNS = {
     "figures": ["--epochs", "1", "--steps", "2", "--hidden", "16", "--flow-arch", "mlp"],
     "parity": ["--epochs", "1", "--max-steps", "2"],
     "conv_backward_timing": ["--reps", "2"],
+    "accuracy": ["--rows", "digits", "--fit-arg=--trainer.max_epochs=1", "--fit-arg=--trainer.limit_train_batches=2"],
 }
 
 

@@ -1,4 +1,4 @@
-"""The README's examples run, and its excerpt of the code is the code."""
+"""The README's examples run, and its excerpt of the code is the code; so do the guide pages' examples (docs/guide)."""
 
 from __future__ import annotations
 
@@ -14,17 +14,20 @@ import pytest
 
 from manualbp.functional.linear import LinearFunction, linear_grads
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+# The pages whose examples are run too: the guide of the documentation site, where the README's reference moved.
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs" / "guide").glob("*.md"))]
 
 
 def _blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
 
 
-def _examples() -> list[tuple[str, str | None]]:
-    """Each python block with what the README says it prints: the ```text output block that comes next
+def _examples(text: str) -> list[tuple[str, str | None]]:
+    """Each python block with what the page says it prints: the ```text output block that comes next
     before any other code block, or None when it shows no output."""
-    fences = re.findall(r"```([^\n]*)\n(.*?)```", README, flags=re.S)
+    fences = re.findall(r"```([^\n]*)\n(.*?)```", text, flags=re.S)
     examples = []
     for index, (info, body) in enumerate(fences):
         if info.strip() == "python":
@@ -33,8 +36,17 @@ def _examples() -> list[tuple[str, str | None]]:
     return examples
 
 
+def _page_id(page: Path) -> str:
+    return "readme" if page.name == "README.md" else f"guide-{page.stem}"
+
+
 @pytest.mark.parametrize(
-    "code, expected", [pytest.param(*example, id=f"python-block-{i}") for i, example in enumerate(_examples())]
+    "code, expected",
+    [
+        pytest.param(*example, id=f"{_page_id(page)}-python-block-{i}")
+        for page in PAGES
+        for i, example in enumerate(_examples(page.read_text()))
+    ],
 )
 def test_each_python_example_runs_alone_and_prints_what_the_readme_shows(code, expected, tmp_path):
     result = subprocess.run(

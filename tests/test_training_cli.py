@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import yaml
 
@@ -242,5 +243,16 @@ def test_a_run_prints_only_what_the_user_asked_for(tmp_path, capfd):
 def test_the_progress_bar_is_kept_on_a_terminal_only(monkeypatch, terminal):
     monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)
     bar = command(["--trainer.max_epochs=1"], run=False).trainer.progress_bar_callback
-    assert type(bar).__name__ == ("TQDMProgressBar" if terminal else "EpochLines")
+    # on a terminal, Lightning's own default (its rich bar when rich is installed, tqdm's otherwise)
+    lightning_default = type(pl.Trainer(logger=False, enable_checkpointing=False).progress_bar_callback).__name__
+    assert type(bar).__name__ == (lightning_default if terminal else "EpochLines")
     assert command(["--trainer.enable_progress_bar=false"], run=False).trainer.progress_bar_callback is None
+
+
+def test_the_test_after_fit_takes_the_final_weights_beside_a_checkpoint_callback_without_a_best(tmp_path, capsys):
+    # OnExceptionCheckpoint is a Checkpoint with no best_model_path, and with it the run has no ModelCheckpoint: the
+    # test after fit takes the final weights (it crashed on the missing attribute once the fit had ended)
+    on_exception = ["--trainer.callbacks+=OnExceptionCheckpoint", f"--trainer.callbacks.dirpath={tmp_path / 'saved'}"]
+    assert main(["fit", *_SMALL, "--trainer.max_epochs=1", *on_exception]) == 0
+    out = capsys.readouterr().out
+    assert "test_acc = " in out and "(final weights)" in out

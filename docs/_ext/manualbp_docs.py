@@ -19,10 +19,9 @@ import sys
 import typing
 from pathlib import Path
 
+import results
 from sphinx.application import Sphinx
 from sphinx.util import logging
-
-import results
 
 logger = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 
+from manualbp.callbacks._network import network
 from manualbp.callbacks._run_folder import artefact_path
 from manualbp.convert import to_torch
 
@@ -94,18 +95,18 @@ class Alignment(pl.Callback):
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._recording or self._batch is None:
             return
-        for name, grad in self.true_gradients(pl_module.net, pl_module.loss_fn, self._batch).items():
+        for name, grad in self.true_gradients(network(pl_module), pl_module.loss_fn, self._batch).items():
             self._true[name] = grad if name not in self._true else self._true[name] + grad
         self._batch = None
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         if not self._true:
             return
-        params = dict(pl_module.net.named_parameters())
+        params = dict(network(pl_module).named_parameters())
         metrics = {
-            f"alignment/{name}/angle": angle(params[name].grad, true)
+            f"alignment/{name}/angle": angle(grad, true)
             for name, true in self._true.items()
-            if params[name].grad is not None
+            if (grad := params[name].grad) is not None
         }
         self._true = {}
         step = trainer.global_step

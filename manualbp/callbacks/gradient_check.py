@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from manualbp.callbacks._network import network
 from manualbp.convert import to_torch
 from manualbp.functional.dropout import dropout_mask
 from manualbp.nn._base import ManualModule
@@ -122,7 +123,7 @@ class GradientCheckCallback(pl.Callback):
             )
         if not pl_module.automatic_optimization:
             raise ValueError("GradientCheckCallback: needs automatic optimization (automatic_optimization=True)")
-        if not any(isinstance(m, ManualModule) for m in pl_module.net.modules()):
+        if not any(isinstance(m, ManualModule) for m in network(pl_module).modules()):
             warnings.warn(
                 f"GradientCheckCallback: {type(pl_module).__name__}.net has no manualbp layer; the check "
                 "compares autograd with autograd",
@@ -203,7 +204,7 @@ class GradientCheckCallback(pl.Callback):
         Returns (worst mismatching parameter as (name, max abs error, rel error) or None, max_abs_err, max_rel_err,
         the name of the parameter with max_rel_err or None when no parameter has a gradient).
         """
-        net = pl_module.net
+        net = network(pl_module)
         twin = _with_mask_dropout(to_torch(net))
         named = [(name, p) for name, p in net.named_parameters() if p.requires_grad]
         twin_params = dict(twin.named_parameters())

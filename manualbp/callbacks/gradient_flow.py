@@ -10,6 +10,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from manualbp.callbacks._network import network
 from manualbp.callbacks._run_folder import artefact_path
 from manualbp.trace import Trace, trace
 
@@ -79,7 +80,7 @@ class GradientFlow(pl.Callback):
     ) -> None:
         if trainer.is_global_zero and trainer.global_step % self.every_n_steps == 0:
             self._tracing = ExitStack()
-            self._trace = self._tracing.enter_context(trace(pl_module.net))
+            self._trace = self._tracing.enter_context(trace(network(pl_module)))
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         if self._trace is None:
@@ -91,7 +92,7 @@ class GradientFlow(pl.Callback):
             for name, layer in self._trace.layers.items()
             if layer.error is not None
         }
-        params = _trained(pl_module.net)
+        params = _trained(network(pl_module))
         metrics.update({f"gradflow/{name}/grad_norm": _norm(p.grad) for name, p in params if p.grad is not None})
         self._pending = trainer.global_step, metrics, {name: p.detach().clone() for name, p in params}
 
@@ -103,7 +104,7 @@ class GradientFlow(pl.Callback):
             return
         step, metrics, before = self._pending
         self._pending = None
-        for name, p in _trained(pl_module.net):
+        for name, p in _trained(network(pl_module)):
             if name in before:
                 metrics[f"gradflow/{name}/update_norm"] = _norm(p.detach() - before[name])
         self.steps.append(step)
@@ -120,7 +121,7 @@ class GradientFlow(pl.Callback):
             return
         line = f"GradientFlow: logged {len(self.steps)} step{'' if len(self.steps) == 1 else 's'}"
         if self.figure and self.steps:
-            line += f"; figure {self.write(path, pl_module.net)}"
+            line += f"; figure {self.write(path, network(pl_module))}"
         print(line)
 
     # ---- the figure -----------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from manualbp.callbacks._network import network
 from manualbp.callbacks._run_folder import artefact_path
 
 
@@ -91,7 +92,7 @@ class LearningAnimation(pl.Callback):
     # ---- the digit ------------------------------------------------------------------------------------------
 
     def _dataset(self, trainer: pl.Trainer) -> Any:
-        datamodule = trainer.datamodule
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning's data connector, undeclared
         if self.split == "train":
             loader = datamodule.train_dataloader() if datamodule is not None else trainer.train_dataloader
         else:
@@ -134,7 +135,9 @@ class LearningAnimation(pl.Callback):
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         if (trainer.global_step + 1) % self._every == 0 and trainer.is_global_zero:
-            self._before = {name: [p.detach().clone() for p in params] for name, params in self._layers(pl_module.net)}
+            self._before = {
+                name: [p.detach().clone() for p in params] for name, params in self._layers(network(pl_module))
+            }
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -144,7 +147,7 @@ class LearningAnimation(pl.Callback):
             self._losses.append((trainer.global_step, float(loss.detach())))
         if self._before is not None and trainer.global_step % self._every == 0:
             updates = {}
-            for name, params in self._layers(pl_module.net):
+            for name, params in self._layers(network(pl_module)):
                 before = self._before.get(name)
                 if before is not None:
                     change = sum(float((p.detach() - b).double().pow(2).sum()) for p, b in zip(params, before))
@@ -174,9 +177,11 @@ class LearningAnimation(pl.Callback):
     def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, updates: dict[str, float]) -> None:
         from manualbp.trace import trace
 
-        net = pl_module.net
+        net = network(pl_module)
+        image = self._image
+        assert image is not None, "found in on_train_start"
         loss_fn = getattr(pl_module, "loss_fn", None) or F.cross_entropy
-        x = self._image.to(pl_module.device, torch.float32).unsqueeze(0).requires_grad_(True)
+        x = image.to(pl_module.device, torch.float32).unsqueeze(0).requires_grad_(True)
         target = torch.tensor([self.digit], device=pl_module.device)
         was_training = net.training
         net.eval()
@@ -200,7 +205,7 @@ class LearningAnimation(pl.Callback):
             dict(
                 step=trainer.global_step,
                 epoch=trainer.current_epoch,
-                image=self._image.detach().float().cpu().numpy(),
+                image=image.detach().float().cpu().numpy(),
                 label=self.digit,
                 layers=shown,
                 activations=[numpy(record.layers[n].activation) for n in shown],
@@ -217,8 +222,9 @@ class LearningAnimation(pl.Callback):
         """Write ``frames_to_draw()`` as a GIF to ``path`` (as given); returns the path."""
         from manualbp.viz import save_learning_animation
 
-        options = {} if self.dpi is None else {"dpi": self.dpi}
-        return save_learning_animation(self.frames_to_draw(), path, fps=self.fps, **options)
+        if self.dpi is None:
+            return save_learning_animation(self.frames_to_draw(), path, fps=self.fps)
+        return save_learning_animation(self.frames_to_draw(), path, fps=self.fps, dpi=self.dpi)
 
     def frames_to_draw(self) -> list[dict[str, Any]]:
         """The recorded frames thinned to ``max_frames``, each with the training loss up to it, as

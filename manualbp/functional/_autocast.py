@@ -30,8 +30,14 @@ dtype, as torch's does, without it.
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeVarTuple, Unpack
+
+    Tensors = TypeVarTuple("Tensors")  # autocast_inputs's arguments: tensors, None, or values its caller rejects
 
 LOWER_PRECISION = "lower_precision"
 FLOAT32 = "float32"
@@ -66,7 +72,7 @@ POLICY: dict[str, dict[str, str]] = {
 ELIGIBLE = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def _device_type(tensors: tuple[torch.Tensor | None, ...]) -> str | None:
+def _device_type(tensors: tuple[object, ...]) -> str | None:
     """The device type of the first tensor, None when there is none."""
     for t in tensors:
         if isinstance(t, torch.Tensor):
@@ -79,7 +85,7 @@ def _autocast_enabled(device_type: str) -> bool:
     return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
-def autocast_dtype(op: str, *tensors: torch.Tensor | None) -> torch.dtype | None:
+def autocast_dtype(op: str, *tensors: object) -> torch.dtype | None:
     """The dtype ``op`` computes in under the autocast now active on the tensors' device: the autocast
     dtype for an op on the lower-precision list, float32 for one on the float32 list, the widest floating
     dtype among the eligible ``tensors`` otherwise; None outside autocast or with no eligible tensor."""
@@ -97,14 +103,18 @@ def autocast_dtype(op: str, *tensors: torch.Tensor | None) -> torch.dtype | None
     return functools.reduce(torch.promote_types, eligible)
 
 
-def autocast_inputs(op: str, *tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+def autocast_inputs(op: str, *tensors: Unpack[Tensors]) -> tuple[Unpack[Tensors]]:
     """``tensors`` as ``op`` takes them under the current autocast: every eligible one (float16, bfloat16,
     float32) cast to ``autocast_dtype(op, ...)``; None, float64 and integer tensors (and non-tensors, left
     for the entry point's checks to reject) unchanged. Outside autocast, ``tensors`` unchanged."""
     dtype = autocast_dtype(op, *tensors)
     if dtype is None:
         return tensors
-    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype in ELIGIBLE else t for t in tensors)
+    # each keeps its type (a tensor cast to another dtype is still a tensor), which tuple() cannot say
+    converted: tuple[Any, ...] = tuple(
+        t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype in ELIGIBLE else t for t in tensors
+    )
+    return converted
 
 
 def autocast_output(op: str, output: torch.Tensor, input_dtype: torch.dtype) -> torch.Tensor:

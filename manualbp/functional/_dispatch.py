@@ -59,7 +59,7 @@ in the combined style, ``forward(ctx, *args)`` without ``setup_context``, is its
 from __future__ import annotations
 
 import inspect
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 
@@ -79,32 +79,40 @@ def function(cls: FunctionType) -> FunctionType:
     defines it. The twins are ``cls.compile_twin`` and ``cls.eager_twin``; a subclass of a decorated
     Function must be decorated itself to get its own (see ``manualbp.functional._dispatch``).
     """
-    cls.forward.__signature__ = inspect.signature(cls.forward)  # see the module docstring
+    # What the decorator attaches (the cached signature, the twins, ``call``) is not part of the class's static type
+    # (a class decorator cannot add to it), so it is set through ``decorated``.
+    decorated: Any = cls
+    decorated.forward.__signature__ = inspect.signature(cls.forward)  # see the module docstring
     check_backward(cls)
-    twin = type(
-        cls.__name__,
-        (cls,),
-        {
-            "jvp": torch.autograd.Function.jvp,
-            "__module__": cls.__module__,
-            "__qualname__": f"{cls.__qualname__}.compile_twin",
-            "__doc__": f"{cls.__name__} without jvp, for tracing by torch.compile (see manualbp.functional._dispatch).",
-        },
+    twin = cast(
+        FunctionType,  # a subclass of cls
+        type(
+            cls.__name__,
+            (cls,),
+            {
+                "jvp": torch.autograd.Function.jvp,
+                "__module__": cls.__module__,
+                "__qualname__": f"{cls.__qualname__}.compile_twin",
+                "__doc__": f"{cls.__name__} without jvp, for tracing by torch.compile (see manualbp.functional._dispatch).",
+            },
+        ),
     )
 
     def apply_compile_twin(*args: Any) -> Any:
         return twin.apply(*args)
 
-    apply_compile_twin.__doc__ = f"Apply {cls.__name__}'s jvp-less twin (what ``call`` does while torch.compile traces)."
+    apply_compile_twin.__doc__ = (
+        f"Apply {cls.__name__}'s jvp-less twin (what ``call`` does while torch.compile traces)."
+    )
 
     def call(*args: Any) -> Any:
         return apply(cls, *args)
 
     call.__doc__ = f"Apply {cls.__name__} to positional ``args`` (see manualbp.function)."
-    cls.compile_twin = twin
-    cls.apply_compile_twin = staticmethod(apply_compile_twin)
-    cls.eager_twin = cls if cls.setup_context is _COMBINED_STYLE else _eager_twin(cls)
-    cls.call = staticmethod(call)
+    decorated.compile_twin = twin
+    decorated.apply_compile_twin = staticmethod(apply_compile_twin)
+    decorated.eager_twin = cls if cls.setup_context is _COMBINED_STYLE else _eager_twin(cls)
+    decorated.call = staticmethod(call)
     return cls
 
 
@@ -117,17 +125,20 @@ def _eager_twin(cls: FunctionType) -> FunctionType:
         cls.setup_context(ctx, args, output)
         return output
 
-    return type(
-        cls.__name__,
-        (cls,),
-        {
-            "forward": staticmethod(forward),
-            "setup_context": _COMBINED_STYLE,
-            "__module__": cls.__module__,
-            "__qualname__": f"{cls.__qualname__}.eager_twin",
-            "__doc__": f"{cls.__name__} in the combined forward(ctx, ...) style, applied in eager mode "
-            "(see manualbp.functional._dispatch).",
-        },
+    return cast(
+        FunctionType,  # a subclass of cls
+        type(
+            cls.__name__,
+            (cls,),
+            {
+                "forward": staticmethod(forward),
+                "setup_context": _COMBINED_STYLE,
+                "__module__": cls.__module__,
+                "__qualname__": f"{cls.__qualname__}.eager_twin",
+                "__doc__": f"{cls.__name__} in the combined forward(ctx, ...) style, applied in eager mode "
+                "(see manualbp.functional._dispatch).",
+            },
+        ),
     )
 
 
@@ -145,8 +156,9 @@ def apply(function_cls: type[torch.autograd.Function], *args: Any) -> Any:
     """Apply ``function_cls`` to ``args`` through the twin that suits the moment: the jvp-less twin while
     torch.compile traces, the Function itself under torch.func transforms (vmap, grad, jvp), and the
     combined-style eager twin otherwise (see the module docstring)."""
+    decorated: Any = function_cls  # the twins are attached by @function, outside the class's static type
     if torch.compiler.is_compiling():
-        return function_cls.apply_compile_twin(*args)
+        return decorated.apply_compile_twin(*args)
     if torch._C._are_functorch_transforms_active():
         return function_cls.apply(*args)
-    return function_cls.eager_twin.apply(*args)
+    return decorated.eager_twin.apply(*args)

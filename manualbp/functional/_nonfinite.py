@@ -90,7 +90,7 @@ def check_backward(cls: type[torch.autograd.Function]) -> None:
             _raise_at_first_nonfinite(op, names, grad_outputs, grads if isinstance(grads, tuple) else (grads,))
         return grads
 
-    cls.backward = staticmethod(checked_backward)
+    cls.backward = staticmethod(checked_backward)  # type: ignore[method-assign]  # wrapped in place on purpose
 
 
 def _input_names(cls: type[torch.autograd.Function]) -> tuple[str, ...]:

@@ -47,7 +47,18 @@ A recurrent layer's parameters are the same sums with T the steps of the sequenc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
 import torch
+
+
+class ReductionMode(Protocol):
+    """What ``REDUCTION.mode`` holds while one is set (``manualbp.per_sample``'s ``PerSampleMode``)."""
+
+    def reduce(self, ctx: Any, terms: Any) -> tuple[torch.Tensor | None, ...]: ...
+
+    def refuse(self, ctx: Any, ordinals: Sequence[int], what: str) -> None: ...
 
 
 class ReductionSeam:
@@ -59,7 +70,7 @@ class ReductionSeam:
     __slots__ = ("mode",)
 
     def __init__(self) -> None:
-        self.mode = None
+        self.mode: ReductionMode | None = None
 
 
 REDUCTION = ReductionSeam()
@@ -105,14 +116,15 @@ def outer_per_sample(g: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None 
 
 def into(out: torch.Tensor | None, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     """``out`` when it is a contiguous tensor of ``shape`` with ``like``'s dtype and device, else a new one."""
-    fits = (
+    if (
         out is not None
         and out.shape == shape
         and out.dtype == like.dtype
         and out.device == like.device
         and out.is_contiguous()
-    )
-    return out if fits else like.new_empty(shape)
+    ):
+        return out
+    return like.new_empty(shape)
 
 
 def ghost_sq_norms(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -149,10 +161,21 @@ class OuterTerms:
 
     ordinals = (1, 2)  # weight and bias follow x among the Function's tensor inputs
     grad_out: torch.Tensor
+    needs: tuple[bool, ...]
+    batched: bool
+    batch: int
     weight_shape: torch.Size
     positions: int
     block: tuple[int, int]
     kept: torch.Tensor | None = None
+
+    if TYPE_CHECKING:  # what each subclass gives (see above)
+
+        def factors(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+        def bias_per_sample(self, g: torch.Tensor) -> torch.Tensor: ...
+
+        def plain(self, g: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]: ...
 
     def scaled(self, scale) -> torch.Tensor:
         """G with sample n's rows times scale[n] (a tensor (N,)), times ``scale`` (a number), or as it is (None)."""
@@ -178,7 +201,7 @@ class OuterTerms:
         return grad_w, grad_b
 
     def sq_norms(self) -> torch.Tensor:
-        total = 0
+        total: torch.Tensor | int = 0
         if self.needs[0]:
             if self.positions == 1 or ghost_is_cheaper(self.positions, *self.block):
                 total = ghost_sq_norms(*self.factors(self.grad_out))
@@ -188,6 +211,7 @@ class OuterTerms:
                 self.kept = grad_w if grad_w.numel() <= KEEP_LIMIT else None
         if self.needs[1]:
             total = total + self.bias_per_sample(self.grad_out).square().sum(1)
+        assert isinstance(total, torch.Tensor), "the seam asks for norms only where a parameter's gradient is needed"
         return total
 
     def reduce(self, scale=None):

@@ -9,6 +9,8 @@ microsecond per call; a hyper-parameter given as a tensor is type-checked but it
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
+from typing import TypeGuard
 
 import torch
 
@@ -131,14 +133,14 @@ def check_unit_interval(op: str, name: str, value: float | torch.Tensor) -> None
         raise InputError(f"{op}: {name} has to be between 0 and 1, but got {value}")
 
 
-def check_non_negative(op: str, name: str, value: float) -> None:
+def check_non_negative(op: str, name: str, value: float | torch.Tensor) -> None:
     """Raise unless ``value`` is a real number >= 0 (an eps); a Tensor's value is not read."""
     check_real(op, name, value)
     if not isinstance(value, torch.Tensor) and not value >= 0:
         raise InputError(f"{op}: {name} must be non-negative, got {value}")
 
 
-def is_int(value: object) -> bool:
+def is_int(value: object) -> TypeGuard[int | numbers.Integral]:
     """Whether ``value`` is an int or another integral number (a NumPy integer), and not a bool."""
     return type(value) is int or (isinstance(value, numbers.Integral) and not isinstance(value, bool))
 
@@ -206,7 +208,7 @@ def normalize_dim(op: str, dim: int, ndim: int, name: str = "dim") -> int:
     return dim % size
 
 
-def int_pair(op: str, name: str, value: int | tuple[int, ...], minimum: int) -> tuple[int, int]:
+def int_pair(op: str, name: str, value: int | Sequence[int], minimum: int) -> tuple[int, int]:
     """An int or a pair of ints (torch's ``_pair`` arguments: kernel_size, stride, ...) as a pair,
     each at least ``minimum``. TypeError for something other than ints, InputError (a ValueError) for a wrong length
     or a value below ``minimum``."""
@@ -217,4 +219,4 @@ def int_pair(op: str, name: str, value: int | tuple[int, ...], minimum: int) -> 
         raise InputError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
     if min(pair) < minimum:
         raise InputError(f"{op}: {name} must be at least {minimum}, got {value!r}")
-    return pair  # type: ignore[return-value]
+    return pair

@@ -32,6 +32,8 @@ from manualbp.functional._validation import (
 )
 
 Pair = tuple[int, int]
+#: A convolution's (stride, ((top, bottom), (left, right)) padding, dilation, groups), as ``ctx.geometry`` holds it.
+Geometry = tuple[Pair, tuple[Pair, Pair], Pair, int]
 
 
 def _pad_far_side(x: torch.Tensor, padding: tuple[Pair, Pair]) -> torch.Tensor:
@@ -155,7 +157,16 @@ class Conv2dTerms(OuterTerms):
     ``plain`` is ``conv2d_reduction``.
     """
 
-    def __init__(self, grad_out, x, weight, geometry, layout, needs, batched) -> None:
+    def __init__(
+        self,
+        grad_out: torch.Tensor,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        geometry: Geometry,
+        layout: torch.memory_format,
+        needs: tuple[bool, ...],
+        batched: bool,
+    ) -> None:
         self.grad_out, self.x, self.weight, self.geometry, self.layout = grad_out, x, weight, geometry, layout
         self.needs, self.batched, self.batch = needs, batched, x.shape[0]
         self.weight_shape = weight.shape
@@ -262,7 +273,7 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups):
 
 
 def _resolve_padding(
-    padding: str | int | tuple[int, int], kernel: Pair, stride: Pair, dilation: Pair
+    padding: str | int | tuple[int, ...], kernel: Pair, stride: Pair, dilation: Pair
 ) -> tuple[Pair, Pair]:
     """((top, bottom), (left, right)) from an int, a pair, "valid" or "same" (torch's split: the odd
     extra row/column of "same" goes to the bottom/right)."""
@@ -273,8 +284,8 @@ def _resolve_padding(
             raise InputError(f"conv2d: padding must be 'valid', 'same', an int or a pair of ints, got {padding!r}")
         if stride != (1, 1):
             raise InputError(f"conv2d: padding='same' is not supported for strided convolutions (stride={stride})")
-        totals = [d * (k - 1) for d, k in zip(dilation, kernel)]
-        return tuple((t // 2, t - t // 2) for t in totals)  # type: ignore[return-value]
+        rows, cols = (d * (k - 1) for d, k in zip(dilation, kernel))
+        return (rows // 2, rows - rows // 2), (cols // 2, cols - cols // 2)
     ph, pw = int_pair("conv2d", "padding", padding, 0)
     return (ph, ph), (pw, pw)
 
@@ -283,9 +294,9 @@ def conv2d(
     input: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
-    stride: int | tuple[int, int] = 1,
-    padding: str | int | tuple[int, int] = 0,
-    dilation: int | tuple[int, int] = 1,
+    stride: int | tuple[int, ...] = 1,
+    padding: str | int | tuple[int, ...] = 0,
+    dilation: int | tuple[int, ...] = 1,
     groups: int = 1,
 ) -> torch.Tensor:
     """Hand-differentiated ``torch.nn.functional.conv2d`` (zero padding).
@@ -302,9 +313,9 @@ def conv2d_arguments(
     input: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
-    stride: int | tuple[int, int],
-    padding: str | int | tuple[int, int],
-    dilation: int | tuple[int, int],
+    stride: int | tuple[int, ...],
+    padding: str | int | tuple[int, ...],
+    dilation: int | tuple[int, ...],
     groups: int,
 ) -> tuple:
     """``conv2d``'s arguments checked (errors name ``op``), cast under autocast, and resolved as

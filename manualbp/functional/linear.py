@@ -89,13 +89,13 @@ class LinearTerms(OuterTerms):
     dL/dW_n = Σ_t G_ntᵀ x_nt  (out, in)          dL/db_n = Σ_t G_nt
     """
 
-    def __init__(self, grad_out: torch.Tensor, x: torch.Tensor, needs: tuple[bool, bool]) -> None:
+    def __init__(self, grad_out: torch.Tensor, x: torch.Tensor, needs: tuple[bool, ...]) -> None:
         self.grad_out, self.x, self.needs = grad_out, x, needs
         self.batched = x.dim() >= 2
         self.batch = x.shape[0] if self.batched else 1
         self.weight_shape = torch.Size((grad_out.shape[-1], x.shape[-1]))
         self.positions = math.prod(x.shape[1:-1])  # not -1: N or T may be 0
-        self.block = tuple(self.weight_shape)
+        self.block = (grad_out.shape[-1], x.shape[-1])
         self.leading = tuple(x.shape[:2]) if x.dim() >= 3 else None
 
     def time_major(self) -> LinearTerms:

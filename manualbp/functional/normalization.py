@@ -274,6 +274,7 @@ def _batch_normalize(
     if mean is None:
         var_c, mean_c = torch.var_mean(x, (0, *range(2, x.dim())), correction=0, keepdim=True)
     else:
+        assert var is not None, "running_mean and running_var come together (batch_norm checks it)"
         shape = _channel_shape(x)
         mean_c, var_c = mean.reshape(shape), var.reshape(shape)
     inv_std = torch.rsqrt(var_c + eps)
@@ -373,7 +374,7 @@ def batch_norm(
             raise InputError(
                 f"{op}: expected more than 1 value per channel when training, got input of shape {shape_str(input)}"
             )
-        if running_mean is not None:
+        if running_mean is not None and running_var is not None:  # given together (checked above)
             update_running_stats(input, running_mean, running_var, momentum)
         running_mean = running_var = None
     elif running_mean is None:
@@ -387,6 +388,7 @@ def batch_norm(
 def normalized_shape_tuple(op: str, normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
     """layer_norm's ``normalized_shape`` (an int, or a sequence of ints such as a torch.Size) as a checked
     tuple of one or more sizes >= 0; shared with the LayerNorm layer's constructor."""
+    shape: tuple[int, ...]
     if is_int(normalized_shape):
         shape = (int(normalized_shape),)
     elif isinstance(normalized_shape, (tuple, list)) and all(is_int(s) for s in normalized_shape):
@@ -394,7 +396,7 @@ def normalized_shape_tuple(op: str, normalized_shape: int | Sequence[int]) -> tu
     else:
         raise TypeError(f"{op}: normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}")
     if not shape:
-        raise InputError(f"{op}: normalized_shape must name at least one dimension, got {tuple(normalized_shape)}")
+        raise InputError(f"{op}: normalized_shape must name at least one dimension, got {shape}")
     if min(shape) < 0:
         raise InputError(f"{op}: normalized_shape must hold sizes >= 0, got {shape}")
     return shape

@@ -281,7 +281,7 @@ def pool_layout(x: torch.Tensor, relu: bool = False) -> torch.Tensor:
 def pool_window(
     op: str,
     kernel_size: int | tuple[int, int],
-    stride: int | tuple[int, int] | None,
+    stride: int | tuple[int, int] | tuple[()] | list[int] | None,
     padding: int | tuple[int, int],
     dilation: int | tuple[int, int] = 1,
 ) -> tuple[Pair, Pair, Pair, Pair]:
@@ -336,12 +336,12 @@ def adaptive_output_size(
     if output_size is None or isinstance(output_size, int):
         sizes = (output_size, output_size)
     elif isinstance(output_size, (tuple, list)) and len(output_size) == 2:
-        sizes = tuple(output_size)
+        sizes = (output_size[0], output_size[1])
     else:
         raise InputError(f"{op}: output_size must be an int, None or a pair of them, got {output_size!r}")
     if not all(o is None or (isinstance(o, int) and not isinstance(o, bool) and o >= 1) for o in sizes):
         raise InputError(f"{op}: output_size must hold positive ints or None, got {output_size!r}")
-    return sizes  # type: ignore[return-value]
+    return sizes
 
 
 def max_pool2d(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 
@@ -13,8 +13,13 @@ _T = TypeVar("_T", bound="ManualModule")
 
 _TWINS: dict[type[torch.nn.Module], type[ManualModule]] = {}
 
+if TYPE_CHECKING:
+    _Mixin = torch.nn.Module  # a ManualModule is always mixed into its torch.nn twin: a Module, to the type checker
+else:
+    _Mixin = object
 
-class ManualModule:
+
+class ManualModule(_Mixin):
     """Mixin for ``manualbp.nn`` layers.
 
     A manual layer subclasses its ``torch.nn`` twin, so the constructor, parameter and buffer names,
@@ -42,7 +47,7 @@ class ManualModule:
         if cls.__module__.startswith("manualbp.nn."):  # users' subclasses and parametrized layers are no twins
             _TWINS[cls.torch_twin] = cls
         if "__init__" not in cls.__dict__:
-            cls.__init__ = _construct_then_check(cls.torch_twin.__init__)
+            cls.__init__ = _construct_then_check(cls.torch_twin.__init__)  # type: ignore[method-assign]  # on purpose
 
     def check_arguments(self, arguments: Mapping[str, Any]) -> None:
         """Raise ``ValueError``/``TypeError`` for a constructor argument (by name, defaults filled in) that

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Literal
+
 import torch
 
 from manualbp import functional as MF
 from manualbp.functional._validation import check_int, int_pair
 from manualbp.nn._base import ManualModule
 from manualbp.rules.feedback import conv2d_feedback
+
+if TYPE_CHECKING:
+    from manualbp.rules.rule import Rule
 
 _OP = "manualbp.nn.Conv2d"
 
@@ -48,7 +53,7 @@ class Conv2d(ManualModule, torch.nn.Conv2d):
     ``manualbp.rules``); None, the default, is backprop through the plain Function.
     """
 
-    rule = None
+    rule: Rule | None = None
 
     def __init__(
         self,
@@ -60,7 +65,7 @@ class Conv2d(ManualModule, torch.nn.Conv2d):
         dilation: int | tuple[int, int] = 1,
         groups: int = 1,
         bias: bool = True,
-        padding_mode: str = "zeros",
+        padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:

@@ -4,7 +4,8 @@ twin); each names its autograd counterpart through ``to_torch``."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar, cast
 
 import torch
 
@@ -13,6 +14,9 @@ from manualbp.functional._validation import check_int
 from manualbp.functional.pooling import pool_window
 from manualbp.nn._base import layer_name, share_state
 from manualbp.rules.feedback import linear_relu_feedback
+
+if TYPE_CHECKING:
+    from manualbp.rules.rule import Rule
 
 
 class ReLUMaxPool2d(torch.nn.Module):
@@ -75,6 +79,7 @@ class _AffineLayer(torch.nn.Module):
     quantization) would treat them as one and silently compute something else."""
 
     __constants__: ClassVar[list[str]] = ["in_features", "out_features"]
+    bias: torch.Tensor | None  # a Parameter, or None (registered as such)
 
     def __init__(
         self,
@@ -87,14 +92,16 @@ class _AffineLayer(torch.nn.Module):
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             check_int(layer_name(self), name, value, 0)
         super().__init__()
-        factory = {"device": device, "dtype": dtype}
         self.in_features, self.out_features = in_features, out_features
-        self.weight = torch.nn.Parameter(torch.empty((out_features, in_features), **factory))
-        self.register_parameter("bias", torch.nn.Parameter(torch.empty(out_features, **factory)) if bias else None)
+        self.weight = torch.nn.Parameter(torch.empty((out_features, in_features), device=device, dtype=dtype))
+        self.register_parameter(
+            "bias", torch.nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
+        )
         self.reset_parameters()
 
-    reset_parameters = torch.nn.Linear.reset_parameters  # the same draws as torch.nn.Linear, in the same order
-    extra_repr = torch.nn.Linear.extra_repr
+    # torch.nn.Linear's own (the same draws, in the same order; the same repr): they read only the attributes above
+    reset_parameters = cast("Callable[[_AffineLayer], None]", torch.nn.Linear.reset_parameters)
+    extra_repr = cast("Callable[[_AffineLayer], str]", torch.nn.Linear.extra_repr)
 
 
 class LinearReLU(_AffineLayer):
@@ -110,7 +117,7 @@ class LinearReLU(_AffineLayer):
     ``manualbp.rules``); None, the default, is backprop through the plain Function.
     """
 
-    rule = None
+    rule: Rule | None = None
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if self.rule is None or not torch.is_grad_enabled():  # no rule, or no backward to change

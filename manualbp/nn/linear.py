@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -11,6 +11,9 @@ from manualbp import functional as MF
 from manualbp.functional._validation import check_int
 from manualbp.nn._base import ManualModule, layer_name
 from manualbp.rules.feedback import linear_feedback
+
+if TYPE_CHECKING:
+    from manualbp.rules.rule import Rule
 
 
 class Linear(ManualModule, torch.nn.Linear):
@@ -22,7 +25,7 @@ class Linear(ManualModule, torch.nn.Linear):
     ``manualbp.rules``); None, the default, is backprop through the plain Function.
     """
 
-    rule = None
+    rule: Rule | None = None
 
     def check_arguments(self, arguments: Mapping[str, Any]) -> None:
         for name in ("in_features", "out_features"):

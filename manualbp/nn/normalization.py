@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,6 +25,7 @@ def _batch_norm_forward(module: torch.nn.modules.batchnorm._BatchNorm, input: to
     if module.training and module.track_running_stats and module.num_batches_tracked is not None:
         module.num_batches_tracked.add_(1)
         if module.momentum is None:  # a tensor, not float(...): no .item(), so vmap can batch the count
+            assert module.running_mean is not None, "tracked with num_batches_tracked (torch's _BatchNorm)"
             factor = torch.reciprocal(module.num_batches_tracked.to(module.running_mean.dtype))
         else:
             factor = module.momentum
@@ -54,7 +55,13 @@ def _check_batch_norm(module: torch.nn.modules.batchnorm._BatchNorm) -> None:
         check_unit_interval(layer_name(module), "momentum", module.momentum)
 
 
-class _ManualBatchNorm:
+if TYPE_CHECKING:
+    _Mixin = torch.nn.modules.batchnorm._BatchNorm  # mixed into torch's batch-norm layers: one, to the type checker
+else:
+    _Mixin = object
+
+
+class _ManualBatchNorm(_Mixin):
     """What the batch-norm layers share: argument checks, the input check and the forward."""
 
     input_dims: tuple[int, ...]

@@ -10,6 +10,7 @@ import importlib.machinery
 import importlib.util
 import sys
 from types import ModuleType
+from typing import TYPE_CHECKING, overload
 
 import torch
 from torch.nn.utils.rnn import PackedSequence
@@ -58,7 +59,7 @@ def _patch_wrap_module(builder: ModuleType) -> None:
         with config.patch(allow_rnn=True):
             return wrap(self, value)
 
-    wrap_module._manualbp = True
+    wrap_module._manualbp = True  # type: ignore[attr-defined]  # our marker on Dynamo's wrapped method
     builder.VariableBuilder.wrap_module = wrap_module
 
 
@@ -71,17 +72,29 @@ class _WhenDynamoLoads(importlib.abc.MetaPathFinder):
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:  # not there to patch: the import goes on as it would
+            return spec
         execute = spec.loader.exec_module
 
         def exec_module(module: ModuleType) -> None:
             execute(module)
             _patch_wrap_module(module)
 
-        spec.loader.exec_module = exec_module
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]  # this loader instance's, on purpose
         return spec
 
 
-class _FlatWeights:
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    class _Mixin(ManualModule, torch.nn.RNNBase):  # mixed into a ManualModule of torch's RNN, LSTM or GRU
+        pass
+
+else:
+    _Mixin = object
+
+
+class _FlatWeights(_Mixin):
     """The twin's ``_flat_weights`` list kept apart.
 
     ``torch.nn.RNNBase`` lists its weights in ``_flat_weights`` and writes a weight set by name into that list,
@@ -91,13 +104,14 @@ class _FlatWeights:
     """
 
     @classmethod
-    def from_torch(cls, module: torch.nn.Module):
+    def from_torch(cls, module: torch.nn.Module) -> Self:
         manual = super().from_torch(module)
         manual._init_flat_weights()
         return manual
 
     def to_torch(self) -> torch.nn.Module:
         twin = super().to_torch()
+        assert isinstance(twin, torch.nn.RNNBase), "the twin of an RNN, LSTM or GRU"
         twin._init_flat_weights()
         return twin
 
@@ -111,7 +125,13 @@ class RNN(_FlatWeights, ManualModule, torch.nn.RNN):
     and ``PackedSequence`` input). input: (T, B, I) or (B, T, I) with batch_first, (T, I), or packed; returns
     (output, h_n). Backward: ``manualbp.functional.RNNFunction`` per layer and direction."""
 
-    def forward(self, input: torch.Tensor | PackedSequence, hx: torch.Tensor | None = None):
+    @overload
+    def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
+    @overload
+    def forward(self, input: PackedSequence, hx: torch.Tensor | None = None) -> tuple[PackedSequence, torch.Tensor]: ...
+    def forward(
+        self, input: torch.Tensor | PackedSequence, hx: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | PackedSequence, torch.Tensor]:
         return MF.rnn(
             input,
             hx,
@@ -130,7 +150,17 @@ class LSTM(_FlatWeights, ManualModule, torch.nn.LSTM):
     """LSTM, as ``torch.nn.LSTM`` (proj_size included); returns (output, (h_n, c_n)). Backward:
     ``manualbp.functional.LSTMFunction`` per layer and direction."""
 
-    def forward(self, input: torch.Tensor | PackedSequence, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
+    @overload
+    def forward(
+        self, input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]: ...
+    @overload
+    def forward(
+        self, input: PackedSequence, hx: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[PackedSequence, tuple[torch.Tensor, torch.Tensor]]: ...
+    def forward(
+        self, input: torch.Tensor | PackedSequence, hx: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor | PackedSequence, tuple[torch.Tensor, torch.Tensor]]:
         return MF.lstm(
             input,
             hx,
@@ -148,7 +178,13 @@ class GRU(_FlatWeights, ManualModule, torch.nn.GRU):
     """GRU, as ``torch.nn.GRU``; returns (output, h_n). Backward: ``manualbp.functional.GRUFunction`` per layer
     and direction."""
 
-    def forward(self, input: torch.Tensor | PackedSequence, hx: torch.Tensor | None = None):
+    @overload
+    def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
+    @overload
+    def forward(self, input: PackedSequence, hx: torch.Tensor | None = None) -> tuple[PackedSequence, torch.Tensor]: ...
+    def forward(
+        self, input: torch.Tensor | PackedSequence, hx: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | PackedSequence, torch.Tensor]:
         return MF.gru(
             input,
             hx,
@@ -176,7 +212,9 @@ class RNNCell(ManualModule, torch.nn.RNNCell):
 class LSTMCell(ManualModule, torch.nn.LSTMCell):
     """One LSTM step, as ``torch.nn.LSTMCell``: input (B, I) or (I,), hx = (h, c) or None -> (h', c')."""
 
-    def forward(self, input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
+    def forward(
+        self, input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return MF.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
 
 

@@ -36,6 +36,8 @@ sequence the other way round (with T == N the sizes cannot tell): both raise ``P
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from manualbp.functional._reduction import REDUCTION, graph_node
@@ -90,8 +92,9 @@ class Record:
 
     __slots__ = ("batch", "leading", "params", "payload", "sequence", "terms")
 
-    def __init__(self, terms, params) -> None:
-        self.terms, self.params, self.payload = terms, params, None
+    def __init__(self, terms: Any, params: tuple[torch.nn.Parameter | None, ...]) -> None:
+        self.terms, self.params = terms, params
+        self.payload: Any = None  # what the mode keeps of the layer until the end of the backward
         self.batch = terms.batch
         self.leading = getattr(terms, "leading", None)
         self.sequence = getattr(terms, "sequence", None)
@@ -281,7 +284,8 @@ class PerSampleMode:
         """The engine's callback at the end of backward ``task``: hand a nested backward's records to the one it
         ran in, or check and finish them with those handed over."""
         records = self._tasks.pop(task, [])
-        outer = torch._C._current_autograd_node()
+        # None outside a node's backward, which torch's stub (-> _Node) does not say
+        outer: torch.autograd.graph.Node | None = torch._C._current_autograd_node()
         if outer is not None:  # still inside a node of another backward: this one is part of it
             self._orphans += records
             self._queue_enclosing_end(outer)
@@ -295,7 +299,7 @@ class PerSampleMode:
     def _queue_enclosing_end(self, outer) -> None:
         """Make sure the backward that ``outer`` (a node running now) belongs to has its end queued: a one-shot
         pre-hook on the nodes it passes its gradients to, which run in that backward after it."""
-        handles = []
+        handles: list[torch.utils.hooks.RemovableHandle] = []
 
         def adopt(grad_outputs):
             for handle in handles:
@@ -308,7 +312,9 @@ class PerSampleMode:
     def _check_batch(self, records: list[Record]) -> None:
         """Every layer of one backward takes the same samples: the same batch size, and no sequence read with
         the batch dim of another layout."""
-        for rnn in (r for r in records if r.sequence is not None):
+        for rnn in records:
+            if rnn.sequence is None:
+                continue
             layout, steps, batch = rnn.sequence
             if layout is None or (layout == "batch_first") == self.batch_first:
                 continue

@@ -7,7 +7,7 @@ from collections import Counter
 
 import torch
 
-from manualbp.per_sample._mode import PerSampleError, PerSampleMode, accumulate_grad
+from manualbp.per_sample._mode import PerSampleError, PerSampleMode, Record, accumulate_grad
 
 #: Added to a norm before dividing by it, as Opacus's DPOptimizer does: c_n = min(1, C / (||g_n|| + 1e-6)).
 EPSILON = 1e-6
@@ -45,14 +45,14 @@ class PerSampleClip(PerSampleMode):
     def _result(self) -> PerSampleClip:
         return self
 
-    def _reduce(self, record):
+    def _reduce(self, record: Record) -> tuple[torch.Tensor | None, ...]:
         terms, params = record.terms, record.params
         if all(p is not None for p, need in zip(params, terms.needs) if need):
             return (None,) * len(params)  # formed at the end of the backward, clipped
         plain = terms.reduce()  # a parameter not of the model (shared with another): as usual
         return tuple(g if p is None else None for g, p in zip(plain, params))
 
-    def _finish(self, records) -> None:
+    def _finish(self, records: list[Record]) -> None:
         norms = self._norms(records).sqrt() * self._scale(records[0].batch)
         if not torch.isfinite(norms).all():
             samples = torch.nonzero(~torch.isfinite(norms)).flatten().tolist()
@@ -68,11 +68,12 @@ class PerSampleClip(PerSampleMode):
                         accumulate_grad(p, grad)
         self.norms = norms
 
-    def _norms(self, records) -> torch.Tensor:
+    def _norms(self, records: list[Record]) -> torch.Tensor:
         """Σ over the model's parameters of ||dL/dp_n||² (of G's scale), (N,): from each layer's factors,
         or, for a parameter several layers use, from the sum of its materialised per-sample gradients."""
         uses = Counter(id(p) for record in records for p in record.params if p is not None)
-        total, shared = 0, {}
+        total: torch.Tensor | int = 0
+        shared: dict[int, torch.Tensor] = {}
         for record in records:
             terms, params = record.terms, record.params
             whole = all(p is not None and uses[id(p)] == 1 for p, need in zip(params, terms.needs) if need)
@@ -88,6 +89,7 @@ class PerSampleClip(PerSampleMode):
                     total = total + _wide(sample).square().flatten(1).sum(1)
         for sample in shared.values():
             total = total + _wide(sample).square().flatten(1).sum(1)
+        assert isinstance(total, torch.Tensor), "every record has a parameter of the model to write"
         return total
 
 

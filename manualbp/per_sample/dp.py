@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from manualbp.per_sample.clip import PerSampleClip
 
 
 def _check_number(where: str, name: str, value: Any, ok: Callable[[float], bool], what: str) -> None:
@@ -243,7 +247,7 @@ class PoissonLoader:
             self.sampler.seed = state["seed"]
 
 
-def _opacus():
+def _opacus() -> tuple[ModuleType, ModuleType]:
     """Opacus's data loader and accountant modules; a clear error when Opacus is not installed."""
     try:
         from opacus import accountants, data_loader
@@ -301,16 +305,15 @@ class DPSGD:
         if world_size > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             raise RuntimeError(f"DPSGD: world_size={world_size} needs torch.distributed initialised (DDP)")
         steps = len(loader)
+        dataset = cast(Sized, loader.dataset)  # map-style, as Poisson sampling needs: torch's Dataset declares no len
         self.sample_rate = 1 / steps
-        self.expected_batch_size = int(len(loader.dataset) * self.sample_rate)
+        self.expected_batch_size = int(len(dataset) * self.sample_rate)
         self.rank, self.world_size = rank, world_size
         if self.settings.secure_mode:
             seed = None
         else:
             seed = loader.generator.initial_seed() if loader.generator is not None else torch.initial_seed()
-        sampler = PoissonSampler(
-            len(loader.dataset), self.sample_rate, steps, lambda: self.steps, seed, rank, world_size
-        )
+        sampler = PoissonSampler(len(dataset), self.sample_rate, steps, lambda: self.steps, seed, rank, world_size)
         first = loader.dataset[0]
         collate = data_loader.wrap_collate_with_empty(
             collate_fn=loader.collate_fn,
@@ -332,7 +335,7 @@ class DPSGD:
         )
         return PoissonLoader(poisson, sampler)
 
-    def clip(self, model: torch.nn.Module):
+    def clip(self, model: torch.nn.Module) -> PerSampleClip:
         """``clip_per_sample(model, max_grad_norm, loss_reduction="sum")``: the context of the step's backward."""
         from manualbp.per_sample.clip import clip_per_sample
 
@@ -341,7 +344,7 @@ class DPSGD:
     def privatize(self, params: Iterable[torch.nn.Parameter]) -> None:
         """After the backward, before the optimizer's step: the noise (rank 0), the division by B, the sum over the
         ranks under DDP, and one accountant step (see the class docstring)."""
-        if self.sample_rate is None:
+        if self.sample_rate is None or self.expected_batch_size is None:  # set together by poisson_loader
             raise RuntimeError("DPSGD: no Poisson loader yet (poisson_loader) to take the sampling rate from")
         params = [p for p in params if p.requires_grad]
         settings = self.settings
@@ -355,6 +358,7 @@ class DPSGD:
         )  # fmt: skip
         if self.world_size > 1:
             for p in params:
+                assert p.grad is not None, "add_noise gives every parameter that requires grad a gradient"
                 torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
         self.accountant.step(noise_multiplier=settings.noise_multiplier, sample_rate=self.sample_rate)
 

@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from manualbp.per_sample._mode import PerSampleError, PerSampleMode, accumulate_grad
+from manualbp.per_sample._mode import PerSampleError, PerSampleMode, Record, accumulate_grad
 
 
 class _GradSampleMode(PerSampleMode):
@@ -27,7 +27,7 @@ class _GradSampleMode(PerSampleMode):
     def _close(self) -> None:
         self._spares = {}
 
-    def _reduce(self, record):
+    def _reduce(self, record: Record) -> tuple[torch.Tensor | None, ...]:
         terms, params = record.terms, record.params
         scale = self._scale(terms.batch)  # on G, before the (N, *p.shape) tensors exist
         scale = scale if scale != 1 else None
@@ -37,7 +37,7 @@ class _GradSampleMode(PerSampleMode):
         record.terms, record.payload = None, (samples, grads)  # G and x are not needed any more
         return tuple(g if p is None else None for g, p in zip(grads, params))
 
-    def _finish(self, records) -> None:
+    def _finish(self, records: list[Record]) -> None:
         results: dict[int, list] = {}  # a parameter several layers use: its per-sample gradients summed
         for record in records:
             for p, sample, grad in zip(record.params, *record.payload):
@@ -67,16 +67,16 @@ def _grad_sample_refs(p: torch.Tensor) -> tuple[int, int, int]:
     """(references to ``p.grad_sample``'s Python object, to its memory, to its memory's Python object), as read
     here. The last counts a holder of ``p.grad_sample.untyped_storage()``: torch keeps one Python object per
     storage and that object adds no reference to the memory itself."""
-    held = p.grad_sample
+    held = p.grad_sample  # type: ignore[attr-defined]  # set at runtime (Opacus's name); torch.Tensor declares none
     storage = held.untyped_storage()
     return sys.getrefcount(held), torch._C._storage_Use_Count(storage._cdata), sys.getrefcount(storage)
 
 
-def _sole_refs() -> tuple[int, int]:
+def _sole_refs() -> tuple[int, int, int]:
     """``_grad_sample_refs`` of a grad_sample that nothing but its parameter holds (counted, not assumed: the
     counts differ between Python versions)."""
     p = torch.nn.Parameter(torch.empty(0))
-    p.grad_sample = torch.empty(1)
+    p.grad_sample = torch.empty(1)  # type: ignore[attr-defined]  # as above
     return _grad_sample_refs(p)
 
 
@@ -88,7 +88,7 @@ def _held_only_by(p: torch.Tensor) -> bool:
     its storage, not part of a graph. Then the next block may write its per-sample gradients into that memory, as autograd reuses a
     gradient's memory that nothing else holds: a layer's (N, *p.shape) tensor is tens of MB, and writing into
     memory already touched is 8x faster than into new memory (``outer_per_sample``)."""
-    held = p.grad_sample
+    held = p.grad_sample  # type: ignore[attr-defined]  # as above
     if not isinstance(held, torch.Tensor) or held.requires_grad or held.grad_fn is not None:
         return False
     del held

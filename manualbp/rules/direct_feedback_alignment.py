@@ -55,12 +55,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, Protocol, cast
 
 import torch
 
 from manualbp.functional._dispatch import apply, function
 from manualbp.functional._validation import InputError, shape_str
-from manualbp.rules.rule import BUFFER, Layer, Rule, detach_rule, uniform_feedback
+from manualbp.rules.rule import BUFFER, FeedbackLayer, Layer, Rule, detach_rule, uniform_feedback
+
+
+class _Positioned(FeedbackLayer, Protocol):
+    """A layer this rule drives: it also knows its position among the rule's layers."""
+
+    rule_position: int
 
 
 @function
@@ -79,11 +86,11 @@ class DirectFeedbackFunction(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(logits, *hidden_and_feedback):
+    def forward(logits: torch.Tensor, *hidden_and_feedback: torch.Tensor) -> torch.Tensor:
         return logits.clone()
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
+    def setup_context(ctx: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         _, *pairs = inputs
         feedback = pairs[1::2]
         ctx.save_for_backward(*feedback)
@@ -91,8 +98,8 @@ class DirectFeedbackFunction(torch.autograd.Function):
         ctx.hidden = [(h.shape, h.dtype) for h in pairs[0::2]]
 
     @staticmethod
-    def backward(ctx, grad_out):
-        grads = [grad_out]
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grads: list[torch.Tensor | None] = [grad_out]
         needs = ctx.needs_input_grad[1::2]
         for (shape, dtype), feedback, need in zip(ctx.hidden, ctx.saved_tensors, needs):
             grads.append(grad_out.matmul(feedback.to(grad_out.dtype)).reshape(shape).to(dtype) if need else None)
@@ -100,7 +107,7 @@ class DirectFeedbackFunction(torch.autograd.Function):
         return tuple(grads)
 
     @staticmethod
-    def jvp(ctx, logits_dot, *pair_dots):
+    def jvp(ctx: Any, logits_dot: torch.Tensor, *pair_dots: torch.Tensor) -> torch.Tensor:
         out = logits_dot.clone()
         for h_dot, feedback in zip(pair_dots[0::2], ctx.saved_tensors):
             flat = h_dot.reshape(*logits_dot.shape[:-1], feedback.shape[1])
@@ -172,7 +179,8 @@ class DirectFeedbackAlignment(Rule):
                 f"the output), found {len(layers)}{f': {found}' if found else ''}{_undriven(model, layers)}"
             )
         last_name, last = layers[-1]
-        if not isinstance(getattr(last, "out_features", None), int):
+        classes = getattr(last, "out_features", None)
+        if not isinstance(classes, int):
             raise ValueError(
                 f"{op}: the last layer, {last_name!r} ({type(last).__name__}), must be a Linear: its out_features "
                 "are the classes"
@@ -181,16 +189,20 @@ class DirectFeedbackAlignment(Rule):
         generator = self.generator()
         for position, (_, layer) in enumerate(layers):
             detach_rule(layer)
+            driven = cast(_Positioned, layer)
             if position < len(layers) - 1:
-                buffer = uniform_feedback((last.out_features, sizes[position + 1]), generator)
-                layer.register_buffer(BUFFER, buffer.to(device=layer.weight.device, dtype=layer.weight.dtype))
-            layer.rule = self
-            layer.rule_position = position
+                size = sizes[position + 1]
+                assert size is not None, "only the first layer's input size may be unknown (_input_sizes raises)"
+                buffer = uniform_feedback((classes, size), generator)
+                layer.register_buffer(BUFFER, buffer.to(device=driven.weight.device, dtype=driven.weight.dtype))
+            driven.rule = self
+            driven.rule_position = position
         self._count = len(layers)
         self._reset()
 
     def forward(self, layer: torch.nn.Module, input: torch.Tensor) -> torch.Tensor:
-        position = layer.rule_position
+        driven = cast(_Positioned, layer)
+        position = driven.rule_position
         # run inside a backward pass: an activation checkpoint recomputing its block (torch.compile traces the forward
         # pass only, and traces a checkpoint as one op)
         if not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1:
@@ -214,7 +226,7 @@ class DirectFeedbackAlignment(Rule):
             )
         if position > 0:
             self._hidden.append(input)
-        output = layer.forward_feedback(input, None)  # no error sent down the chain: see the module docstring
+        output = driven.forward_feedback(input, None)  # no error sent down the chain: see the module docstring
         if position < self._count - 1:
             self._feedback.append(getattr(layer, BUFFER))
             self._next = position + 1
@@ -241,7 +253,7 @@ class DirectFeedbackAlignment(Rule):
                 "its block cannot rebuild; keep the output layer out of the checkpoint (checkpoint_sequential leaves "
                 "the last segment out)"
             )
-        return layer.forward_feedback(input, None)
+        return cast(_Positioned, layer).forward_feedback(input, None)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -261,7 +273,9 @@ def _undriven(model: torch.nn.Module, layers: Sequence[Layer]) -> str:
     return f"; it does not apply to {', '.join(others)}" if others else ""
 
 
-def _input_sizes(model: torch.nn.Module, layers: Sequence[Layer], example_input: torch.Tensor | None) -> list[int]:
+def _input_sizes(
+    model: torch.nn.Module, layers: Sequence[Layer], example_input: torch.Tensor | None
+) -> Sequence[int | None]:
     """The number of features per sample of each layer's input: measured in one no-grad, eval-mode forward pass
     of ``example_input`` when given, else a Linear's ``in_features`` (None for a layer whose size the arguments
     do not tell, such as a Conv2d: then an error asks for ``example_input``)."""

@@ -249,9 +249,9 @@ def conv2d_feedback(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     feedback: torch.Tensor | None,
-    stride: int | tuple[int, int] = 1,
-    padding: str | int | tuple[int, int] = 0,
-    dilation: int | tuple[int, int] = 1,
+    stride: int | tuple[int, ...] = 1,
+    padding: str | int | tuple[int, ...] = 0,
+    dilation: int | tuple[int, ...] = 1,
     groups: int = 1,
 ) -> torch.Tensor:
     """``conv2d(input, weight, bias, ...)`` whose backward sends the error back through ``feedback`` (weight's

@@ -5,13 +5,24 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, Protocol, cast
 
 import torch
 
 #: A layer a rule attaches to, with its name in the model: a ``manualbp.nn`` Linear, LinearReLU or Conv2d
 #: (any module with a ``weight`` and a ``forward_feedback(input, feedback)`` method).
 Layer = tuple[str, torch.nn.Module]
+
+
+class FeedbackLayer(Protocol):
+    """What a rule reads and sets on a layer it drives, beyond what ``torch.nn.Module``'s typing shows (its
+    ``__getattr__`` gives a Tensor or a Module): ``weight``, the rule, and ``forward_feedback``."""
+
+    weight: torch.Tensor
+    rule: Rule | None
+
+    def forward_feedback(self, input: torch.Tensor, feedback: torch.Tensor | None) -> torch.Tensor: ...
+
 
 #: The name of the fixed buffer a rule may give each layer (saved in the state dict).
 BUFFER = "feedback_weight"
@@ -95,17 +106,19 @@ class Rule:
         generator = self.generator()
         for _, layer in layers:
             detach_rule(layer)
-            buffer = self.make_feedback_weight(layer.weight.detach(), generator)
+            driven = cast(FeedbackLayer, layer)
+            buffer = self.make_feedback_weight(driven.weight.detach(), generator)
             if buffer is not None:
-                layer.register_buffer(BUFFER, buffer.to(device=layer.weight.device, dtype=layer.weight.dtype))
-            layer.rule = self
+                layer.register_buffer(BUFFER, buffer.to(device=driven.weight.device, dtype=driven.weight.dtype))
+            driven.rule = self
 
     def forward(self, layer: torch.nn.Module, input: torch.Tensor) -> torch.Tensor:
         """``layer``'s output for ``input`` with the error sent back through ``feedback_matrix``. The layer
         calls this only when a graph is recorded (without one, ``torch.no_grad`` or inference, it runs its
         plain op: there is no backward to change)."""
-        feedback = self.feedback_matrix(layer.weight.detach(), getattr(layer, BUFFER, None))
-        return layer.forward_feedback(input, feedback)
+        driven = cast(FeedbackLayer, layer)
+        feedback = self.feedback_matrix(driven.weight.detach(), getattr(layer, BUFFER, None))
+        return driven.forward_feedback(input, feedback)
 
     def generator(self) -> torch.Generator:
         """The generator the fixed matrices are drawn from: seeded from ``seed`` and the rule's name, so that

@@ -129,12 +129,12 @@ class _Errors:
     _worst_excess: float = -math.inf
 
     def add(self, label: str, actual: torch.Tensor | None, expected: torch.Tensor | None) -> None:
-        if actual is None and expected is None:
-            return
-        if actual is None or expected is None:
-            reference = expected if actual is None else actual
-            actual = torch.zeros_like(reference) if actual is None else actual
-            expected = torch.zeros_like(reference) if expected is None else expected
+        if actual is None:
+            if expected is None:
+                return
+            actual = torch.zeros_like(expected)
+        elif expected is None:
+            expected = torch.zeros_like(actual)
         if actual.shape != expected.shape:
             self.ok = False
             self.worst = f"{label}: shape {tuple(actual.shape)} != reference {tuple(expected.shape)}"
@@ -209,7 +209,7 @@ def _vjp(
     kind: str = "dense",
     requires: Sequence[bool] | None = None,
     forward_context: Callable[[], Any] = contextlib.nullcontext,
-):
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
     """Outputs and the gradients of every tensor (None for those not requiring grad) under dL/dy of ``kind``.
 
     The forward runs inside ``forward_context()`` (autocast, say), the backward outside it, as in training.

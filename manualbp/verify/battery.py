@@ -11,6 +11,7 @@ graph_break (torch.compile cannot trace a Function that defines ``jvp``; the row
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -169,7 +170,7 @@ def _compare_forward_ad(s: _Sample) -> _Errors:
     f, r = s.subjects(torch.float64)
     errors = s.errors(torch.float64)
     tangents = _tangents(f.tensors)
-    _, jvp_r = torch.func.jvp(lambda *t: tuple(_float_outputs(r(*t))), r.tensors, tangents)
+    jvp_r = torch.func.jvp(lambda *t: tuple(_float_outputs(r(*t))), r.tensors, tangents)[1]  # (outputs, tangents)
     _, jvp_f = _run_function(
         "forward_ad", lambda: torch.func.jvp(lambda *t: tuple(_float_outputs(f(*t))), f.tensors, tangents)
     )
@@ -178,7 +179,7 @@ def _compare_forward_ad(s: _Sample) -> _Errors:
         for which in range(min(len(f.tensors), 4)):
             only = f"(tangent on {f.labels[which]} only)"
             expected = _dual_tangents(r, tangents, which)
-            actual = _run_function("forward_ad", lambda which=which: _dual_tangents(f, tangents, which))
+            actual = _run_function("forward_ad", functools.partial(_dual_tangents, f, tangents, which))
             errors.add_all([f"tangent of output {i} {only}" for i in range(len(expected))], actual, expected)
     return errors
 
@@ -239,7 +240,7 @@ def _check_func_grad(s: _Sample) -> _Errors:
         ps: tuple[torch.Tensor, ...],
         bufs: dict[str, torch.Tensor] | None = None,
         ints: tuple[torch.Tensor, ...] | None = None,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | int:  # 0 without a floating output: torch.func.grad refuses it (unsupported)
         outputs = _float_outputs(f(*xs, *ps, buffers=bufs, ints=ints))
         return sum((o * g).sum() for o, g in zip(outputs, _grad_outputs(outputs)))
 
@@ -300,7 +301,9 @@ def _check_on(device_type: str, autocast_dtype: torch.dtype | None = None) -> Ca
     return check
 
 
-def _reference_vjp(r: _Subject, tensors: Sequence[torch.Tensor], where: str, **options: Any):
+def _reference_vjp(
+    r: _Subject, tensors: Sequence[torch.Tensor], where: str, **options: Any
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
     """``_vjp`` of the reference; ``Unsupported`` when torch itself cannot run it here (its oneDNN LSTM has no
     bfloat16 kernel on a CPU without AVX-512): nothing to compare with on this machine."""
     try:

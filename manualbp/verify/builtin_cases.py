@@ -66,7 +66,7 @@ def twin(
     return OpCase(case_id, build(mnn), build(torch.nn), inputs, train)
 
 
-def fused(case_id: str, layer: Callable[[], torch.nn.Module], *, inputs: InputMaker) -> OpCase:
+def fused(case_id: str, layer: Callable[[], mnn.ReLUMaxPool2d | mnn.LinearReLU], *, inputs: InputMaker) -> OpCase:
     """A case comparing a fused manualbp layer (``manualbp.nn.ReLUMaxPool2d``, ``LinearReLU``) with its
     autograd counterpart ``layer().to_torch()`` (not a twin: torch.nn has no fused class)."""
     return OpCase(case_id, layer, lambda: layer().to_torch(), inputs, is_twin=False)

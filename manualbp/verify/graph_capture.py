@@ -55,7 +55,8 @@ def _compiled_vs_eager(s: _Sample, samples: Sequence[Sequence[Any]], dynamic: bo
             stance = torch.compiler.set_stance("fail_on_recompile") if k else contextlib.nullcontext()
             try:
                 # duck sizing would tie a batch size to an equal feature size, a coincidence of the sample
-                with _trace_log_kept_for_torch(), stance, fx_config.patch(use_duck_shape=False):
+                # fx_config's patch() is installed at runtime by torch.utils._config_module: untyped
+                with _trace_log_kept_for_torch(), stance, fx_config.patch(use_duck_shape=False):  # type: ignore[attr-defined]
                     out_c, grads_c = _vjp(call, subject.tensors)
             except RuntimeError as error:
                 if "Detected recompile" not in str(error):
@@ -199,7 +200,10 @@ def _compile_entry(function: Callable[..., Any]) -> Callable[..., Any]:
     """``Function.call`` for the ``apply`` of a Function decorated with ``manualbp.function`` (it applies the
     jvp-less twin while torch.compile traces); ``function`` itself otherwise."""
     cls = _function_class(function)
-    return cls.call if cls is not None and "compile_twin" in vars(cls) else function
+    if cls is None or "compile_twin" not in vars(cls):
+        return function
+    decorated: Any = cls  # ``call`` is attached by manualbp.function, outside the class's static type
+    return decorated.call
 
 
 def _custom_jvp_hint(function: Callable[..., Any]) -> str:

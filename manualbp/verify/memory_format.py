@@ -69,7 +69,8 @@ def layout(t: torch.Tensor) -> str:
     ]
     if formats:
         return " and ".join(formats)
-    order = sorted((d for d in range(t.dim()) if t.shape[d] > 1), key=lambda d: -t.stride(d))
+    strides = t.stride()
+    order = sorted((d for d in range(t.dim()) if t.shape[d] > 1), key=lambda d: -strides[d])
     return "dims in memory order " + str(tuple(order))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -88,7 +89,7 @@ def _number(value: float) -> str:
     return "" if math.isnan(value) else f"{value:.2e}"
 
 
-def _table(header: tuple[str, ...], lines: list[tuple[str, ...]]) -> str:
+def _table(header: tuple[str, ...], lines: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines)]
     render = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([render(header), render(tuple("-" * w for w in widths)), *(render(line) for line in lines)])

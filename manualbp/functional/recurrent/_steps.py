@@ -4,6 +4,7 @@ buffers, masks of variable lengths, and the reduction of their parameter gradien
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import overload
 
 import torch
 
@@ -90,6 +91,10 @@ def _tanh(x: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(2 * x) * 2 - 1 if _via_sigmoid(x) else torch.tanh(x)
 
 
+@overload
+def _doubled(t: torch.Tensor, start: int, stop: int, double: bool = True) -> torch.Tensor: ...
+@overload
+def _doubled(t: None, start: int, stop: int, double: bool = True) -> None: ...
 def _doubled(t: torch.Tensor | None, start: int, stop: int, double: bool = True) -> torch.Tensor | None:
     """A copy of ``t`` (weight or bias) with rows start..stop-1 doubled, the 2 of ``_tanh``; ``t`` itself when
     it is None or not ``double``."""
@@ -180,7 +185,7 @@ def _parameter_grads(ctx, entries) -> tuple[torch.Tensor | None, ...]:
         terms = SequenceTerms([(g, x) for _, g, x in entries], needs, ordinals, batched=ctx.batched, layout=layout)
         return REDUCTION.mode.reduce(ctx, terms)
     bias_sums: dict[int, torch.Tensor] = {}  # b_ih and b_hh often share G: summed once
-    grads = []
+    grads: list[torch.Tensor | None] = []
     for (_, g, x), need in zip(entries, needs):
         if not need:
             grads.append(None)
@@ -212,7 +217,7 @@ def _pre_tangent(x, w_ih, x_t, w_ih_t, bias_t, batch_first, h_prev, w_hh_t) -> t
     )
 
 
-def _at(per_step: Sequence[torch.Tensor] | None, t: int) -> torch.Tensor | None:
+def _at(per_step: Sequence[torch.Tensor] | torch.Tensor | None, t: int) -> torch.Tensor | None:
     return None if per_step is None else per_step[t]
 
 

@@ -121,7 +121,7 @@ class GRUFunction(torch.autograd.Function):
             step_q = torch.mul(to_q[t], error.unsqueeze(1), out=None if out is None else out.view_as(to_q[t]))
             step_q = step_q.flatten(1)
             step_n = torch.mul(to_n[t], error, out=d_n.out(t))
-            if extra_q is not None:
+            if extra_q is not None and extra_n is not None:  # given together
                 step_q, step_n = torch.add(step_q, extra_q[t], out=out), torch.add(step_n, extra_n[t], out=d_n.out(t))
             dh = _plus(torch.addmm(error * update[t], step_q, w_hh), passed)
             d_q.keep(step_q)
@@ -164,7 +164,9 @@ class GRUFunction(torch.autograd.Function):
         return y_d, _as_state(hd, h0), _in_time_order(gates_d, ctx.reverse)
 
 
-def _gru_gates_grad(grad_gates: torch.Tensor, gates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _gru_gates_grad(
+    grad_gates: torch.Tensor, gates: torch.Tensor
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
     """What a gradient reaching the gates output [r, z, n, q_n] adds to ([dL/da_r, dL/da_z, dL/dq_n], dL/da_n):
     dL/dn passes through n = tanh(a_n) to a_n, and from a_n = p_n + r ⊙ q_n on to r and q_n."""
     g_r, g_z, g_n, g_q = grad_gates.chunk(4, -1)

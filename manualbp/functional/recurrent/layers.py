@@ -4,6 +4,7 @@ packed sequences) and the cells, with their checks and autocast."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import overload
 
 import torch
 from torch.nn.utils.rnn import PackedSequence
@@ -190,7 +191,16 @@ def _stack(
     compute, out_dtype = _autocast_dtypes(op, data, states, weights, variable_lengths=mask is not None)
     if compute is not None:
         data, states = _cast(data, compute), [_cast(s, compute) for s in states]
-        groups = [tuple(_cast(w, compute) for w in group) for group in groups]
+        groups = [
+            (
+                _cast(w_ih, compute),
+                _cast(w_hh, compute),
+                _cast(b_ih, compute),
+                _cast(b_hh, compute),
+                _cast(w_hr, compute),
+            )
+            for w_ih, w_hh, b_ih, b_hh, w_hr in groups
+        ]
     states = [s.unbind(0) for s in states]  # one per layer and direction (unbind: no select_backward kernel)
     x = data if rows is None else apply(UnpackFunction, data, rows, steps, batch, 0.0)
     finals: list[list[torch.Tensor]] = [[] for _ in states]
@@ -217,7 +227,7 @@ def _stack(
     else:
         x = _cast(x, out_dtype)
     last = [_cast(apply(ConcatFunction, 0, True, False, *final), out_dtype) for final in finals]
-    if rows is not None and out_dtype is not None:
+    if isinstance(x, PackedSequence) and out_dtype is not None:  # packed: rows is not None
         x = PackedSequence(_cast(x.data, out_dtype), x.batch_sizes, x.sorted_indices, x.unsorted_indices)
     return x, (tuple(last) if op == "lstm" else last[0])
 
@@ -234,7 +244,7 @@ def _weight_groups(
             f"{op}: expected {count * base} weights ({listed} for each of {num_layers} layer(s) and {directions} "
             f"direction(s)), got {len(weights)}"
         )
-    check_floating(op, **{f"weights[{i}]": w for i, w in enumerate(weights)})
+    check_floating(op, error=DtypeError, **{f"weights[{i}]": w for i, w in enumerate(weights)})
     groups = []
     for k in range(count):
         w = list(weights[k * per : (k + 1) * per])
@@ -358,6 +368,12 @@ def _autocast_dtypes(
     return compute, torch.promote_types(compute, states[carried].dtype)
 
 
+@overload
+def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor: ...
+@overload
+def _cast(t: None, dtype: torch.dtype | None) -> None: ...
+@overload
+def _cast(t: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor | None: ...
 def _cast(t: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor | None:
     """``t`` in ``dtype`` when both are given and t is eligible for autocast (``Tensor.to``: recorded by autograd)."""
     if t is None or dtype is None or t.dtype == dtype or t.dtype not in ELIGIBLE:

@@ -46,7 +46,9 @@ class ConcatFunction(torch.autograd.Function):
         return _join(tangents, ctx.dim, ctx.stack, ctx.batch_first)
 
 
-def _join(tensors: Sequence[torch.Tensor], dim: int, stack: bool, batch_first: bool) -> torch.Tensor:
+def _join(
+    tensors: tuple[torch.Tensor, ...] | list[torch.Tensor], dim: int, stack: bool, batch_first: bool
+) -> torch.Tensor:
     if batch_first:
         return _join([t.transpose(0, 1) for t in tensors], dim, stack, False).transpose(0, 1)
     return torch.stack(tensors, dim) if stack else torch.cat(tensors, dim)
@@ -204,8 +206,8 @@ def pack_padded_sequence(
     if enforce_sorted:
         return PackedSequence(data, torch.tensor(batch_sizes, dtype=torch.long))
     inverse = sorted(range(batch), key=order.__getitem__)
-    indices = dict(dtype=torch.long, device=input.device)
-    sorted_indices, unsorted_indices = torch.tensor(order, **indices), torch.tensor(inverse, **indices)
+    sorted_indices = torch.tensor(order, dtype=torch.long, device=input.device)
+    unsorted_indices = torch.tensor(inverse, dtype=torch.long, device=input.device)
     return PackedSequence(data, torch.tensor(batch_sizes, dtype=torch.long), sorted_indices, unsorted_indices)
 
 
