@@ -10,7 +10,9 @@ command's defaults:
   both backends;
 * ``digits-lstm``: ``--model.arch=lstm --trainer.max_epochs=10`` on the digits (8 steps of 8 pixels, hidden
   state 128, Adam under a one-cycle schedule), both backends: the recurrent rows in seconds rather than minutes;
-* ``mnist-lstm``: the same on MNIST (28 steps of 28 pixels), both backends.
+* ``mnist-lstm``: the same on MNIST (28 steps of 28 pixels), both backends;
+* ``mnist-vit``: ``--model.arch=vit --trainer.max_epochs=10`` on MNIST (the vision transformer: 7 x 7 patches,
+  width 64, 4 pre-norm blocks of 4 heads, MLP 128; Adam under a one-cycle schedule), both backends.
 
 Recorded per row: ``test_acc`` (the command's own test of its best-``val_acc`` checkpoint, from the run's
 ``metrics.csv``), ``best_val_acc`` and its epoch, ``fit_seconds`` (from the start of the fit, when Lightning
@@ -21,13 +23,15 @@ threads waiting for a core count too), its start ``date`` and the load averages 
 names the machine (``_common.machine_meta``) and says whether every row planned ran (``complete``: the JSON is
 written after every row, so an interrupted run keeps the rows it finished).
 
-    python experiments/accuracy.py [--rows digits mnist-lenet5 digits-lstm mnist-lstm]
+    python experiments/accuracy.py [--rows digits mnist-lenet5 digits-lstm mnist-lstm mnist-vit] [--keep]
                                    [--data-dir ../shared/data/mnist] [--fit-arg=--trainer.max_epochs=1 ...]
                                    [--out experiments/results]
 
 prints a table and writes ``accuracy.json`` into ``--out`` (default: a new temporary folder,
 ``manualbp-accuracy-*``, so a plain run leaves the tracked results alone; ``--out experiments/results`` updates
 them). The MNIST rows read the data from ``--data-dir`` in torchvision's layout and never download it.
+``--keep`` keeps the rows of the other groups already in ``--out``'s accuracy.json (each row records its own date
+and load), so one group can be measured again, or added, without rerunning the rest.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import json
 import os
 import resource
 import shlex
@@ -54,6 +59,7 @@ GROUPS: dict[str, tuple[str, list[str]]] = {
     "mnist-lenet5": ("mnist", [*_MNIST, "--model.arch=lenet5", "--trainer.max_epochs=10"]),
     "digits-lstm": ("digits", ["--model.arch=lstm", "--trainer.max_epochs=10"]),
     "mnist-lstm": ("mnist", [*_MNIST, "--model.arch=lstm", "--trainer.max_epochs=10"]),
+    "mnist-vit": ("mnist", [*_MNIST, "--model.arch=vit", "--trainer.max_epochs=10"]),
 }
 BACKENDS = ("manual", "autograd")
 
@@ -150,6 +156,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         default=[],
         help="one more option for every fit (repeatable), e.g. --fit-arg=--trainer.max_epochs=1 for a smoke test",
     )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the rows of other groups already in --out's accuracy.json"
+    )
     opts = parser.parse_args(argv)
     if any(group.startswith("mnist") for group in opts.rows) and not (Path(opts.data_dir) / "MNIST" / "raw").is_dir():
         parser.error(f"no MNIST under --data-dir {opts.data_dir} (expected {opts.data_dir}/MNIST/raw/)")
@@ -157,8 +166,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
     meta = machine_meta("accuracy.py", argv, rows=opts.rows, data_dir=data_dir, fit_args=opts.fit_arg)
     path = output_folder(opts.out, "accuracy") / "accuracy.json"
     described = {data: describe_data(data, data_dir) for data in {GROUPS[group][0] for group in opts.rows}}
-    planned = len(opts.rows) * len(BACKENDS)
     rows: list[dict[str, object]] = []
+    if opts.keep and path.exists():
+        rows = [row for row in json.loads(path.read_text())["rows"] if row["row"] not in opts.rows]
+        meta["kept_rows"] = sorted({str(row["row"]) for row in rows})
+    planned = len(rows) + len(opts.rows) * len(BACKENDS)
+    meta["planned"] = planned
     for group in opts.rows:
         for backend in BACKENDS:
             rows.append(run_row(group, backend, data_dir, described[GROUPS[group][0]], opts.fit_arg))

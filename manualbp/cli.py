@@ -26,7 +26,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -55,8 +55,7 @@ from manualbp.checkpoints import (
 )
 from manualbp.cli_parser import ManualbpArgumentParser, add_verify_subcommand
 from manualbp.data import DataNotFoundError, DigitsDataModule, MNISTDataModule, TensorDataModule
-from manualbp.lightning import ClassifierModule
-from manualbp.models import Cell
+from manualbp.lightning import OWN_RECIPE, ClassifierModule
 from manualbp.per_sample import PerSampleError
 from manualbp.predictions import PredictionWriter
 from manualbp.quiet import EpochLines, quiet_run
@@ -192,13 +191,13 @@ class ManualbpCLI(LightningCLI):
         return super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
 
     def before_instantiate_classes(self) -> None:
-        """A recurrent arch (rnn, lstm, gru) given neither ``--optimizer`` values of its own nor ``--lr_scheduler``
+        """An arch with its own recipe (rnn, lstm, gru, vit) given neither ``--optimizer`` values of its own nor ``--lr_scheduler``
         trains with its own recipe, ``ClassifierModule.configure_optimizers`` (Adam under a one-cycle schedule):
         the command's default Adam steps aside, and the saved config.yaml shows ``optimizer: null``."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         default = self._parser(self.subcommand).get_defaults().optimizer
-        recurrent = config.model.get("arch") in get_args(Cell) and config.model.get("net") is None
-        if recurrent and not config.get("lr_scheduler") and config.get("optimizer") == default:
+        own_recipe = config.model.get("arch") in OWN_RECIPE and config.model.get("net") is None
+        if own_recipe and not config.get("lr_scheduler") and config.get("optimizer") == default:
             config.optimizer = None
 
     def _check_optimization(self) -> None:
@@ -217,7 +216,9 @@ class ManualbpCLI(LightningCLI):
         parser.add_optimizer_args((Optimizer,))
         parser.add_lr_scheduler_args(LRSchedulerTypeTuple)
         assert parser.groups is not None, "the two calls above added groups"
-        parser.groups["optimizer"].title = "Optimizer (Adam, lr 1e-3, by default; the recurrent archs have their own)"
+        parser.groups[
+            "optimizer"
+        ].title = "Optimizer (Adam, lr 1e-3, by default; the recurrent archs and vit have their own)"
         parser.groups["lr_scheduler"].title = "Learning-rate schedule (none unless --lr_scheduler gives one)"
         parser.set_defaults({"optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 1e-3}}})
         parser.link_arguments("data.in_shape", "model.in_shape", apply_on="instantiate")

@@ -1,5 +1,5 @@
 """Digit classifiers built from manualbp.nn (hand-written backward) or torch.nn (autograd): ``mlp``,
-``lenet5`` and ``recurrent`` (an RNN, LSTM or GRU reading the image row by row).
+``lenet5``, ``recurrent`` (an RNN, LSTM or GRU reading the image row by row) and ``vit`` (a vision transformer).
 
 Both backends build the same ``torch.nn.Sequential`` with the same parameter names; since every manualbp
 layer initialises exactly as its torch twin, the same seed gives the same weights on both. The layer
@@ -10,6 +10,8 @@ layers are gone; neither fusion has parameters of its own, so the state dicts of
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -17,6 +19,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+import manualbp
 import manualbp.functional
 import manualbp.nn
 from manualbp.functional._dispatch import function
@@ -270,3 +273,63 @@ def recurrent(
             ]
         )
     )
+
+
+@dataclasses.dataclass
+class ViTOptions:
+    """The shape of ``--model.arch=vit`` (``vit``): ``patch_size`` (None: a quarter of the image's side, a 4 x 4
+    grid), ``hidden_dim`` (the tokens' width), ``num_layers`` (encoder blocks), ``num_heads``, ``mlp_dim`` (the
+    blocks' MLP width)."""
+
+    patch_size: int | None = None
+    hidden_dim: int = 64
+    num_layers: int = 4
+    num_heads: int = 4
+    mlp_dim: int = 128
+
+
+def vit(
+    patch_size: int | None = None,
+    hidden_dim: int = 64,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    mlp_dim: int = 128,
+    in_shape: Sequence[int] = (1, 28, 28),
+    num_classes: int = 10,
+    backend: Backend = "manual",
+) -> torch.nn.Module:
+    """A small vision transformer: torchvision's ``VisionTransformer`` (pre-norm encoder blocks, GELU MLPs, a class
+    token and a learned position embedding) with its patch projection taking the image's C channels.
+
+    The (C, H, W) image (H = W) is cut into (H / p)² patches of p x p pixels, each projected to ``hidden_dim``
+    (``conv_proj``, a Conv2d with kernel and stride p); the class token goes in front and the position embedding is
+    added; ``num_layers`` blocks of ``num_heads``-head self-attention and an MLP of width ``mlp_dim``; the class
+    token's final state, layer-normed, is classified by ``heads.head``. ``patch_size`` None: H / 4, a 4 x 4 grid of
+    patches (MNIST: 7 x 7 pixels, the digits: 2 x 2). The manual backend is the same network made manual by
+    ``manualbp.convert`` (every layer, the class token and the position embedding included).
+    """
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    c, h, w = _check_in_shape(in_shape)
+    patch = h // 4 if patch_size is None else patch_size
+    if h != w or patch < 1 or h % patch:
+        raise ValueError(
+            f"vit: needs a square image cut into whole patches, got in_shape {tuple(in_shape)} and "
+            f"patch_size {patch_size}"
+        )
+    for name, value in (
+        ("hidden_dim", hidden_dim),
+        ("num_layers", num_layers),
+        ("num_heads", num_heads),
+        ("mlp_dim", mlp_dim),
+    ):
+        check_int("vit", name, value, 1)
+    if hidden_dim % num_heads:
+        raise ValueError(f"vit: hidden_dim ({hidden_dim}) must be a multiple of num_heads ({num_heads})")
+    layers(backend)  # validates the name
+    net = VisionTransformer(h, patch, num_layers, num_heads, hidden_dim, mlp_dim, num_classes=num_classes)
+    net.conv_proj = torch.nn.Conv2d(c, hidden_dim, kernel_size=patch, stride=patch)
+    # torchvision's initialisation of the projection (VisionTransformer.__init__), for C channels
+    torch.nn.init.trunc_normal_(net.conv_proj.weight, std=math.sqrt(1 / (c * patch * patch)))
+    torch.nn.init.zeros_(net.conv_proj.bias)
+    return manualbp.convert(net, strict=True) if backend == "manual" else net

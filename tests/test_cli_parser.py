@@ -41,7 +41,7 @@ def _in_tmp_path(tmp_path, monkeypatch):
         ),
         pytest.param(
             ["--model.arch=lstmm"],
-            "--model.arch=lstmm is not one of mlp, lenet5, rnn, lstm, gru; did you mean lstm?",
+            "--model.arch=lstmm is not one of mlp, lenet5, rnn, lstm, gru, vit; did you mean lstm?",
             id="choice",
         ),
         pytest.param(

@@ -8,6 +8,7 @@ import torch
 from torch.testing import assert_close
 
 import manualbp.functional as MF
+import manualbp.nn as mnn
 from manualbp.models import lenet5
 
 
@@ -121,3 +122,17 @@ def test_per_sample_contexts_on_a_compiled_model_give_the_eager_results():
         for g, w in zip(got_part, want_part):
             assert_close(g, w, rtol=1e-4, atol=1e-6)
     assert_close(got[2], want[2], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_two_gelus_compile_with_dynamic_shapes(approximate):
+    """Two manual GELUs in one graph (every transformer block has one): Dynamo once failed on the module-level
+    constants their backward read ("lift_tracked_freevar_to_input should not be called on root SubgraphTracer")."""
+    net = torch.nn.Sequential(mnn.Linear(4, 4), mnn.GELU(approximate), mnn.Linear(4, 4), mnn.GELU(approximate))
+    compiled = torch.compile(net, dynamic=True)
+    for batch in (2, 3):
+        x = torch.randn(batch, 4, requires_grad=True)
+        (grad,) = torch.autograd.grad(compiled(x).sum(), x)
+        (expected,) = torch.autograd.grad(net(x).sum(), x)
+        assert_close(grad, expected)

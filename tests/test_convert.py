@@ -91,8 +91,8 @@ def test_layers_without_twin_are_named_in_one_warning_one_line_per_type():
 
 
 def test_strict_raises_naming_the_layers_and_changes_nothing():
-    model = nn.Sequential(nn.Linear(4, 4), nn.Embedding(10, 4))
-    with pytest.raises(NotImplementedError, match=r"Embedding x1 \(no manualbp twin\)"):
+    model = nn.Sequential(nn.Linear(4, 4), nn.EmbeddingBag(10, 4))
+    with pytest.raises(NotImplementedError, match=r"EmbeddingBag x1 \(no manualbp twin\)"):
         manualbp.convert(model, strict=True)
     assert type(model[0]) is nn.Linear
 

@@ -174,7 +174,7 @@ def test_the_recurrent_options_reach_the_network():
 
 
 def test_bad_arch_and_sizes_are_clear_errors(tmp_path, monkeypatch, capsys):
-    with pytest.raises(ValueError, match="arch must be one of mlp, lenet5, rnn, lstm, gru, got 'transformer'"):
+    with pytest.raises(ValueError, match="arch must be one of mlp, lenet5, rnn, lstm, gru, vit, got 'transformer'"):
         ClassifierModule(arch="transformer")
     with pytest.raises(ValueError, match="recurrent: cell must be one of"):
         recurrent("lstmm")

@@ -552,7 +552,7 @@ def accuracy(results: Path) -> str:
         "the process from start to exit, *CPU s* the CPU time it used."
     )
     if data["meta"].get("complete") is False:
-        planned = len(data["meta"].get("options", {}).get("rows", [])) * 2
+        planned = data["meta"].get("planned", len(data["meta"].get("options", {}).get("rows", [])) * 2)
         note += f" **Partial run**: {len(data['rows'])} of the {planned} rows planned were measured."
     parts = [
         _meta_line(data["meta"]) + note,

@@ -32,8 +32,11 @@ from manualbp.functional.activation import (
     softmax,
     tanh,
 )
+from manualbp.functional.attention import ScaledDotProductAttentionFunction, scaled_dot_product_attention
+from manualbp.functional.attention_weights import AttentionWeightsFunction, attention_weights
 from manualbp.functional.conv import Conv2dFunction, conv2d
 from manualbp.functional.dropout import DropoutFunction, DropoutInplaceFunction, dropout
+from manualbp.functional.embedding import EmbeddingFunction, embedding
 from manualbp.functional.fused import LinearReLUFunction, ReLUMaxPool2dFunction, linear_relu, relu_max_pool2d
 from manualbp.functional.linear import LinearFunction, linear
 from manualbp.functional.loss import (
@@ -44,7 +47,14 @@ from manualbp.functional.loss import (
     mse_loss,
     nll_loss,
 )
-from manualbp.functional.normalization import BatchNormFunction, LayerNormFunction, batch_norm, layer_norm
+from manualbp.functional.normalization import (
+    BatchNormFunction,
+    LayerNormFunction,
+    RMSNormFunction,
+    batch_norm,
+    layer_norm,
+    rms_norm,
+)
 from manualbp.functional.pooling import (
     AdaptiveAvgPool2dFunction,
     AvgPool2dFunction,
@@ -70,9 +80,20 @@ from manualbp.functional.recurrent import (
     rnn_cell,
 )
 from manualbp.functional.shape import FlattenFunction, flatten
+from manualbp.functional.tokens import (
+    AddPackedBiasFunction,
+    AddParameterFunction,
+    TokenFunction,
+    add_packed_bias,
+    add_parameter,
+    cat_token,
+)
 
 __all__ = [
     "AdaptiveAvgPool2dFunction",
+    "AddPackedBiasFunction",
+    "AddParameterFunction",
+    "AttentionWeightsFunction",
     "AvgPool2dFunction",
     "BatchNormFunction",
     "ConcatFunction",
@@ -83,6 +104,7 @@ __all__ = [
     "DropoutInplaceFunction",
     "ELUFunction",
     "ELUInplaceFunction",
+    "EmbeddingFunction",
     "FlattenFunction",
     "GELUFunction",
     "GRUFunction",
@@ -97,25 +119,33 @@ __all__ = [
     "MaxPool2dFunction",
     "NLLLossFunction",
     "PackFunction",
+    "RMSNormFunction",
     "RNNFunction",
     "ReLU6Function",
     "ReLU6InplaceFunction",
     "ReLUFunction",
     "ReLUInplaceFunction",
     "ReLUMaxPool2dFunction",
+    "ScaledDotProductAttentionFunction",
     "SiLUFunction",
     "SiLUInplaceFunction",
     "SigmoidFunction",
     "SoftmaxFunction",
     "TanhFunction",
+    "TokenFunction",
     "UnpackFunction",
     "adaptive_avg_pool2d",
+    "add_packed_bias",
+    "add_parameter",
+    "attention_weights",
     "avg_pool2d",
     "batch_norm",
+    "cat_token",
     "conv2d",
     "cross_entropy",
     "dropout",
     "elu",
+    "embedding",
     "flatten",
     "gelu",
     "gru",
@@ -135,8 +165,10 @@ __all__ = [
     "relu",
     "relu6",
     "relu_max_pool2d",
+    "rms_norm",
     "rnn",
     "rnn_cell",
+    "scaled_dot_product_attention",
     "sigmoid",
     "silu",
     "softmax",

@@ -49,22 +49,28 @@ POLICY: dict[str, dict[str, str]] = {
         "conv2d": LOWER_PRECISION,
         "linear": LOWER_PRECISION,
         "linear_relu": LOWER_PRECISION,  # relu(linear(...)): the linear map decides
+        "scaled_dot_product_attention": LOWER_PRECISION,
+        "attention_weights": LOWER_PRECISION,  # torch computes them with baddbmm, on the list, then softmax
         "cross_entropy": FLOAT32,
         "nll_loss": FLOAT32,
         "mse_loss": FLOAT32,
         "batch_norm": INPUT_DTYPE,
         "layer_norm": INPUT_DTYPE,
+        "rms_norm": INPUT_DTYPE,
     },
     "cuda": {
         "conv2d": LOWER_PRECISION,
         "linear": LOWER_PRECISION,
         "linear_relu": LOWER_PRECISION,
+        "scaled_dot_product_attention": LOWER_PRECISION,
+        "attention_weights": LOWER_PRECISION,  # torch computes them with baddbmm, on the list, then softmax
         "cross_entropy": FLOAT32,
         "nll_loss": FLOAT32,
         "mse_loss": FLOAT32,
         "softmax": FLOAT32,
         "log_softmax": FLOAT32,
         "layer_norm": FLOAT32,
+        "rms_norm": FLOAT32,
         "batch_norm": INPUT_DTYPE,
     },
 }

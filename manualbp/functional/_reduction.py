@@ -24,8 +24,8 @@ where ``terms`` holds the layer's factors (G and x, nothing computed yet) and kn
     terms.weighted(c)      Σ_n c_n (dL/dW_n, dL/db_n), after ``sq_norms`` (from what it materialised, if it did)
     terms.total(ps, s)     the batch's (dL/dW, dL/db) given ``ps = per_sample(s)`` (a sum of them, or the plain
                            reduction where that is cheaper)
-    terms.leading          (Linear, LinearReLU, LayerNorm) the first two dims of an input with a time dim as given,
-                           else None; ``terms.time_major()`` the same terms with dim 1 as the batch
+    terms.leading          (Linear, LinearReLU, LayerNorm, RMSNorm, Embedding) the first two dims of an input with
+                           a time dim as given, else None; ``terms.time_major()`` the same terms with dim 1 as the batch
     terms.sequence         (recurrent layers) (layout of the output sequence, T, N)
 
 A mode (per-sample gradients, per-sample clipping: ``manualbp.per_sample``) is written once against this
@@ -58,7 +58,7 @@ class ReductionMode(Protocol):
 
     def reduce(self, ctx: Any, terms: Any) -> tuple[torch.Tensor | None, ...]: ...
 
-    def refuse(self, ctx: Any, ordinals: Sequence[int], what: str) -> None: ...
+    def refuse(self, ctx: Any, ordinals: Sequence[int], what: str, remedy: str | None = None) -> None: ...
 
 
 class ReductionSeam:

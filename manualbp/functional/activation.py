@@ -17,7 +17,6 @@ keeps).
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
@@ -385,12 +384,6 @@ class TanhFunction(torch.autograd.Function):
         return x_dot * (1 - y * y)
 
 
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_GELU_CUBIC = 0.044715
-
-
 @function
 class GELUFunction(torch.autograd.Function):
     """Gaussian error linear unit.   x, y: any shape.
@@ -426,13 +419,18 @@ class GELUFunction(torch.autograd.Function):
 
 
 def _gelu_slope(x: torch.Tensor, approximate: str) -> torch.Tensor:
-    """dy/dx of GELU (either form), written with differentiable torch operations."""
+    """dy/dx of GELU (either form), written with differentiable torch operations.
+
+    The constants are literals: a module global read in a backward (a float, or ``math``) makes Dynamo fail on two
+    GELUs in one graph compiled with dynamic shapes ("lift_tracked_freevar_to_input should not be called on root
+    SubgraphTracer", torch 2.14)."""
     if approximate == "tanh":
-        t = torch.tanh(_SQRT_2_OVER_PI * (x + _GELU_CUBIC * x**3))
-        du_dx = _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * x * x)
+        sqrt_2_over_pi, cubic = 0.7978845608028654, 0.044715  # √(2/π)
+        t = torch.tanh(sqrt_2_over_pi * (x + cubic * x**3))
+        du_dx = sqrt_2_over_pi * (1 + 3 * cubic * x * x)
         return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du_dx
-    cdf = 0.5 * (1 + torch.erf(x * _INV_SQRT_2))
-    pdf = _INV_SQRT_2PI * torch.exp(-0.5 * x * x)
+    cdf = 0.5 * (1 + torch.erf(x * 0.7071067811865476))  # 1/√2
+    pdf = torch.exp(-0.5 * x * x) * 0.3989422804014327  # 1/√(2π)
     return cdf + x * pdf
 
 

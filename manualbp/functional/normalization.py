@@ -1,16 +1,18 @@
-"""Batch and layer normalisation with hand-written backward passes.
+"""Batch, layer and RMS normalisation with hand-written backward passes.
 
-Both normalise x to x̂ = (x - μ) / σ, σ = √(v + ε), and apply an optional affine map y = γ x̂ + β.
+All three normalise x to x̂ = (x - μ) / σ, σ = √(v + ε), and apply an optional affine map y = γ x̂ + β.
 They differ in the set R of positions a statistic is taken over:
 
     batch_norm:  one (μ, v) per channel c, over R = N and every spatial dim       x: (N, C, *)
     layer_norm:  one (μ, v) per leading index, over R = the trailing normalized dims
+    rms_norm:    as layer_norm, but not centred: μ = 0, v = mean_R x² (the mean square), and no β
 
 With batch statistics (μ = mean_R x, v = mean_R (x - μ)², the biased variance) and g = γ ⊙ dL/dy,
 
     dL/dx = (1/σ) (g - mean_R g - x̂ · mean_R (g · x̂))
 
 and with fixed statistics (batch norm in eval mode, using the running estimates) simply dL/dx = g / σ.
+Without centring (rms_norm) the mean_R g term drops out: dL/dx = (1/σ) (g - x̂ · mean_R (g · x̂)).
 Forward mode (jvp) linearises the same map; with batch statistics their tangents μ̇ = mean_R ẋ and
 σ̇ = mean_R (ẋ · x̂) are part of it, which gives, with tangents ẋ, γ̇, β̇,
 
@@ -38,6 +40,7 @@ from manualbp.functional._dispatch import apply, function
 from manualbp.functional._reduction import REDUCTION, per_sample_factor
 from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import (
+    DtypeError,
     InputError,
     check_dim,
     check_floating,
@@ -210,6 +213,67 @@ class LayerNormFunction(torch.autograd.Function):
         return _affine_tangent(x_hat, x_hat_dot, weight, weight_dot, bias_dot)
 
 
+@function
+class RMSNormFunction(torch.autograd.Function):
+    """Root-mean-square normalisation over the trailing dims D = normalized_shape (layer norm without centring).
+
+    x, y: (*, D)   γ: D or None;   one statistic per leading index over R = D:
+        rms = √(mean_R x² + ε),  x̂ = x / rms,  y = γ x̂
+    With g = dL/dx̂ = γ · dL/dy (g = dL/dy without γ):
+
+        dL/dx = (1/rms) (g - x̂ · mean_R (g · x̂))
+        dL/dγ = Σ_* dL/dy · x̂          (summed over the leading dims)
+
+    (from ∂rms/∂x = x̂ / (n rms), n = |R|: the only term beside g/rms is x's share of the statistic.)
+    Forward mode (tangents ẋ, γ̇; an absent one is zero), the statistic's tangent included:
+        ẏ = (γ/rms) (ẋ - x̂ · mean_R (ẋ · x̂)) + γ̇ x̂
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, normalized_shape, weight, eps):
+        return F.rms_norm(x, normalized_shape, weight, eps)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, normalized_shape, weight, eps = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.save_for_forward(x, weight)
+        ctx.set_materialize_grads(False)  # absent tangents arrive as None (see _tangents)
+        ctx.num_normalized = len(normalized_shape)
+        ctx.eps = eps
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if grad_out is None:
+            return None, None, None, None
+        x, weight = ctx.saved_tensors
+        lead = x.dim() - ctx.num_normalized
+        dims = tuple(range(lead, x.dim()))
+        x_hat, inv_rms = _layer_normalize(x, dims, ctx.eps, centre=False)
+        g = grad_out if weight is None else grad_out * weight
+
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (g - x_hat * (g * x_hat).mean(dims, keepdim=True)) * inv_rms  # in g's layout, as torch's
+        needs = (weight is not None and ctx.needs_input_grad[2], False)  # y = γ x̂ + β with no β
+        if REDUCTION.mode is not None and needs[0]:  # per-sample gradients or clipping (manualbp.per_sample)
+            terms = AffineTerms(grad_out, x_hat, tuple(range(lead)), needs, _affine_ordinals(weight), leading=True)
+            grad_w, _ = REDUCTION.mode.reduce(ctx, terms)
+        elif needs[0]:
+            grad_w, _ = affine_reduction(grad_out, x_hat, tuple(range(lead)), *needs)
+        return grad_x, None, grad_w, None
+
+    @staticmethod
+    def jvp(ctx, x_dot, _, weight_dot, __):
+        x, weight = ctx.saved_tensors
+        dims = tuple(range(x.dim() - ctx.num_normalized, x.dim()))
+        x_hat, inv_rms = _layer_normalize(x, dims, ctx.eps, centre=False)
+        x_hat_dot = None if x_dot is None else _normalized_tangent(x_dot, x_hat, inv_rms, dims, centre=False)
+        return _affine_tangent(x_hat, x_hat_dot, weight, weight_dot, None)
+
+
 def affine_reduction(grad_out, x_hat, dims, needs_weight, needs_bias):
     """dL/dγ = Σ dL/dy · x̂ and dL/dβ = Σ dL/dy over ``dims`` (None where not asked for), for y = γ x̂ + β."""
     grad_w = _sum_over(grad_out * x_hat, dims) if needs_weight else None
@@ -223,7 +287,8 @@ def _affine_ordinals(weight: torch.Tensor | None) -> tuple[int, int]:
 
 
 class AffineTerms:
-    """The reduction of y = γ x̂ + β (batch norm with fixed statistics, layer norm), for the reduction seam
+    """The reduction of y = γ x̂ + β (batch norm with fixed statistics, layer norm; RMS norm: γ alone, its β's
+    ``needs`` False), for the reduction seam
     (``manualbp.functional._reduction.REDUCTION``). ``dims``: the dims the plain reduction sums over, the batch
     dim 0 among them when x has one; per sample the sum runs over the others:
 
@@ -281,18 +346,26 @@ def _batch_normalize(
     return (x - mean_c) * inv_std, inv_std
 
 
-def _layer_normalize(x: torch.Tensor, dims: tuple[int, ...], eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x̂, 1/σ) with the statistics over ``dims`` (kept as size-1 dims)."""
+def _layer_normalize(
+    x: torch.Tensor, dims: tuple[int, ...], eps: float, centre: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x̂, 1/σ) with the statistics over ``dims`` (kept as size-1 dims): σ = √(v + ε) with v the variance and
+    x̂ = (x - μ)/σ (layer norm), or without centring (``centre=False``, RMS norm) v = mean x² and x̂ = x/σ."""
+    if not centre:
+        inv_rms = torch.rsqrt(x.square().mean(dims, keepdim=True) + eps)
+        return x * inv_rms, inv_rms
     var, mean = torch.var_mean(x, dims, correction=0, keepdim=True)
     inv_std = torch.rsqrt(var + eps)
     return (x - mean) * inv_std, inv_std
 
 
 def _normalized_tangent(
-    x_dot: torch.Tensor, x_hat: torch.Tensor, inv_std: torch.Tensor, dims: tuple[int, ...]
+    x_dot: torch.Tensor, x_hat: torch.Tensor, inv_std: torch.Tensor, dims: tuple[int, ...], centre: bool = True
 ) -> torch.Tensor:
-    """dx̂ with the statistics taken over ``dims`` from x itself: (1/σ) (ẋ - mean ẋ - x̂ mean(ẋ x̂))."""
-    return inv_std * (x_dot - x_dot.mean(dims, keepdim=True) - x_hat * (x_dot * x_hat).mean(dims, keepdim=True))
+    """dx̂ with the statistics taken over ``dims`` from x itself: (1/σ) (ẋ - mean ẋ - x̂ mean(ẋ x̂)), without
+    the mean ẋ term when x is not centred (``centre=False``, RMS norm)."""
+    centred = x_dot - x_dot.mean(dims, keepdim=True) if centre else x_dot
+    return inv_std * (centred - x_hat * (x_dot * x_hat).mean(dims, keepdim=True))
 
 
 def _affine_tangent(
@@ -414,19 +487,57 @@ def layer_norm(
     input: (*, *normalized_shape)   weight, bias: normalized_shape or None.
     """
     op = "layer_norm"
-    check_floating(op, input=input, weight=weight, bias=bias)
-    check_same_dtype(op, input=input, weight=weight, bias=bias)
-    check_same_device(op, input=input, weight=weight, bias=bias)
-    check_non_negative(op, "eps", eps)
+    shape = _check_normalized(op, input, normalized_shape, eps, weight=weight, bias=bias)
+    input_dtype = input.dtype
+    input, weight, bias = autocast_inputs(op, input, weight, bias)
+    return autocast_output(op, apply(LayerNormFunction, input, shape, weight, bias, float(eps)), input_dtype)
+
+
+def rms_norm(
+    input: torch.Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: torch.Tensor | None = None,
+    eps: float | None = None,
+) -> torch.Tensor:
+    """Hand-differentiated ``torch.nn.functional.rms_norm`` over the trailing ``normalized_shape`` dims:
+    y = weight · x / √(mean x² + eps).
+
+    input: (*, *normalized_shape)   weight: normalized_shape or None.   ``eps=None``: as torch, the machine
+    epsilon of the dtype the statistic is computed in (float32 for a float16 or bfloat16 input, float64's for
+    float64). Under CPU autocast it runs in the widest dtype of its inputs (it is on no list there) and returns the
+    input's dtype, under CUDA autocast in float32, as torch's ``rms_norm``.
+    """
+    op = "rms_norm"
+    shape = _check_normalized(op, input, normalized_shape, eps, weight=weight)
+    if eps is None:
+        eps = torch.finfo(torch.promote_types(input.dtype, torch.float32)).eps
+    input_dtype = input.dtype
+    input, weight = autocast_inputs(op, input, weight)
+    return autocast_output(op, apply(RMSNormFunction, input, shape, weight, float(eps)), input_dtype)
+
+
+def _check_normalized(
+    op: str,
+    input: torch.Tensor,
+    normalized_shape: int | Sequence[int],
+    eps: float | None,
+    **params: torch.Tensor | None,
+) -> tuple[int, ...]:
+    """The checks layer_norm and rms_norm share: floating tensors of one dtype and device, eps >= 0 (or None),
+    an input that ends in ``normalized_shape``, parameters (weight, bias) of that shape; returns
+    ``normalized_shape`` as a tuple."""
+    check_floating(op, error=DtypeError, input=input, **params)
+    check_same_dtype(op, error=DtypeError, input=input, **params)
+    check_same_device(op, input=input, **params)
+    if eps is not None:
+        check_non_negative(op, "eps", eps)
     shape = normalized_shape_tuple(op, normalized_shape)
     if input.dim() < len(shape) or tuple(input.shape[input.dim() - len(shape) :]) != shape:
         raise InputError(
             f"{op}: input of shape {shape_str(input)} does not end in normalized_shape {shape}: "
             f"expected input of shape (*, {', '.join(map(str, shape))})"
         )
-    for name, t in (("weight", weight), ("bias", bias)):
+    for name, t in params.items():
         if t is not None and tuple(t.shape) != shape:
             raise InputError(f"{op}: {name} of shape {shape_str(t)} does not match normalized_shape {shape}")
-    input_dtype = input.dtype
-    input, weight, bias = autocast_inputs(op, input, weight, bias)
-    return autocast_output(op, apply(LayerNormFunction, input, shape, weight, bias, float(eps)), input_dtype)
+    return shape

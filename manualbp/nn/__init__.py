@@ -5,19 +5,32 @@ so state dicts move both ways and ``isinstance(layer, torch.nn.Linear)`` still h
 the exception, having no torch.nn class of their own: ``ReLUMaxPool2d`` (ReLU + MaxPool2d; its autograd
 counterpart, which ``to_torch`` returns, is ``torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d(...))``)
 and ``LinearReLU`` (Linear + ReLU with Linear's constructor and parameters; counterpart ``AutogradLinearReLU``).
+
+The twins of torchvision's vision transformer (``VisionTransformer``, ``Encoder``) load torchvision, so they load on
+first use: as attributes of this package, or when ``manualbp.convert`` meets a torchvision module.
 """
+
+import importlib
 
 from manualbp.nn._base import ManualModule, manual_twin
 from manualbp.nn.activation import ELU, GELU, LeakyReLU, LogSoftmax, ReLU, ReLU6, Sigmoid, SiLU, Softmax, Tanh
+from manualbp.nn.attention import MultiheadAttention
 from manualbp.nn.conv import Conv2d
 from manualbp.nn.dropout import Dropout
+from manualbp.nn.embedding import Embedding
 from manualbp.nn.fused import AutogradLinearReLU, LinearReLU, ReLUMaxPool2d
-from manualbp.nn.linear import Linear
+from manualbp.nn.linear import Linear, NonDynamicallyQuantizableLinear
 from manualbp.nn.loss import CrossEntropyLoss, MSELoss, NLLLoss
-from manualbp.nn.normalization import BatchNorm1d, BatchNorm2d, LayerNorm
+from manualbp.nn.normalization import BatchNorm1d, BatchNorm2d, LayerNorm, RMSNorm
 from manualbp.nn.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from manualbp.nn.recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from manualbp.nn.shape import Flatten
+from manualbp.nn.transformer import (
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
 
 __all__ = [
     "ELU",
@@ -33,6 +46,8 @@ __all__ = [
     "Conv2d",
     "CrossEntropyLoss",
     "Dropout",
+    "Embedding",
+    "Encoder",
     "Flatten",
     "GRUCell",
     "LSTMCell",
@@ -44,7 +59,10 @@ __all__ = [
     "MSELoss",
     "ManualModule",
     "MaxPool2d",
+    "MultiheadAttention",
     "NLLLoss",
+    "NonDynamicallyQuantizableLinear",
+    "RMSNorm",
     "RNNCell",
     "ReLU",
     "ReLU6",
@@ -53,5 +71,23 @@ __all__ = [
     "Sigmoid",
     "Softmax",
     "Tanh",
+    "TransformerDecoder",
+    "TransformerDecoderLayer",
+    "TransformerEncoder",
+    "TransformerEncoderLayer",
+    "VisionTransformer",
     "manual_twin",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name in _TORCHVISION_TWINS:
+        return getattr(importlib.import_module("manualbp.nn.vision_transformer"), name)
+    raise AttributeError(f"module 'manualbp.nn' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_TORCHVISION_TWINS})
+
+
+_TORCHVISION_TWINS = ("Encoder", "VisionTransformer")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -41,9 +42,12 @@ class ManualModule(_Mixin):
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
-        cls.torch_twin = next(
-            base for base in cls.__mro__[1:] if issubclass(base, torch.nn.Module) and not issubclass(base, ManualModule)
+        twin = next(
+            (b for b in cls.__mro__[1:] if issubclass(b, torch.nn.Module) and not issubclass(b, ManualModule)), None
         )
+        if twin is None:  # a mixin for a kind of twin (``ManualComposite``), not a layer
+            return
+        cls.torch_twin = twin
         if cls.__module__.startswith("manualbp.nn."):  # users' subclasses and parametrized layers are no twins
             _TWINS[cls.torch_twin] = cls
         if "__init__" not in cls.__dict__:
@@ -112,8 +116,16 @@ def _construct_then_check(torch_init: Callable[..., None]) -> Callable[..., None
     return __init__
 
 
+#: Modules of twins loaded on first need (they import a library ``import manualbp`` does not), by the module
+#: prefix of the classes they mirror.
+_TWIN_MODULES = {"torchvision.": "manualbp.nn.vision_transformer"}
+
+
 def manual_twin(torch_class: type[torch.nn.Module]) -> type[ManualModule] | None:
     """The manualbp layer class mirroring ``torch_class`` exactly (subclasses are not matched), or None."""
+    for prefix, module in _TWIN_MODULES.items():
+        if torch_class.__module__.startswith(prefix):
+            importlib.import_module(module)
     return _TWINS.get(torch_class)
 
 

@@ -43,3 +43,8 @@ class Linear(ManualModule, torch.nn.Linear):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.rule is None else f", rule={self.rule!r}")
+
+
+class NonDynamicallyQuantizableLinear(Linear, torch.nn.modules.linear.NonDynamicallyQuantizableLinear):
+    """The Linear subclass ``torch.nn.MultiheadAttention`` keeps as ``out_proj`` (a marker for torch's
+    quantization tooling), as a manual Linear: the same layer in every other respect."""

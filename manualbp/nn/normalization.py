@@ -103,3 +103,19 @@ class LayerNorm(ManualModule, torch.nn.LayerNorm):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return MF.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+class RMSNorm(ManualModule, torch.nn.RMSNorm):
+    """Root-mean-square normalisation over the trailing ``normalized_shape`` dims as ``torch.nn.RMSNorm`` (eps or
+    None for the dtype's machine epsilon, elementwise_affine: a weight, no bias). Backward in
+    ``manualbp.functional.RMSNormFunction``."""
+
+    def check_arguments(self, arguments: Mapping[str, Any]) -> None:
+        normalized_shape_tuple(layer_name(self), arguments["normalized_shape"])
+
+    def check_supported(self) -> None:
+        if self.eps is not None:
+            check_non_negative(layer_name(self), "eps", self.eps)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return MF.rms_norm(input, self.normalized_shape, self.weight, self.eps)

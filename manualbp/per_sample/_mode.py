@@ -27,11 +27,12 @@ rest of the model at the enclosing backward's end (a one-shot pre-hook on the ou
 that end is queued).
 
 **The batch dim.** Every layer's sample n must be the same sample: dim 0 of a layer's input, or dim 1 of a
-sequence's with ``batch_first=False`` (Opacus's ``GradSampleModule(batch_first=...)``): then Linear, LinearReLU
-and LayerNorm take dim 1 of an input of three or more dims as the batch, the recurrent layers keep their own
-``batch_first``, and Conv2d and BatchNorm always take dim 0. The layers of one backward must agree on the batch's
-size, and a recurrent layer whose layout disagrees with ``batch_first`` may not feed a layer that would read its
-sequence the other way round (with T == N the sizes cannot tell): both raise ``PerSampleError``.
+sequence's with ``batch_first=False`` (Opacus's ``GradSampleModule(batch_first=...)``): then Linear, LinearReLU,
+LayerNorm and RMSNorm take dim 1 of an input of three or more dims as the batch (Embedding: of indices of two or
+more dims), the recurrent layers keep their own ``batch_first``, and Conv2d and BatchNorm always take dim 0. The
+layers of one backward must agree on the batch's size, and a recurrent layer whose layout disagrees with
+``batch_first`` may not feed a layer that would read its sequence the other way round (with T == N the sizes
+cannot tell): both raise ``PerSampleError``.
 """
 
 from __future__ import annotations
@@ -185,16 +186,18 @@ class PerSampleMode:
         self._records().append(record)
         return self._reduce(record)
 
-    def refuse(self, ctx, ordinals, what: str) -> None:
-        """Raise PerSampleError for a layer (``what``) whose backward mixes the samples of the batch."""
+    def refuse(self, ctx, ordinals, what: str, remedy: str | None = None) -> None:
+        """Raise PerSampleError for a layer (``what``) whose backward mixes the samples of the batch; ``remedy``:
+        what to do instead (by default batch norm's: eval mode, or another normalisation)."""
         if torch._C._are_functorch_transforms_active():
             return
         node = graph_node(ctx)
         params = tuple(self._param(node, o)[0] for o in ordinals)
         layer = self._layer(params) if any(p is not None for p in params) else "a layer"
+        remedy = remedy or "Put it in eval mode (running statistics) or replace it, e.g. by GroupNorm or LayerNorm"
         raise PerSampleError(
             f"{self.op}: {layer}, a {what}, mixes the samples of a batch: a sample's gradient would depend on the "
-            "others. Put it in eval mode (running statistics) or replace it, e.g. by GroupNorm or LayerNorm"
+            f"others. {remedy}"
         )
 
     # ---- for the modes ---------------------------------------------------------------------------------
@@ -265,8 +268,8 @@ class PerSampleMode:
         return PerSampleError(
             f"{self.op}: {names} got a gradient from an op that does not compute per-sample gradients (a torch op or "
             "torch.nn layer using the parameter, a term of the loss, or a manualbp layer without them). They are "
-            "computed by manualbp.nn's Linear, LinearReLU, Conv2d, LayerNorm, BatchNorm in eval mode, RNN, LSTM, GRU "
-            "and their cells; manualbp.convert(model) swaps torch.nn layers for them"
+            "computed by manualbp.nn's Linear, LinearReLU, Conv2d, LayerNorm, RMSNorm, BatchNorm in eval mode, Embedding, "
+            "RNN, LSTM, GRU and their cells; manualbp.convert(model) swaps torch.nn layers for them"
         )
 
     # ---- one backward's records ----------------------------------------------------------------------------

@@ -103,16 +103,17 @@ def per_sample_grads(model: torch.nn.Module, loss_reduction: str = "mean", batch
     ``loss_reduction="mean"`` (the loss is (1/N) Σ_n ℓ_n) the rows are scaled back by N, so
     ``p.grad_sample.mean(0)`` equals ``p.grad``; with ``"sum"`` (Σ_n ℓ_n), ``p.grad_sample.sum(0)`` does. N is
     dim 0 of each layer's input; with ``batch_first=False`` (sequences given time-major, (T, N, ...), as Opacus's
-    ``GradSampleModule(batch_first=False)``) dim 1 of an input of three or more dims of Linear, LinearReLU and
-    LayerNorm. A recurrent layer's batch dim is its own (dim 1 unless it is ``batch_first``); Conv2d's and
+    ``GradSampleModule(batch_first=False)``) dim 1 of an input of three or more dims of Linear, LinearReLU,
+    LayerNorm and RMSNorm (of indices of two or more dims of Embedding). A recurrent layer's batch dim is its own (dim 1 unless it is ``batch_first``); Conv2d's and
     BatchNorm's is dim 0. Layers that disagree on the batch raise ``PerSampleError``.
 
     Computed inside the hand-written backward of manualbp's Linear and LinearReLU (any leading dims), Conv2d
-    (any stride, padding, dilation, groups), LayerNorm, BatchNorm in eval mode, RNN, LSTM and GRU (stacked,
-    bidirectional, packed) and their cells, under any learning rule.
-    A layer that mixes the samples (BatchNorm with batch statistics), a parameter whose gradient comes from
-    any other op too (a torch op sharing it, a term of the loss), an input without a batch dim, and
-    ``torch.autograd.grad`` asking for a parameter's gradient raise ``PerSampleError`` naming it.
+    (any stride, padding, dilation, groups), LayerNorm, RMSNorm, BatchNorm in eval mode, Embedding (dim 0 of the
+    indices the batch), RNN, LSTM and GRU (stacked, bidirectional, packed) and their cells, under any learning rule.
+    A layer that mixes the samples (BatchNorm with batch statistics, Embedding with ``scale_grad_by_freq``), a
+    parameter whose gradient comes from any other op too (a torch op sharing it, a term of the loss), an input
+    without a batch dim, and ``torch.autograd.grad`` asking for a parameter's gradient raise ``PerSampleError``
+    naming it.
 
     Only the parameters the backward writes get results: ``torch.autograd.grad(loss, x)`` leaves the model's
     parameters alone, ``loss.backward(inputs=[w])`` gives w alone its ``grad_sample``. Both are written when the

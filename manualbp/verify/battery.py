@@ -14,7 +14,7 @@ import contextlib
 import functools
 import math
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -393,6 +393,7 @@ def verify(
     compile_backend: str = "aot_eager",
     batch_dim: int | None = 0,
     exhaustive: bool = False,
+    unsupported: Mapping[str, str] | None = None,
 ) -> Report:
     """Check ``function`` against ``reference`` on every sample, with every check; return the report.
 
@@ -411,6 +412,9 @@ def verify(
         ``compile_dynamic`` and ``export_dynamic`` checks vary, with the same dim of the others (counted from
         the end); the last dim is tried when the reference refuses other sizes in it. None: the sample has no
         batch dim (an unbatched sequence), and those checks run at its own size.
+    unsupported: checks that cannot apply to ``function``, by name, with the reason (gradcheck for a gradient
+        that is by definition not the derivative of the forward, as an embedding's padding row): their rows are
+        "unsupported" with that reason, and they are not run.
     exhaustive: ``gradcheck`` and ``gradgradcheck`` compare every entry of the Jacobian with its finite
         difference (one backward per output element, one forward pair per input element) instead of torch's
         fast mode (random projections uᵀ J v; the default).
@@ -429,7 +433,10 @@ def verify(
         label = (name if index == 0 else f"{name}[{index}]") if name else f"sample {index}"
         sample = _Sample(function, reference, tuple(args), device, limits, compile_backend, batch_dim, exhaustive)
         for check in selected:
-            report.rows.append(_run_check(label, check, sample))
+            if unsupported and check in unsupported:
+                report.rows.append(Row(label, check, "unsupported", detail=unsupported[check]))
+            else:
+                report.rows.append(_run_check(label, check, sample))
     return report
 
 
@@ -457,6 +464,15 @@ def verify_cases(cases: Iterable[OpCase], checks: Sequence[str] | None = None, *
         manual, reference = case.build(torch.float64)
         sample = [case.sample(requires_grad=False)]
         report.extend(
-            verify(manual, reference, sample, checks=checks, name=case.id, batch_dim=case.batch_dim, **options)
+            verify(
+                manual,
+                reference,
+                sample,
+                checks=checks,
+                name=case.id,
+                batch_dim=case.batch_dim,
+                unsupported=dict(case.unsupported),
+                **options,
+            )
         )
     return report

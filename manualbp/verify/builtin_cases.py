@@ -8,6 +8,7 @@ compared with the ``torch.nn.Sequential`` of the layers it fuses (``OpCase(..., 
 from __future__ import annotations
 
 import dataclasses
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,11 @@ def probabilities(*shape: int) -> Maker:
     """Rows of class probabilities along dim 1 (dim 0 for 1-D shapes)."""
     dim = 1 if len(shape) > 1 else 0
     return lambda g: torch.softmax(torch.randn(shape, generator=g, dtype=torch.float64), dim)
+
+
+def pretrained(*shape: int) -> torch.Tensor:
+    """A fixed float32 table of ``shape`` (an embedding's ``from_pretrained`` weights), the same on every call."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(5))
 
 
 def args(*makers: Maker) -> InputMaker:
@@ -159,9 +165,147 @@ def time_major(case: OpCase) -> OpCase:
     return dataclasses.replace(case, batch_dim=1)
 
 
+def not_the_derivative(case: OpCase, why: str) -> OpCase:
+    """``case`` whose gradient is by definition not the derivative of its forward (``why``), as torch defines it:
+    gradcheck, which compares the two by finite differences, cannot apply (its row is "unsupported")."""
+    reason = f"the gradient is by definition not the derivative of the forward: {why}"
+    return dataclasses.replace(case, unsupported=(("gradcheck", reason),))
+
+
+def batch_kept_first(case: OpCase) -> OpCase:
+    """``case`` of a batch-first attention layer, whose tensors' layouts differ from torch's by design: torch runs
+    ``batch_first=True`` as transposed views of its sequence-first computation, so its output and input gradients
+    are transposed views; manualbp keeps each sample's rows in dim 0 (the per-sample seam reads the batch there),
+    with equal values. The memory-format check, which compares layouts, cannot apply."""
+    reason = "batch_first attention keeps the batch in dim 0; torch's tensors are transposed views of (T, N, E) ones"
+    return dataclasses.replace(case, unsupported=(("memory_format", reason),))
+
+
 def unbatched_sequence(case: OpCase) -> OpCase:
     """``case`` of one sequence (T, features): no batch dim (the dynamic-shape checks run at its own size)."""
     return dataclasses.replace(case, batch_dim=None)
+
+
+class Attention(torch.nn.Module):
+    """``function(query, key, value, attn_mask, **options)`` (manualbp's or torch's scaled_dot_product_attention) as
+    a module of its tensors: the battery's inputs are tensors, the mask (when given) the fourth."""
+
+    def __init__(self, function: Callable[..., torch.Tensor], **options: Any) -> None:
+        super().__init__()
+        self.function = function
+        self.options = options
+
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.function(query, key, value, attn_mask=attn_mask, **self.options)
+
+
+def math_attention(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """torch's scaled_dot_product_attention on its math path (``SDPBackend.MATH``), the composite of differentiable
+    ops: the one that runs every check (torch's fused CPU kernel has no double backward)."""
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        return torch.nn.functional.scaled_dot_product_attention(*args, **kwargs)
+
+
+def attention(case_id: str, *, inputs: InputMaker, **options: Any) -> OpCase:
+    """A case comparing ``manualbp.functional.scaled_dot_product_attention`` with torch's math path
+    (``math_attention``), called with ``options`` (numbers only: no module twin)."""
+    return OpCase(
+        case_id,
+        lambda: Attention(MF.scaled_dot_product_attention, **options),
+        lambda: Attention(math_attention, **options),
+        inputs,
+        is_twin=False,
+    )
+
+
+def bool_mask(*shape: int, masked_row: tuple[int, ...] | None = None) -> Maker:
+    """A boolean attention mask (True = takes part), each entry True with probability 0.6; with ``masked_row``
+    (an index of the leading dims and the row), that query row takes no key at all."""
+
+    def make(g: torch.Generator) -> torch.Tensor:
+        mask = torch.rand(shape, generator=g) < 0.6
+        if masked_row is not None:
+            mask[masked_row] = False
+        return mask
+
+    return make
+
+
+#: Why an embedding's gradient is not the derivative of its forward (torch's definitions, which manualbp follows).
+PADDING_ROW = "the padding_idx row gets no gradient, though the forward reads it"
+BY_FREQUENCY = "with scale_grad_by_freq each row's gradient is divided by its index's count in the batch"
+RENORM = "max_norm renormalises the rows read, in place in the weight, before the lookup; the gradient is the lookup's"
+
+
+class SelfAttention(torch.nn.Module):
+    """``layer(x, x, x, **options)[0]``: self-attention's output, the one tensor as query, key and value (what the
+    packed projection's one-matmul path needs), with fixed options."""
+
+    def __init__(self, layer: torch.nn.Module, **options: Any) -> None:
+        super().__init__()
+        self.layer, self.options = layer, options
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.layer(x, x, x, **self.options)[0]
+
+
+class PaddedCausalAttention(torch.nn.Module):
+    """Attention of a (T, N, E) batch with a causal ``attn_mask`` (boolean) and a ``key_padding_mask`` that hides
+    the last key of sample 0, both made from the input's shape."""
+
+    def __init__(self, layer: torch.nn.Module, **options: Any) -> None:
+        super().__init__()
+        self.layer, self.options = layer, options
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> Any:
+        causal = torch.ones(query.shape[0], key.shape[0], dtype=torch.bool).triu(1)
+        padding = torch.zeros(key.shape[1], key.shape[0], dtype=torch.bool)
+        padding[0, -1] = True
+        return self.layer(query, key, value, attn_mask=causal, key_padding_mask=padding, **self.options)
+
+
+def _forward_on_math_path(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        return type(module).forward(module, *args, **kwargs)
+
+
+def on_math_path(case: OpCase) -> OpCase:
+    """``case`` with its torch reference computing attention on torch's math path (``SDPBackend.MATH``, the
+    composite of differentiable ops): torch's CPU flash kernel has no double backward to compare with."""
+
+    def reference() -> torch.nn.Module:
+        module = case.reference()
+        # bound to the instance, so a deep copy of the module (as the battery makes) is bound to the copy
+        module.forward = types.MethodType(_forward_on_math_path, module)
+        return module
+
+    return dataclasses.replace(case, reference=reference)
+
+
+def transformer_stack(case_id: str, kind: str, layers: int, *, inputs: InputMaker, **layer_kwargs: Any) -> OpCase:
+    """``manualbp.nn.<kind>`` of ``layers`` copies of a ``<kind>Layer`` (TransformerEncoder or TransformerDecoder)
+    against torch's, each built from its own namespace's layer."""
+
+    def build(namespace: Any) -> Callable[[], torch.nn.Module]:
+        layer = getattr(namespace, f"{kind}Layer")
+        return lambda: getattr(namespace, kind)(layer(**layer_kwargs), layers)
+
+    return OpCase(case_id, build(mnn), build(torch.nn), inputs)
+
+
+def tiny_vit(namespace: Any) -> Callable[[], torch.nn.Module]:
+    """A two-block vision transformer on 8x8 images of 4x4 patches (5 tokens with the class token), width 4:
+    torchvision's ``VisionTransformer`` or its ``manualbp.nn`` twin."""
+    vit = namespace.VisionTransformer if namespace is mnn else torchvision_vit()
+    return lambda: vit(image_size=8, patch_size=4, num_layers=2, num_heads=2, hidden_dim=4, mlp_dim=8, num_classes=3)
+
+
+def torchvision_vit() -> type[torch.nn.Module]:
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer
 
 
 BUILTIN_CASES: list[OpCase] = [
@@ -474,6 +618,88 @@ BUILTIN_CASES: list[OpCase] = [
     twin("layer_norm-no_affine", "LayerNorm", 4, elementwise_affine=False, inputs=args(randn(3, 4))),
     twin("layer_norm-no_bias", "LayerNorm", (2, 3), bias=False, inputs=args(randn(2, 2, 3))),
     twin("layer_norm-size2", "LayerNorm", 2, inputs=args(randn(3, 2))),
+    twin("rms_norm-int", "RMSNorm", 4, inputs=args(randn(3, 4, scale=2.0, offset=1.0))),
+    twin("rms_norm-tuple-3d", "RMSNorm", (3, 4), inputs=args(randn(2, 3, 4))),
+    twin("rms_norm-tuple-unbatched", "RMSNorm", (2, 3), inputs=args(randn(2, 3))),
+    twin("rms_norm-int-4d-eps0.1", "RMSNorm", 3, eps=0.1, inputs=args(randn(2, 2, 2, 3))),
+    twin("rms_norm-eps1e-5-seq", "RMSNorm", 5, eps=1e-5, inputs=args(randn(2, 3, 5, offset=0.5))),
+    twin("rms_norm-no_affine", "RMSNorm", 4, elementwise_affine=False, inputs=args(randn(3, 4))),
+    # embedding: integer indices (constants, rolled per slice under vmap); the weight is the differentiable tensor
+    twin("embedding", "Embedding", 10, 4, inputs=args(classes(3, 5, num_classes=10))),
+    twin("embedding-1d", "Embedding", 7, 3, inputs=args(classes(6, num_classes=7))),
+    twin("embedding-3d", "Embedding", 7, 3, inputs=args(classes(2, 3, 2, num_classes=7))),
+    unbatched_sequence(twin("embedding-scalar-unbatched", "Embedding", 5, 3, inputs=args(classes(num_classes=5)))),
+    twin("embedding-int32", "Embedding", 6, 3, inputs=args(lambda g: classes(3, 4, num_classes=6)(g).int())),
+    not_the_derivative(
+        twin(
+            "embedding-padding_idx",
+            "Embedding",
+            8,
+            3,
+            padding_idx=2,
+            inputs=args(classes(3, 4, num_classes=8, ignore=2)),
+        ),
+        PADDING_ROW,
+    ),
+    not_the_derivative(
+        twin(
+            "embedding-padding_idx-negative",
+            "Embedding",
+            6,
+            3,
+            padding_idx=-1,
+            inputs=args(classes(2, 5, num_classes=6, ignore=5)),
+        ),
+        PADDING_ROW,
+    ),
+    not_the_derivative(
+        twin("embedding-max_norm", "Embedding", 10, 4, max_norm=1.0, inputs=args(classes(3, 4, num_classes=10))),
+        RENORM,
+    ),
+    not_the_derivative(
+        twin(
+            "embedding-max_norm-norm_type1",
+            "Embedding",
+            10,
+            4,
+            max_norm=2.0,
+            norm_type=1.0,
+            inputs=args(classes(3, 4, num_classes=10)),
+        ),
+        RENORM,
+    ),
+    not_the_derivative(
+        twin(
+            "embedding-scale_grad_by_freq",
+            "Embedding",
+            5,
+            3,
+            scale_grad_by_freq=True,
+            inputs=args(classes(4, 5, num_classes=5)),
+        ),
+        BY_FREQUENCY,
+    ),
+    not_the_derivative(
+        twin(
+            "embedding-scale_grad_by_freq-padding_idx",
+            "Embedding",
+            5,
+            3,
+            padding_idx=0,
+            scale_grad_by_freq=True,
+            inputs=args(classes(4, 5, num_classes=5, ignore=0)),
+        ),
+        f"{PADDING_ROW}; {BY_FREQUENCY}",
+    ),
+    not_the_derivative(
+        OpCase(
+            "embedding-from_pretrained-padding_idx",
+            lambda: mnn.Embedding.from_pretrained(pretrained(6, 3), freeze=False, padding_idx=1),
+            lambda: torch.nn.Embedding.from_pretrained(pretrained(6, 3), freeze=False, padding_idx=1),
+            args(classes(3, 4, num_classes=6, ignore=1)),
+        ),
+        PADDING_ROW,
+    ),
     # fused
     fused("fused-relu_max_pool2d-k2", lambda: mnn.ReLUMaxPool2d(2), inputs=args(randn(2, 3, 6, 6))),
     fused(
@@ -598,6 +824,182 @@ BUILTIN_CASES: list[OpCase] = [
     twin("lstm_cell-unbatched-nobias", "LSTMCell", 2, 3, bias=False, inputs=args(randn(2))),
     twin("gru_cell", "GRUCell", 2, 3, inputs=args(randn(3, 2))),
     twin("gru_cell-unbatched-nobias-h0", "GRUCell", 2, 3, bias=False, inputs=args(randn(2), randn(3))),
+    # scaled dot-product attention: (N, H, L, E) queries, (N, H, S, E) keys, (N, H, S, Ev) values
+    attention("attention", inputs=args(randn(2, 2, 3, 3), randn(2, 2, 4, 3), randn(2, 2, 4, 3))),
+    attention(
+        "attention-bool_mask-broadcast-masked_row",
+        inputs=args(
+            randn(2, 2, 3, 3), randn(2, 2, 4, 3), randn(2, 2, 4, 3), bool_mask(2, 1, 3, 4, masked_row=(0, 0, 1))
+        ),
+    ),
+    attention(
+        "attention-float_mask", inputs=args(randn(2, 2, 3, 3), randn(2, 2, 4, 3), randn(2, 2, 4, 3), randn(3, 4))
+    ),
+    attention(
+        "attention-causal-L3-S4", is_causal=True, inputs=args(randn(2, 2, 3, 3), randn(2, 2, 4, 3), randn(2, 2, 4, 3))
+    ),
+    attention(
+        "attention-causal-L4-S2", is_causal=True, inputs=args(randn(2, 2, 4, 3), randn(2, 2, 2, 3), randn(2, 2, 2, 3))
+    ),
+    attention(
+        "attention-gqa-4q_heads-2kv_heads",
+        enable_gqa=True,
+        inputs=args(randn(2, 4, 3, 3), randn(2, 2, 4, 3), randn(2, 2, 4, 3)),
+    ),
+    attention("attention-scale0.7", scale=0.7, inputs=args(randn(2, 2, 3, 3), randn(2, 2, 4, 3), randn(2, 2, 4, 3))),
+    attention("attention-unbatched-3d", inputs=args(randn(2, 3, 3), randn(2, 4, 3), randn(2, 4, 3))),
+    attention("attention-Ev5", inputs=args(randn(2, 2, 3, 3), randn(2, 2, 4, 3), randn(2, 2, 4, 5))),
+    attention(
+        "attention-scores-spread",
+        inputs=args(randn(2, 2, 3, 3, scale=10.0), randn(2, 2, 4, 3, scale=10.0), randn(2, 2, 4, 3)),
+    ),
+    # multi-head attention (need_weights=True, torch's default, returns the averaged weights too)
+    batch_kept_first(
+        on_math_path(
+            wrapped(
+                "multihead_attention-self-batch_first",
+                lambda layer: SelfAttention(layer, need_weights=False),
+                "MultiheadAttention",
+                4,
+                2,
+                batch_first=True,
+                inputs=args(randn(2, 3, 4)),
+            ),
+        )
+    ),
+    on_math_path(
+        twin(
+            "multihead_attention-cross",
+            "MultiheadAttention",
+            4,
+            2,
+            inputs=args(randn(3, 2, 4), randn(5, 2, 4), randn(5, 2, 4)),
+        ),
+    ),
+    on_math_path(
+        twin(
+            "multihead_attention-kdim-vdim-add_bias_kv-add_zero_attn",
+            "MultiheadAttention",
+            4,
+            2,
+            kdim=3,
+            vdim=5,
+            add_bias_kv=True,
+            add_zero_attn=True,
+            inputs=args(randn(3, 2, 4), randn(4, 2, 3), randn(4, 2, 5)),
+        ),
+    ),
+    on_math_path(
+        wrapped(
+            "multihead_attention-causal-key_padding_mask-per_head_weights",
+            lambda layer: PaddedCausalAttention(layer, average_attn_weights=False),
+            "MultiheadAttention",
+            4,
+            2,
+            inputs=args(randn(3, 2, 4), randn(3, 2, 4), randn(3, 2, 4)),
+        ),
+    ),
+    on_math_path(
+        wrapped(
+            "multihead_attention-causal-no_weights",
+            lambda layer: PaddedCausalAttention(layer, need_weights=False),
+            "MultiheadAttention",
+            4,
+            1,
+            bias=False,
+            inputs=args(randn(3, 2, 4), randn(4, 2, 4), randn(4, 2, 4)),
+        ),
+    ),
+    on_math_path(
+        twin(
+            "multihead_attention-unbatched-nobias",
+            "MultiheadAttention",
+            4,
+            2,
+            bias=False,
+            inputs=args(randn(3, 4), randn(2, 4), randn(2, 4)),
+        ),
+    ),
+    # transformer layers (dropout 0: attention's dropout mask is drawn differently from torch's)
+    on_math_path(
+        twin(
+            "transformer_encoder_layer-relu",
+            "TransformerEncoderLayer",
+            4,
+            2,
+            8,
+            dropout=0.0,
+            inputs=args(randn(3, 2, 4)),
+        ),
+    ),
+    on_math_path(
+        twin(
+            "transformer_encoder_layer-gelu-norm_first-batch_first",
+            "TransformerEncoderLayer",
+            4,
+            2,
+            8,
+            dropout=0.0,
+            activation="gelu",
+            norm_first=True,
+            batch_first=True,
+            inputs=args(randn(2, 3, 4)),
+        ),
+    ),
+    on_math_path(
+        twin(
+            "transformer_decoder_layer-relu",
+            "TransformerDecoderLayer",
+            4,
+            2,
+            8,
+            dropout=0.0,
+            inputs=args(randn(3, 2, 4), randn(2, 2, 4)),
+        ),
+    ),
+    batch_kept_first(
+        on_math_path(
+            twin(
+                "transformer_decoder_layer-gelu-norm_first-batch_first",
+                "TransformerDecoderLayer",
+                4,
+                2,
+                8,
+                dropout=0.0,
+                activation="gelu",
+                norm_first=True,
+                batch_first=True,
+                inputs=args(randn(2, 3, 4), randn(2, 2, 4)),
+            ),
+        )
+    ),
+    on_math_path(
+        transformer_stack(
+            "transformer_encoder-2layers",
+            "TransformerEncoder",
+            2,
+            d_model=4,
+            nhead=2,
+            dim_feedforward=8,
+            dropout=0.0,
+            batch_first=True,
+            inputs=args(randn(2, 3, 4)),
+        ),
+    ),
+    on_math_path(
+        transformer_stack(
+            "transformer_decoder-2layers",
+            "TransformerDecoder",
+            2,
+            d_model=4,
+            nhead=2,
+            dim_feedforward=8,
+            dropout=0.0,
+            inputs=args(randn(3, 2, 4), randn(2, 2, 4)),
+        ),
+    ),
+    # torchvision's vision transformer: the class token and the position embedding are manual too
+    on_math_path(OpCase("vision_transformer-tiny", tiny_vit(mnn), tiny_vit(torch.nn), args(randn(2, 3, 8, 8)))),
 ]
 
 

@@ -25,6 +25,9 @@ class OpCase:
     reference is a composition of torch layers (a fused layer), for which only the numbers are compared.
     ``batch_dim``: the batch dim of the first input (``verify``'s ``batch_dim``): 1 for a sequence in
     (T, N, features), None for an unbatched sequence.
+    ``unsupported``: (check, reason) pairs for the checks that cannot apply to this configuration (``verify``'s
+    ``unsupported``): gradcheck where the gradient is by definition not the derivative of the forward (an
+    embedding's padding row, ``scale_grad_by_freq``, ``max_norm``'s renorm of the weight in the forward).
     """
 
     id: str
@@ -34,6 +37,7 @@ class OpCase:
     train: bool = True
     is_twin: bool = True
     batch_dim: int | None = 0
+    unsupported: tuple[tuple[str, str], ...] = ()
 
     def build(
         self, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"

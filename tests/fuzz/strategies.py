@@ -25,6 +25,7 @@ from hypothesis.strategies import DrawFn, SearchStrategy
 from torch.nn.modules.utils import _pair as as_pair
 
 import manualbp.functional as MF
+from manualbp.verify.builtin_cases import math_attention
 from manualbp.verify.case import seeded
 
 Pair = tuple[int, int]
@@ -456,6 +457,54 @@ def layer_norm(draw: DrawFn) -> FuzzCase:
     return op_case("layer_norm", seed, inputs, torch_layer_norm, **constants)
 
 
+@st.composite
+def rms_norm(draw: DrawFn) -> FuzzCase:
+    """Over 1 to all of the input's trailing dims; weight optional; eps drawn, or None (the dtype's epsilon)."""
+    seed, g = _generator(draw)
+    shape = draw(shapes(1))
+    normalized_shape = shape[len(shape) - draw(st.integers(1, len(shape))) :]
+    inputs = {"input": randn(g, shape, draw(scales))}
+    if draw(st.booleans()):
+        inputs["weight"] = randn(g, normalized_shape)
+    constants = dict(normalized_shape=normalized_shape, eps=draw(st.one_of(st.none(), epsilons)))
+    return op_case("rms_norm", seed, inputs, **constants)
+
+
+# ---------------------------------------------------------------------------------------------------
+# embedding
+
+
+def torch_embedding(
+    input: torch.Tensor, weight: torch.Tensor, scale_grad_by_freq: bool = False, **kwargs: Any
+) -> torch.Tensor:
+    """torch's embedding. With scale_grad_by_freq, the same value and gradient from the lookup plus a term that
+    moves only the gradient, y = W[idx] / c + (W[idx] - W[idx] / c).detach() with c each index's count: torch
+    2.14's double backward of embedding drops the scaling (its derivative in dL/dy is the unscaled scatter)."""
+    rows = F.embedding(input, weight, **kwargs)
+    if not scale_grad_by_freq:
+        return rows
+    counts = torch.bincount(input.flatten(), minlength=weight.shape[0])[input].unsqueeze(-1).to(rows.dtype)
+    scaled = rows / counts
+    return scaled + (rows - scaled).detach()
+
+
+@st.composite
+def embedding(draw: DrawFn) -> FuzzCase:
+    """Indices of 0 to 3 dims (repeats likely: a table of 1 to 6 rows), padding_idx (negative or not),
+    max_norm with its norm_type, scale_grad_by_freq."""
+    seed, g = _generator(draw)
+    rows = draw(st.integers(1, 6))
+    indices = torch.randint(0, rows, draw(shapes(0, 3)), generator=g)
+    constants: dict[str, Any] = dict(
+        input=indices,
+        padding_idx=draw(st.one_of(st.none(), st.integers(-rows, rows - 1))),
+        scale_grad_by_freq=draw(st.booleans()),
+    )
+    if draw(st.booleans()):
+        constants.update(max_norm=draw(st.sampled_from([0.5, 1.0, 2.0])), norm_type=draw(st.sampled_from([1.0, 2.0])))
+    return op_case("embedding", seed, {"weight": randn(g, (rows, draw(sides)))}, torch_embedding, **constants)
+
+
 # ---------------------------------------------------------------------------------------------------
 # fused ops: compared with the torch ops they fuse
 
@@ -475,7 +524,124 @@ def relu_max_pool2d(draw: DrawFn) -> FuzzCase:
     return op_case("relu_max_pool2d", seed, {"input": randn(g, shape)}, relu_then_max_pool2d, **args)
 
 
+# ---------------------------------------------------------------------------------------------------
+# attention: compared with torch's math path (its fused CPU kernel has no double backward)
+
+
+def _broadcast_to(draw: DrawFn, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A shape that broadcasts to ``shape`` without enlarging it: some leading dims dropped, some others 1."""
+    kept = shape[draw(st.integers(0, max(len(shape) - 2, 0))) :]
+    return tuple(size if draw(st.booleans()) else 1 for size in kept)
+
+
+@st.composite
+def attention_calls(draw: DrawFn) -> FuzzCase:
+    """scaled_dot_product_attention: 0 to 2 batch dims and a heads dim (or 2-D inputs), key/value batch dims
+    broadcast (size 1) or not, grouped-query heads, L, S, E, Eᵥ from 1 to 4; no mask, a boolean or a float mask
+    broadcast over some dims (a float one sometimes differentiated), or is_causal; the default or a drawn scale."""
+    seed, g = _generator(draw)
+    L, S, E, Ev = (draw(sides) for _ in range(4))
+    gqa = draw(st.booleans())
+    heads = draw(sides)
+    lead = (*draw(shapes(0, 2)), heads) if gqa or draw(st.booleans()) else ()
+    kv_lead = tuple(size if draw(st.booleans()) else 1 for size in lead)
+    if gqa:
+        divisors = [d for d in range(1, heads + 1) if heads % d == 0]
+        key_lead, value_lead = ((*kv_lead[:-1], draw(st.sampled_from(divisors))) for _ in range(2))
+    else:
+        key_lead = value_lead = kv_lead
+    scale = draw(scales)
+    inputs = {
+        "query": randn(g, (*lead, L, E), scale),
+        "key": randn(g, (*key_lead, S, E)),
+        "value": randn(g, (*value_lead, S, Ev)),
+    }
+    constants: dict[str, Any] = dict(enable_gqa=gqa)
+    kind = draw(st.sampled_from(["none", "bool", "float", "causal"]))
+    scores_shape = (*torch.broadcast_shapes(lead, key_lead if not gqa else (*key_lead[:-1], heads)), L, S)
+    if kind == "causal":
+        constants["is_causal"] = True
+    elif kind == "bool":
+        constants["attn_mask"] = torch.rand(_broadcast_to(draw, scores_shape), generator=g) < 0.7
+    elif kind == "float":
+        mask = randn(g, _broadcast_to(draw, scores_shape))
+        if draw(st.booleans()):
+            inputs["attn_mask"] = mask
+        else:
+            constants["attn_mask"] = mask
+    if draw(st.booleans()):
+        constants["scale"] = draw(st.floats(0.1, 2.0))
+    return op_case("scaled_dot_product_attention", seed, inputs, math_attention, **constants)
+
+
 #: one strategy per public op of manualbp.functional (the test checks that none is missing)
+# ---------------------------------------------------------------------------------------------------
+# parameters every sample uses (tokens, position embeddings, a packed bias) and attention's weights
+
+
+def torch_cat_token(input: torch.Tensor, token: torch.Tensor, first: bool = True) -> torch.Tensor:
+    row = token.reshape(1, 1, -1).expand(input.shape[0], 1, input.shape[2])
+    return torch.cat((row, input) if first else (input, row), dim=1)
+
+
+@st.composite
+def cat_token(draw: DrawFn) -> FuzzCase:
+    """A (N, T, D) batch and a token of D values shaped (D,), (1, D) or (1, 1, D), put first or last."""
+    seed, g = _generator(draw)
+    n, t, d = draw(sides), draw(sides), draw(sides)
+    token_shape = draw(st.sampled_from([(d,), (1, d), (1, 1, d)]))
+    inputs = {"input": randn(g, (n, t, d)), "token": randn(g, token_shape)}
+    return op_case("cat_token", seed, inputs, torch_cat_token, first=draw(st.booleans()))
+
+
+@st.composite
+def add_parameter(draw: DrawFn) -> FuzzCase:
+    """input + parameter, the parameter broadcast over the batch and some other dims (size 1 or dropped)."""
+    seed, g = _generator(draw)
+    shape = draw(shapes(1))
+    parameter_shape = (1, *_broadcast_to(draw, shape[1:])) if draw(st.booleans()) else _broadcast_to(draw, shape[1:])
+    inputs = {"input": randn(g, shape), "parameter": randn(g, parameter_shape)}
+    return op_case("add_parameter", seed, inputs, lambda input, parameter: input + parameter)
+
+
+def torch_add_packed_bias(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    b_q, b_k, b_v = bias.chunk(3)
+    return q + b_q, k + b_k, v + b_v
+
+
+@st.composite
+def add_packed_bias(draw: DrawFn) -> FuzzCase:
+    seed, g = _generator(draw)
+    n, target, source, e = draw(sides), draw(sides), draw(sides), draw(sides)
+    inputs = {
+        "q": randn(g, (n, target, e)),
+        "k": randn(g, (n, source, e)),
+        "v": randn(g, (n, source, e)),
+        "bias": randn(g, (3 * e,)),
+    }
+    return op_case("add_packed_bias", seed, inputs, torch_add_packed_bias)
+
+
+def torch_attention_weights(
+    query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None = None, scale: float | None = None
+) -> torch.Tensor:
+    scores = query @ key.transpose(-2, -1) * (query.shape[-1] ** -0.5 if scale is None else scale)
+    return torch.softmax(scores if mask is None else scores + mask, dim=-1)
+
+
+@st.composite
+def attention_weights(draw: DrawFn) -> FuzzCase:
+    """0 to 2 batch dims, an additive mask broadcast to the scores (differentiated too) or none, scale drawn."""
+    seed, g = _generator(draw)
+    batch, target, source, e = draw(shapes(0, 2)), draw(sides), draw(sides), draw(sides)
+    inputs = {"query": randn(g, (*batch, target, e), draw(scales)), "key": randn(g, (*batch, source, e))}
+    if draw(st.booleans()):
+        inputs["mask"] = randn(g, _broadcast_to(draw, (*batch, target, source)))
+    return op_case("attention_weights", seed, inputs, torch_attention_weights, scale=draw(st.sampled_from([None, 0.5])))
+
+
 FAMILIES: dict[str, SearchStrategy[FuzzCase]] = {
     "linear": affine("linear"),
     "relu": elementwise("relu", in_place=always),
@@ -502,6 +668,13 @@ FAMILIES: dict[str, SearchStrategy[FuzzCase]] = {
     "adaptive_avg_pool2d": adaptive_avg_pool2d(),
     "batch_norm": batch_norm(),
     "layer_norm": layer_norm(),
+    "rms_norm": rms_norm(),
+    "embedding": embedding(),
     "relu_max_pool2d": relu_max_pool2d(),
     "linear_relu": affine("linear_relu", linear_then_relu),
+    "scaled_dot_product_attention": attention_calls(),
+    "cat_token": cat_token(),
+    "add_parameter": add_parameter(),
+    "add_packed_bias": add_packed_bias(),
+    "attention_weights": attention_weights(),
 }

@@ -1,8 +1,8 @@
 """Fuzzing per-sample gradients and clipping (``manualbp.per_sample``) on drawn layer shapes, in float64.
 
 The configurations are the ones ``tests/fuzz/strategies.py`` draws for ``linear``, ``linear_relu``,
-``conv2d`` (groups, stride, dilation, every kind of padding), ``layer_norm`` and ``batch_norm``, with a batch
-of 1 to 4 samples in dim 0. The layer's parameters are a module's Parameters; each sample n is scored by its
+``conv2d`` (groups, stride, dilation, every kind of padding), ``layer_norm``, ``rms_norm`` and ``batch_norm``,
+with a batch of 1 to 4 samples in dim 0. The layer's parameters are a module's Parameters; each sample n is scored by its
 own loss ℓ_n = Σ R_n ⊙ y_n + ½ Σ y_n², and the reference per-sample gradients ∇ℓ_n are torch.func's
 vmap(grad) of torch's op. Both sides must agree on
 
@@ -29,7 +29,7 @@ from tests.fuzz.strategies import FAMILIES, FuzzCase
 from tests.per_sample.references import batch_loss, clipped_reference, sample_loss
 
 TOL = dict(rtol=1e-10, atol=1e-10)  # inputs up to 1e3 make gradients up to ~1e6
-FAMILY_NAMES = ["linear", "linear_relu", "conv2d", "layer_norm", "batch_norm"]
+FAMILY_NAMES = ["linear", "linear_relu", "conv2d", "layer_norm", "rms_norm", "batch_norm"]
 
 
 class Holder(torch.nn.Module):
@@ -55,7 +55,7 @@ def _is_refused(case: FuzzCase) -> bool:
         return x.dim() < 2
     if case.op == "conv2d":
         return x.dim() == 3
-    if case.op == "layer_norm":
+    if case.op in ("layer_norm", "rms_norm"):
         return x.dim() == len(case.constants["normalized_shape"])
     return case.constants["training"]  # batch_norm
 

@@ -7,11 +7,26 @@ import pytest
 import torch
 
 import manualbp.nn as mnn
-from manualbp.verify.builtin_cases import BUILTIN_CASES, args, fused, randn, twin
+from manualbp.verify.builtin_cases import BUILTIN_CASES, args, classes, fused, randn, twin
 
 #: The built-in cases of the supported layers with a batch dim (BatchNorm: eval mode, running statistics).
-_PREFIXES = ("linear-", "fused-linear_relu-", "conv2d-", "layer_norm-", "batch_norm1d-eval", "batch_norm2d-eval")
-_EXCLUDED = ("unbatched", "no_running_stats", "no_affine")
+_PREFIXES = (
+    "linear-",
+    "fused-linear_relu-",
+    "conv2d-",
+    "layer_norm-",
+    "rms_norm-",
+    "embedding",
+    "batch_norm1d-eval",
+    "batch_norm2d-eval",
+    # batch-first attention and the layers made of it: every parameter's per-sample gradient, the class token's too
+    "multihead_attention-self-batch_first",
+    "transformer_encoder_layer-gelu-norm_first-batch_first",
+    "transformer_encoder-2layers",
+    "vision_transformer-tiny",
+)
+# max_norm: torch's renorm in place has no vmap rule for the reference; scale_grad_by_freq is refused (it mixes samples)
+_EXCLUDED = ("unbatched", "no_running_stats", "no_affine", "max_norm", "scale_grad_by_freq")
 
 EXTRA_CASES = [
     # a sequence, T (O + K) > O K: the norm from the materialised per-sample gradients
@@ -25,6 +40,17 @@ EXTRA_CASES = [
     twin("conv2d-lenet_like-materialised", "Conv2d", 1, 6, 5, padding=2, inputs=args(randn(3, 1, 8, 8))),
     twin("conv2d-one_position", "Conv2d", 3, 4, 3, inputs=args(randn(3, 3, 3, 3))),
     twin("layer_norm-seq", "LayerNorm", 5, inputs=args(randn(3, 4, 5, scale=2.0, offset=1.0))),
+    twin("rms_norm-seq", "RMSNorm", 5, inputs=args(randn(3, 4, 5, scale=2.0, offset=1.0))),
+    # long sequences over a few rows: each sample's norm sums G over its repeated indices first
+    twin("embedding-seq-repeats", "Embedding", 4, 3, inputs=args(classes(3, 12, num_classes=4))),
+    twin(
+        "embedding-seq-repeats-padding_idx",
+        "Embedding",
+        4,
+        3,
+        padding_idx=1,
+        inputs=args(classes(3, 12, num_classes=4)),
+    ),
 ]
 
 LAYER_CASES = [c for c in BUILTIN_CASES if c.id.startswith(_PREFIXES) and not any(e in c.id for e in _EXCLUDED)]
@@ -40,7 +66,10 @@ MIXING_PARAMS = [
 
 
 def batch_input(case, batch: int = 4, seed: int = 0) -> torch.Tensor:
-    """A float64 input like the case's first one, with ``batch`` samples (its other dims kept)."""
+    """A float64 input like the case's first one, with ``batch`` samples (its other dims kept); for integer
+    indices (an embedding's), indices drawn from the case's own (a padding index among them)."""
     (x, *_) = case.sample()
     g = torch.Generator().manual_seed(seed)
+    if not x.is_floating_point():
+        return x.flatten()[torch.randint(0, x.numel(), (batch, *x.shape[1:]), generator=g)]
     return torch.randn((batch, *x.shape[1:]), generator=g, dtype=torch.float64)

@@ -103,6 +103,25 @@ def _gru_time_major():
     return Outputs(mnn.GRU(3, 4)), torch.nn.Sequential(mnn.Linear(4, 2))
 
 
+class Tokens(torch.nn.Module):
+    """Sequences of features (*, F) -> the embedding of each step's first feature, bucketed into ``vocabulary``
+    tokens (the lowest bucket the padding index), plus a linear map of the features: the integer input is made
+    inside the model, so every way runs on a float x (and ``torch.autograd.grad(loss, x)`` has a path to x)."""
+
+    def __init__(self, features: int, vocabulary: int, dim: int) -> None:
+        super().__init__()
+        self.embedding = mnn.Embedding(vocabulary, dim, padding_idx=0)
+        self.linear = mnn.Linear(features, dim)
+        self.register_buffer("edges", torch.linspace(-1.0, 1.0, vocabulary - 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding(torch.bucketize(x[..., 0].contiguous(), self.edges)) + self.linear(x)
+
+
+def _tokens():
+    return Tokens(3, 6, 4), torch.nn.Sequential(mnn.RMSNorm(4), torch.nn.Tanh(), mnn.Linear(4, 2))
+
+
 def _shared():
     shared = mnn.Linear(4, 4)
     return torch.nn.Sequential(shared, torch.nn.Tanh()), torch.nn.Sequential(shared, torch.nn.Tanh(), mnn.Linear(4, 2))
@@ -116,6 +135,8 @@ FAMILIES = [
     # T == N: a time-major sequence read batch-first would go unnoticed by its sizes
     Family("gru_time_major", _gru_time_major, (4, 4, 3), batch_dim=1),
     Family("shared_weight", _shared, (4, 4)),
+    Family("embedding_rms_norm", _tokens, (4, 5, 3)),
+    Family("embedding_rms_norm_time_major", _tokens, (5, 4, 3), batch_dim=1),
 ]
 
 

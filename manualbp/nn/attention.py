@@ -1,0 +1,202 @@
+"""manualbp.nn.MultiheadAttention: torch.nn.MultiheadAttention with hand-written backward passes."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from manualbp import functional as MF
+from manualbp.nn._composite import ManualComposite
+
+
+class MultiheadAttention(ManualComposite, torch.nn.MultiheadAttention):
+    """Multi-head attention as ``torch.nn.MultiheadAttention``: the same constructor arguments (``bias``,
+    ``add_bias_kv``, ``add_zero_attn``, ``kdim``, ``vdim``, ``batch_first``, ``dropout``), parameter names
+    (``in_proj_weight`` or ``q_proj_weight``/``k_proj_weight``/``v_proj_weight``, ``in_proj_bias``,
+    ``bias_k``/``bias_v``, ``out_proj.weight``/``out_proj.bias``), initialisation and forward arguments
+    (``key_padding_mask``, ``need_weights``, ``attn_mask``, ``average_attn_weights``, ``is_causal``).
+
+    query: (L, N, E) (``batch_first``: (N, L, E); unbatched: (L, E))   key: (S, N, kdim)   value: (S, N, vdim)
+
+        Q = query W_qᵀ + b_q,  K = key W_kᵀ + b_k,  V = value W_vᵀ + b_v      (``manualbp.functional.linear``)
+        head h: O_h = softmax(Q_h K_hᵀ / √d + M) V_h                       (``scaled_dot_product_attention``)
+        y = [O_1 … O_H] W_oᵀ + b_o
+
+    Every step is a manualbp Function: the projections are ``linear`` (their per-sample gradients and
+    learning rules as any Linear's), attention is ``scaled_dot_product_attention`` (its backward recomputes
+    the probabilities, never saved), ``bias_k``/``bias_v`` are appended by ``cat_token``; the reshapes between
+    heads are views. ``need_weights=True`` (torch's default) also returns the probabilities, computed by
+    ``attention_weights`` beside the output (averaged over the heads unless ``average_attn_weights=False``);
+    in training with ``dropout`` > 0, the output's dropout mask is not applied to the weights returned.
+
+    Cross-attention with the packed ``in_proj_weight`` (query not the same tensor as key and value) projects
+    each input with the whole packed weight and keeps its third of the result, so the one parameter receives
+    its gradient from manual linear maps only: correct, at up to three times the projections' work. With
+    separate ``q/k/v_proj_weight`` (``kdim``/``vdim`` not ``embed_dim``), the packed ``in_proj_bias`` is added by
+    ``add_packed_bias``.
+
+    ``out_proj`` is manual too (``manualbp.nn.NonDynamicallyQuantizableLinear``, a manual Linear), so a learning
+    rule given to the model's Linear layers reaches it.
+    torch's fast path for inference (``torch._native_multi_head_attention``) is never taken.
+    """
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: torch.Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # torch's own checks of the shapes, and whether the inputs are batched
+        batched = F._mha_shape_check(  # type: ignore[attr-defined]  # private, absent from torch's stubs
+            query, key, value, key_padding_mask, attn_mask, self.num_heads
+        )
+        batch_first = self.batch_first or not batched  # the layout the projections see: the inputs' own
+        if not batched:  # a batch of one
+            query, key, value = _unsqueezed(query, key, value)
+            key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
+        key_padding_mask = F._canonical_mask(
+            mask=key_padding_mask,
+            mask_name="key_padding_mask",
+            other_type=F._none_or_dtype(attn_mask),
+            other_name="attn_mask",
+            target_type=query.dtype,
+        )
+        if is_causal and attn_mask is None:
+            raise RuntimeError(
+                "Need attn_mask if specifying the is_causal hint. You may use the Transformer module method "
+                "`generate_square_subsequent_mask` to create this mask."
+            )
+        if is_causal and key_padding_mask is None and not need_weights:
+            attn_mask = None
+        else:
+            attn_mask = F._canonical_mask(
+                mask=attn_mask,
+                mask_name="attn_mask",
+                other_type=None,
+                other_name="",
+                target_type=query.dtype,
+                check_other=False,
+            )
+            is_causal = False  # the mask says it; torch drops the hint here too
+        self._check_shapes(query, key, value, batch_first)
+        q, k, v = self._project(query, key, value, batch_first)
+        output, weights = self._attend(
+            q, k, v, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal
+        )
+        # the output projection sees the inputs' layout too
+        output = self.out_proj(output if batch_first else output.transpose(0, 1))
+        if not batched:
+            return output.squeeze(0), None if weights is None else weights.squeeze(0)
+        return output, weights
+
+    def _check_shapes(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, batch_first: bool) -> None:
+        if query.shape[2] != self.embed_dim:
+            raise AssertionError(f"was expecting embedding dimension of {self.embed_dim}, but got {query.shape[2]}")
+        if self._qkv_same_embed_dim and key.shape != value.shape:
+            raise AssertionError(f"key shape {key.shape} does not match value shape {value.shape}")
+        if not self._qkv_same_embed_dim and key.shape[:2] != value.shape[:2]:
+            what = "batch and sequence" if batch_first else "sequence and batch"
+            raise AssertionError(f"key's {what} dims {key.shape[:2]} do not match value's {value.shape[:2]}")
+
+    def _project(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, batch_first: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Q, K, V of inputs in their own layout ((N, T, features) or (T, N, features)), each (N, T, E)."""
+        e = self.embed_dim
+        if self._qkv_same_embed_dim:
+            weight, bias = self.in_proj_weight, self.in_proj_bias
+            if query is key and key is value:  # self-attention: one matmul
+                q, k, v = MF.linear(query, weight, bias).split(e, dim=-1)
+            elif key is value:
+                q = MF.linear(query, weight, bias).split(e, dim=-1)[0]
+                k, v = MF.linear(key, weight, bias).split(e, dim=-1)[1:]
+            else:
+                q = MF.linear(query, weight, bias).split(e, dim=-1)[0]
+                k = MF.linear(key, weight, bias).split(e, dim=-1)[1]
+                v = MF.linear(value, weight, bias).split(e, dim=-1)[2]
+            return _batch_first(q, k, v, batch_first)
+        weights = (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)
+        q, k, v = (MF.linear(x, w) for x, w in zip((query, key, value), weights))
+        q, k, v = _batch_first(q, k, v, batch_first)
+        packed_bias: torch.Tensor | None = self.in_proj_bias  # None with bias=False, which torch's stub does not say
+        return (q, k, v) if packed_bias is None else MF.add_packed_bias(q, k, v, packed_bias)
+
+    def _attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        key_padding_mask: torch.Tensor | None,
+        need_weights: bool,
+        attn_mask: torch.Tensor | None,
+        average_attn_weights: bool,
+        is_causal: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attention of Q, K, V (N, T, E): the heads' outputs side by side (N, L, E), and the weights if asked."""
+        batch, target, _ = q.shape
+        heads, head_dim = self.num_heads, self.head_dim
+        if attn_mask is not None:
+            attn_mask = _mask_as_heads(attn_mask, (target, k.shape[1]), batch, heads)
+        if self.bias_k is not None and self.bias_v is not None:
+            k, v = MF.cat_token(k, self.bias_k, first=False), MF.cat_token(v, self.bias_v, first=False)
+            attn_mask = None if attn_mask is None else F.pad(attn_mask, (0, 1))
+            key_padding_mask = None if key_padding_mask is None else F.pad(key_padding_mask, (0, 1))
+        q, k, v = (t.unflatten(-1, (heads, head_dim)).transpose(1, 2) for t in (q, k, v))  # (N, H, T, d)
+        if self.add_zero_attn:
+            k, v = (torch.cat([t, t.new_zeros(batch, heads, 1, head_dim)], dim=2) for t in (k, v))
+            attn_mask = None if attn_mask is None else F.pad(attn_mask, (0, 1))
+            key_padding_mask = None if key_padding_mask is None else F.pad(key_padding_mask, (0, 1))
+        if key_padding_mask is not None:
+            _check_key_padding_mask(key_padding_mask, k.shape[2], batch)
+            padding = key_padding_mask.view(batch, 1, 1, k.shape[2])
+            attn_mask = padding if attn_mask is None else attn_mask + padding
+        dropout = self.dropout if self.training else 0.0
+        attended = MF.scaled_dot_product_attention(q, k, v, attn_mask, dropout, is_causal)  # (N, H, L, d)
+        attended = attended.transpose(1, 2).flatten(2)  # (N, L, E)
+        if not need_weights:
+            return attended, None
+        weights = MF.attention_weights(q, k, attn_mask)  # (N, H, L, S)
+        return attended, weights.mean(dim=1) if average_attn_weights else weights
+
+
+def _unsqueezed(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(T, E) -> (1, T, E), keeping ``query is key is value`` (self-attention) where it holds."""
+    q = query.unsqueeze(0)
+    k = q if key is query else key.unsqueeze(0)
+    v = k if value is key else value.unsqueeze(0)
+    return q, k, v
+
+
+def _batch_first(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch_first: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q, K, V as (N, T, E) views."""
+    if batch_first:
+        return q, k, v
+    return q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
+
+
+def _mask_as_heads(mask: torch.Tensor, size: tuple[int, int], batch: int, heads: int) -> torch.Tensor:
+    """A 2-D (L, S) mask as it is (it broadcasts), a 3-D (N·H, L, S) one as (N, H, L, S); torch's checks."""
+    if mask.dim() == 2:
+        if mask.shape != size:
+            raise RuntimeError(f"The shape of the 2D attn_mask is {mask.shape}, but should be {size}.")
+        return mask
+    if mask.dim() == 3:
+        expected = (batch * heads, *size)
+        if mask.shape != expected:
+            raise RuntimeError(f"The shape of the 3D attn_mask is {mask.shape}, but should be {expected}.")
+        return mask.view(batch, heads, *size)
+    raise RuntimeError(f"attn_mask's dimension {mask.dim()} is not supported")
+
+
+def _check_key_padding_mask(mask: torch.Tensor, source: int, batch: int) -> None:
+    if mask.shape != (batch, source):
+        raise AssertionError(f"expecting key_padding_mask shape of {(batch, source)}, but got {mask.shape}")
