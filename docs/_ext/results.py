@@ -24,7 +24,8 @@ The files, by section of the results page:
 * Per-sample gradients and DP-SGD: ``per_sample.md.inc`` (bench_per_sample.json), ``dp_compare.md.inc``
   (dp_compare_mnist.json), ``dp_noise.md.inc`` (bench_dp_noise.json);
 * Accuracy: ``accuracy.md.inc`` (accuracy.json);
-* Verification timing: ``verify_timing.md.inc`` (verify_timing.json).
+* Verification timing: ``verify_timing.md.inc`` (verify_timing.json);
+* Transformers: ``attention.md.inc`` (bench_attention.json), ``vit.md.inc`` (bench_vit.json).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ COMMANDS = {
     ),
     "accuracy.json": "python experiments/accuracy.py --out experiments/results",
     "verify_timing.json": "python experiments/verify_timing.py --out experiments/results/verify_timing.json",
+    "bench_attention.json": "python experiments/bench_attention.py --json experiments/results/bench_attention.json",
+    "bench_vit.json": "python experiments/bench_vit.py --json experiments/results/bench_vit.json",
 }
 
 MODEL_NAMES = {"mlp800x800": "mlp(800, 800)", "lenet5": "lenet5", "lstm": "lstm", "gru": "gru", "mlp": "mlp(800)"}
@@ -605,6 +608,78 @@ def verify_timing(results: Path) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+# --------------------------------------------------------------------------------------------------
+# Transformers
+
+
+def attention(results: Path) -> str:
+    """bench_attention.json: the attention op's saved bytes, backward peak and time against torch's two CPU paths."""
+    data = _read(results, "bench_attention.json")
+    if data is None:
+        return _missing("bench_attention.json")
+    mib = 1 << 20
+    body = [
+        [
+            r["size"],
+            r["method"],
+            _num(r["saved_bytes"] / mib),
+            _num(r["peak_backward_bytes"] / mib),
+            _num(r["ms"], 1),
+        ]
+        for r in data["rows"]
+        if r["method"] != "summary"
+    ]
+    summaries = [r for r in data["rows"] if r["method"] == "summary"]
+    targets = [
+        [
+            s["size"],
+            _num(s["saved_bytes_manual_over_flash"]),
+            "met" if s["saved_target_met"] else "not met",
+            _num(s["peak_backward_manual_over_math"]),
+            {True: "met", False: "not met", None: "(stated at L = 2048)"}[s["peak_target_met"]],
+        ]
+        for s in summaries
+    ]
+    parts = [
+        _meta_line(data["meta"])
+        + " One head group of batch 1, 4 heads of 64 features, float32; L = S. *Saved* counts what the forward keeps "
+        "for the backward (each storage once), *backward peak* the most memory the backward holds beyond it; the "
+        "times are medians of interleaved forward and backward passes.",
+        table(["L = S", "method", "saved MiB", "backward peak MiB", "forward + backward ms"], body),
+        "The targets: saved bytes at most the flash path's, and a backward peak at most 0.25 of the math path's at "
+        "L = 2048.",
+        table(["L = S", "saved / flash", "saved target", "backward peak / math", "peak target"], targets),
+        regenerate(_command("bench_attention.json", data)),
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def vit(results: Path) -> str:
+    """bench_vit.json: the ``--model.arch=vit`` network's training step, per-sample gradients and DP-SGD step,
+    manualbp against autograd, torch.func and Opacus, with the targets."""
+    data = _read(results, "bench_vit.json")
+    if data is None:
+        return _missing("bench_vit.json")
+    body = [
+        [
+            r["section"],
+            r["method"],
+            "failed: " + str(r["error"])[:80] if r.get("error") else _num(r.get("ms"), 1),
+            "" if r.get("error") else _num(r.get("ratio")),
+        ]
+        for r in data["rows"]
+    ]
+    targets = [[t["target"], "met" if t["met"] else "not met", _num(t["value"])] for t in data.get("targets", [])]
+    parts = [
+        _meta_line(data["meta"])
+        + " Batch 128 of (1, 28, 28) images; medians of interleaved repetitions; *ratio* to the section's first row.",
+        table(["section", "method", "median ms", "ratio"], body),
+        table(["target", "result", "measured ratio"], targets),
+        regenerate(_command("bench_vit.json", data)),
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
 #: file name -> (the JSON it reads, the function writing it).
 SECTIONS: dict[str, tuple[str, Callable[[Path], str]]] = {
     "speed.md.inc": ("bench_cpu.json", speed),
@@ -616,6 +691,8 @@ SECTIONS: dict[str, tuple[str, Callable[[Path], str]]] = {
     "dp_noise.md.inc": ("bench_dp_noise.json", dp_noise),
     "accuracy.md.inc": ("accuracy.json", accuracy),
     "verify_timing.md.inc": ("verify_timing.json", verify_timing),
+    "attention.md.inc": ("bench_attention.json", attention),
+    "vit.md.inc": ("bench_vit.json", vit),
 }
 
 
