@@ -429,9 +429,14 @@ def _gelu_slope(x: torch.Tensor, approximate: str) -> torch.Tensor:
         t = torch.tanh(sqrt_2_over_pi * (x + cubic * x**3))
         du_dx = sqrt_2_over_pi * (1 + 3 * cubic * x * x)
         return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du_dx
-    cdf = 0.5 * (1 + torch.erf(x * 0.7071067811865476))  # 1/√2
-    pdf = torch.exp(-0.5 * x * x) * 0.3989422804014327  # 1/√(2π)
-    return cdf + x * pdf
+    if torch.is_grad_enabled():  # a double backward records this: out of place
+        cdf = 0.5 * (1 + torch.erf(x * 0.7071067811865476))  # 1/√2
+        pdf = torch.exp(-0.5 * x * x) * 0.3989422804014327  # 1/√(2π)
+        return cdf + x * pdf
+    # the same in place on two new tensors: measured about half the time on the CPU
+    cdf = torch.mul(x, 0.7071067811865476).erf_().add_(1).mul_(0.5)
+    x_pdf = torch.mul(x, x).mul_(-0.5).exp_().mul_(x).mul_(0.3989422804014327)
+    return cdf.add_(x_pdf)
 
 
 @function

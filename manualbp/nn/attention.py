@@ -59,13 +59,7 @@ class MultiheadAttention(ManualComposite, torch.nn.MultiheadAttention):
         if not batched:  # a batch of one
             query, key, value = _unsqueezed(query, key, value)
             key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
-        key_padding_mask = F._canonical_mask(
-            mask=key_padding_mask,
-            mask_name="key_padding_mask",
-            other_type=F._none_or_dtype(attn_mask),
-            other_name="attn_mask",
-            target_type=query.dtype,
-        )
+        key_padding_mask = float_mask(key_padding_mask, "key_padding_mask", query.dtype, attn_mask, "attn_mask")
         if is_causal and attn_mask is None:
             raise RuntimeError(
                 "Need attn_mask if specifying the is_causal hint. You may use the Transformer module method "
@@ -74,14 +68,7 @@ class MultiheadAttention(ManualComposite, torch.nn.MultiheadAttention):
         if is_causal and key_padding_mask is None and not need_weights:
             attn_mask = None
         else:
-            attn_mask = F._canonical_mask(
-                mask=attn_mask,
-                mask_name="attn_mask",
-                other_type=None,
-                other_name="",
-                target_type=query.dtype,
-                check_other=False,
-            )
+            attn_mask = float_mask(attn_mask, "attn_mask", query.dtype)
             is_causal = False  # the mask says it; torch drops the hint here too
         self._check_shapes(query, key, value, batch_first)
         q, k, v = self._project(query, key, value, batch_first)
@@ -162,6 +149,25 @@ class MultiheadAttention(ManualComposite, torch.nn.MultiheadAttention):
             return attended, None
         weights = MF.attention_weights(q, k, attn_mask)  # (N, H, L, S)
         return attended, weights.mean(dim=1) if average_attn_weights else weights
+
+
+def float_mask(
+    mask: torch.Tensor | None,
+    name: str,
+    dtype: torch.dtype,
+    other: torch.Tensor | None = None,
+    other_name: str | None = None,
+) -> torch.Tensor | None:
+    """torch's canonical form of an attention mask (``F._canonical_mask``): a boolean one as 0 / −inf in ``dtype``,
+    a float one as it is; with ``other_name``, torch's warning when ``other``, the call's other mask, is of the
+    other kind."""
+    if other_name is None:
+        return F._canonical_mask(
+            mask=mask, mask_name=name, other_type=None, other_name="", target_type=dtype, check_other=False
+        )
+    return F._canonical_mask(
+        mask=mask, mask_name=name, other_type=F._none_or_dtype(other), other_name=other_name, target_type=dtype
+    )
 
 
 def _unsqueezed(

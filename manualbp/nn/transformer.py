@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from manualbp import functional as MF
 from manualbp.nn._composite import ManualComposite
+from manualbp.nn.attention import float_mask
 
 #: The activations torch's transformer layers take as a function (``activation="relu"`` stores ``F.relu``), and
 #: their manual counterparts; an activation given as a module (``torch.nn.GELU()``) is a child layer, made manual.
@@ -59,21 +60,8 @@ class TransformerEncoderLayer(_ManualFeedForward, torch.nn.TransformerEncoderLay
         src_key_padding_mask: torch.Tensor | None = None,
         is_causal: bool = False,
     ) -> torch.Tensor:
-        src_key_padding_mask = F._canonical_mask(
-            mask=src_key_padding_mask,
-            mask_name="src_key_padding_mask",
-            other_type=F._none_or_dtype(src_mask),
-            other_name="src_mask",
-            target_type=src.dtype,
-        )
-        src_mask = F._canonical_mask(
-            mask=src_mask,
-            mask_name="src_mask",
-            other_type=None,
-            other_name="",
-            target_type=src.dtype,
-            check_other=False,
-        )
+        src_key_padding_mask = float_mask(src_key_padding_mask, "src_key_padding_mask", src.dtype, src_mask, "src_mask")
+        src_mask = float_mask(src_mask, "src_mask", src.dtype)
         x = src
         if self.norm_first:
             x = x + self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal=is_causal)
@@ -123,16 +111,8 @@ class TransformerEncoder(ManualComposite, torch.nn.TransformerEncoder):
         src_key_padding_mask: torch.Tensor | None = None,
         is_causal: bool | None = None,
     ) -> torch.Tensor:
-        src_key_padding_mask = F._canonical_mask(
-            mask=src_key_padding_mask,
-            mask_name="src_key_padding_mask",
-            other_type=F._none_or_dtype(mask),
-            other_name="mask",
-            target_type=src.dtype,
-        )
-        mask = F._canonical_mask(
-            mask=mask, mask_name="mask", other_type=None, other_name="", target_type=src.dtype, check_other=False
-        )
+        src_key_padding_mask = float_mask(src_key_padding_mask, "src_key_padding_mask", src.dtype, mask, "mask")
+        mask = float_mask(mask, "mask", src.dtype)
         batch_first = self.layers[0].self_attn.batch_first
         causal = torch.nn.modules.transformer._detect_is_causal_mask(
             mask, is_causal, torch.nn.modules.transformer._get_seq_len(src, batch_first)
