@@ -16,6 +16,7 @@ path's arguments are resolved by type too, and may name further classes and call
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, get_args
@@ -28,7 +29,7 @@ from pytorch_lightning.core.saving import (
     load_hparams_from_yaml,
 )
 
-from manualbp.models import Cell
+from manualbp.models import Cell, ViTOptions
 
 # The ClassifierModule options that decide the network's shape and layers; backend and dropout do not
 # (a checkpoint of either backend loads into the other).
@@ -40,6 +41,7 @@ _NETWORK_OPTIONS = (
     "hidden_size",
     "num_layers",
     "bidirectional",
+    "vit",
     "in_shape",
     "num_classes",
 )
@@ -187,9 +189,21 @@ def _differing_options(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
             continue
         if (option == "activation" and recurrent) or (option in _RECURRENT_OPTIONS and not recurrent):
             continue
+        if option == "vit" and (own_net or current.get("arch") != "vit"):
+            continue
+        if option == "vit":  # None stands for the defaults
+            if _vit_shape(saved[option]) != _vit_shape(current[option]):
+                differing.append(option)
+            continue
         if _normalised(saved[option]) != _normalised(current[option]):
             differing.append(option)
     return differing
+
+
+def _vit_shape(value: Any) -> dict[str, Any]:
+    """``--model.vit`` as a dict of every field, None (the defaults) included."""
+    given = dataclasses.asdict(value) if isinstance(value, ViTOptions) else dict(value or {})
+    return {**dataclasses.asdict(ViTOptions()), **given}
 
 
 def _normalised(value: Any) -> Any:
