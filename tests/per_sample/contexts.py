@@ -122,6 +122,21 @@ def _tokens():
     return Tokens(3, 6, 4), torch.nn.Sequential(mnn.RMSNorm(4), torch.nn.Tanh(), mnn.Linear(4, 2))
 
 
+def _vit():
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    vit = VisionTransformer(8, 4, num_layers=1, num_heads=2, hidden_dim=4, mlp_dim=8, num_classes=3)
+    return mnn.VisionTransformer.from_torch(vit), mnn.Linear(3, 2)
+
+
+def _transformer(batch_first: bool):
+    def build():
+        layer = mnn.TransformerEncoderLayer(4, 2, 8, dropout=0.0, batch_first=batch_first, norm_first=batch_first)
+        return layer, mnn.Linear(4, 2)
+
+    return build
+
+
 def _shared():
     shared = mnn.Linear(4, 4)
     return torch.nn.Sequential(shared, torch.nn.Tanh()), torch.nn.Sequential(shared, torch.nn.Tanh(), mnn.Linear(4, 2))
@@ -137,6 +152,10 @@ FAMILIES = [
     Family("shared_weight", _shared, (4, 4)),
     Family("embedding_rms_norm", _tokens, (4, 5, 3)),
     Family("embedding_rms_norm_time_major", _tokens, (5, 4, 3), batch_dim=1),
+    # attention, its packed projection, the class token and the position embedding
+    Family("vision_transformer", _vit, (4, 3, 8, 8)),
+    Family("transformer_batch_first", _transformer(True), (4, 4, 4)),
+    Family("transformer_time_major", _transformer(False), (5, 4, 4), batch_dim=1),
 ]
 
 
