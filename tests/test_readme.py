@@ -67,3 +67,8 @@ def test_backward_excerpt_matches_the_source():
     (excerpt,) = [block for block in _blocks("py") if "def backward" in block]
     sources = [textwrap.dedent(inspect.getsource(code)).strip() for code in (LinearFunction.backward, linear_grads)]
     assert excerpt.strip() == "\n\n\n".join(sources)
+
+
+def test_the_readme_stays_a_landing_page():
+    """At most 250 lines: the reference lives in the documentation site (docs/)."""
+    assert len(README.splitlines()) <= 250
