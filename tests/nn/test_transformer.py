@@ -106,3 +106,17 @@ def _nodes(output: torch.Tensor) -> list:
             seen.append(node)
             stack.extend(n for n, _ in node.next_functions)
     return seen
+
+
+def test_neither_from_torch_nor_to_torch_changes_the_module_it_starts_from():
+    torch.manual_seed(0)
+    reference = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(8, 2, 16), 2, enable_nested_tensor=False)
+    manual = mnn.TransformerEncoder.from_torch(reference)
+    assert not any(isinstance(m, mnn.ManualModule) for m in reference.modules())
+    back = manual.to_torch()
+    assert all(isinstance(layer, mnn.TransformerEncoderLayer) for layer in manual.layers)
+    assert not any(isinstance(m, mnn.ManualModule) for m in back.modules())
+    assert back.layers[0].self_attn.in_proj_weight is reference.layers[0].self_attn.in_proj_weight  # shared state
+    vit = VisionTransformer(8, 4, 1, 2, 4, 8)
+    mnn.VisionTransformer.from_torch(vit)
+    assert not any(isinstance(m, mnn.ManualModule) for m in vit.modules())
