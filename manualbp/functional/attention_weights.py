@@ -9,6 +9,7 @@ import torch
 from manualbp.functional._autocast import autocast_inputs
 from manualbp.functional._dispatch import apply, function
 from manualbp.functional._tangents import tangent_sum
+from manualbp.functional._validation import InputError
 
 
 @function
@@ -79,6 +80,11 @@ def attention_weights(
 
     query: (*, L, E)   key: (*, S, E)   ->   (*, L, S)
     """
+    if mask is not None and not mask.is_floating_point():
+        raise InputError(
+            f"attention_weights: mask must be a float (additive) mask, got {mask.dtype}; for a boolean mask "
+            "(True = takes part) give torch.zeros(mask.shape).masked_fill(~mask, float('-inf'))"
+        )
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     query, key, mask = autocast_inputs("attention_weights", query, key, mask)
     return apply(AttentionWeightsFunction, query, key, mask, float(scale))

@@ -14,6 +14,7 @@ from torchvision.models import VisionTransformer, vit_b_16
 import manualbp
 import manualbp.nn as mnn
 from manualbp.convert import layer_summary
+from manualbp.functional._validation import InputError
 
 
 def test_torchvisions_vit_b_16_converts_fully_manual_class_token_and_position_embedding_included():
@@ -120,3 +121,9 @@ def test_neither_from_torch_nor_to_torch_changes_the_module_it_starts_from():
     vit = VisionTransformer(8, 4, 1, 2, 4, 8)
     mnn.VisionTransformer.from_torch(vit)
     assert not any(isinstance(m, mnn.ManualModule) for m in vit.modules())
+
+
+def test_attention_weights_refuse_a_boolean_mask_rather_than_add_it_as_zeros_and_ones():
+    q, k = torch.randn(2, 3, 4), torch.randn(2, 5, 4)
+    with pytest.raises(InputError, match="mask must be a float"):
+        manualbp.functional.attention_weights(q, k, torch.ones(3, 5, dtype=torch.bool))
