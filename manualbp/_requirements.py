@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from packaging.version import InvalidVersion, Version
 
-#: The oldest torch release the test suite passes on (torchvision 0.29 pairs with it). On 2.12 three tests fail
-#: (Dynamo cannot trace id() of a tensor in the recurrent layers; a jvp check), so 2.12 and 2.13 are not claimed.
+#: The oldest torch release the test suite passes on (torchvision 0.29 pairs with it). On 2.12 five tests fail
+#: (Dynamo cannot trace id() of a tensor in the recurrent layers; a jvp check and the guide examples of it), so 2.12 and 2.13 are not claimed.
 MIN_TORCH = "2.14"
 
 
