@@ -32,7 +32,7 @@ def convert(
     example_input: torch.Tensor | None = None,
 ) -> torch.nn.Module:
     """Replace, recursively and in place, every layer of ``model`` that has a ``manualbp.nn`` twin, and give
-    its Linear, LinearReLU and Conv2d layers the learning rule ``rule``.
+    its Linear, LinearReLU, Conv2d and MultiheadAttention layers the learning rule ``rule``.
 
     Every layer keeps its type's role: a Linear stays a (manual) Linear. Only when asked, with ``fuse=True``,
     two consecutive children of a ``torch.nn.Sequential`` (where the order of the children is the order of
@@ -60,7 +60,7 @@ def convert(
     (Sequential, ModuleList, a user's Module) are walked, not reported.
 
     ``rule`` (``manualbp.rules``) decides what carries the error backward through every manual Linear,
-    LinearReLU and Conv2d of the result (those swapped now and those that were manual already):
+    LinearReLU, Conv2d and MultiheadAttention (its input projections) of the result (those swapped now and those that were manual already):
     ``"backprop"`` (the default: the true gradient, the plain layers, any other rule removed),
     ``"feedback_alignment"``, ``"sign_symmetry"``, ``"direct_feedback_alignment"``, a
     ``manualbp.rules.Rule`` object (a built-in one with options, or your own), or None: every layer keeps the

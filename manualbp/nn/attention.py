@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
 from manualbp import functional as MF
 from manualbp.nn._composite import ManualComposite
+from manualbp.rules.feedback import linear_feedback
+
+if TYPE_CHECKING:
+    from manualbp.rules.rule import Rule
 
 
 class MultiheadAttention(ManualComposite, torch.nn.MultiheadAttention):
@@ -35,10 +42,24 @@ class MultiheadAttention(ManualComposite, torch.nn.MultiheadAttention):
     separate ``q/k/v_proj_weight`` (``kdim``/``vdim`` not ``embed_dim``), the packed ``in_proj_bias`` is added by
     ``add_packed_bias``.
 
-    ``out_proj`` is manual too (``manualbp.nn.NonDynamicallyQuantizableLinear``, a manual Linear), so a learning
-    rule given to the model's Linear layers reaches it.
+    ``rule``: a learning rule (``manualbp.convert(model, rule=...)``, see ``manualbp.rules``) sends the error back
+    through a matrix M_w in place of each input-projection weight (``feedback_weights``): dL/dquery = dL/dQ · M_q and
+    so on (with the packed weight, one M of its (3E, E) shape, buffer ``in_proj_feedback_weight``); the weights'
+    gradients are unchanged. ``out_proj`` is a manual Linear (``manualbp.nn.NonDynamicallyQuantizableLinear``) and
+    takes the rule as every Linear does.
     torch's fast path for inference (``torch._native_multi_head_attention``) is never taken.
     """
+
+    rule: Rule | None = None
+
+    @property
+    def feedback_weights(self) -> tuple[str, ...]:
+        """The weights through which the error goes back to the inputs: ``in_proj_weight``, or the three
+        ``q/k/v_proj_weight`` when ``kdim``/``vdim`` differ from ``embed_dim``."""
+        return ("in_proj_weight",) if self._qkv_same_embed_dim else ("q_proj_weight", "k_proj_weight", "v_proj_weight")
+
+    def extra_repr(self) -> str:
+        return "" if self.rule is None else f"rule={self.rule!r}"
 
     def forward(
         self,
@@ -95,23 +116,32 @@ class MultiheadAttention(ManualComposite, torch.nn.MultiheadAttention):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Q, K, V of inputs in their own layout ((N, T, features) or (T, N, features)), each (N, T, E)."""
         e = self.embed_dim
+        linear = self._projection()
         if self._qkv_same_embed_dim:
-            weight, bias = self.in_proj_weight, self.in_proj_bias
+            bias = self.in_proj_bias
             if query is key and key is value:  # self-attention: one matmul
-                q, k, v = MF.linear(query, weight, bias).split(e, dim=-1)
+                q, k, v = linear(query, "in_proj_weight", bias).split(e, dim=-1)
             elif key is value:
-                q = MF.linear(query, weight, bias).split(e, dim=-1)[0]
-                k, v = MF.linear(key, weight, bias).split(e, dim=-1)[1:]
+                q = linear(query, "in_proj_weight", bias).split(e, dim=-1)[0]
+                k, v = linear(key, "in_proj_weight", bias).split(e, dim=-1)[1:]
             else:
-                q = MF.linear(query, weight, bias).split(e, dim=-1)[0]
-                k = MF.linear(key, weight, bias).split(e, dim=-1)[1]
-                v = MF.linear(value, weight, bias).split(e, dim=-1)[2]
+                q = linear(query, "in_proj_weight", bias).split(e, dim=-1)[0]
+                k = linear(key, "in_proj_weight", bias).split(e, dim=-1)[1]
+                v = linear(value, "in_proj_weight", bias).split(e, dim=-1)[2]
             return _batch_first(q, k, v, batch_first)
-        weights = (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)
-        q, k, v = (MF.linear(x, w) for x, w in zip((query, key, value), weights))
+        q, k, v = (linear(x, name, None) for x, name in zip((query, key, value), self.feedback_weights))
         q, k, v = _batch_first(q, k, v, batch_first)
         packed_bias: torch.Tensor | None = self.in_proj_bias  # None with bias=False, which torch's stub does not say
         return (q, k, v) if packed_bias is None else MF.add_packed_bias(q, k, v, packed_bias)
+
+    def _projection(self) -> Callable[[torch.Tensor, str, torch.Tensor | None], torch.Tensor]:
+        """``linear(x, weight_name, bias)``: the plain Function, or, under a rule and recording a graph, the one that
+        sends the error back through the rule's M for that weight (each M computed once per forward pass)."""
+        rule = self.rule
+        if rule is None or not torch.is_grad_enabled():
+            return lambda x, name, bias: MF.linear(x, getattr(self, name), bias)
+        matrices = {name: rule.feedback(self, name) for name in self.feedback_weights}
+        return lambda x, name, bias: linear_feedback(x, getattr(self, name), bias, matrices[name])
 
     def _attend(
         self,

@@ -12,8 +12,11 @@ only the feedback. Choose one with ``manualbp.convert(model, rule=...)``:
 * a ``Rule`` object: a built-in one with options (``SignSymmetry(scale="mean_abs")``, ``FeedbackAlignment(seed=3)``)
   or your own subclass of ``Rule`` (its docstring shows how).
 
-Rules apply to ``manualbp.nn.Linear``, ``LinearReLU`` and ``Conv2d``. Fixed random matrices are the layers'
-``feedback_weight`` buffers, drawn from the rule's ``seed`` and saved in the state dict.
+Rules apply to ``manualbp.nn.Linear``, ``LinearReLU``, ``Conv2d`` and the input projections of
+``MultiheadAttention`` (its ``out_proj`` is a Linear); direct feedback alignment drives the first three and leaves
+attention's in-projection on backprop inside its block. Fixed random matrices are the layers' ``feedback_weight``
+buffers (``in_proj_feedback_weight`` and so on for attention: ``feedback_buffer``), drawn from the rule's ``seed`` and
+saved in the state dict.
 
 The seam, ``manualbp.rules.feedback``: every layer's hand-written backward reads its weight only to send the
 error back, so a layer under a rule applies the same backward with the rule's matrix M saved in W's place
@@ -37,7 +40,7 @@ from manualbp.rules.feedback import (
     linear_relu_feedback,
 )
 from manualbp.rules.feedback_alignment import FeedbackAlignment
-from manualbp.rules.rule import BUFFER, Backprop, Rule, detach_rule, uniform_feedback
+from manualbp.rules.rule import BUFFER, Backprop, Rule, detach_rule, feedback_buffer, uniform_feedback
 from manualbp.rules.sign_symmetry import SignSymmetry
 
 #: The names of the built-in rules (``--model.rule`` of the ``manualbp`` command).
@@ -62,11 +65,11 @@ def get_rule(rule: str | Rule) -> Rule:
 
 def rule_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     """The layers of ``model`` a rule applies to (those with ``forward_feedback``: manualbp's Linear, LinearReLU,
-    Conv2d), by name, in ``model.named_modules()`` order."""
+    Conv2d; and those naming ``feedback_weights``: MultiheadAttention), by name, in ``model.named_modules()`` order."""
     return [
         (name, module)
         for name, module in model.named_modules()
-        if callable(getattr(type(module), "forward_feedback", None))
+        if callable(getattr(type(module), "forward_feedback", None)) or hasattr(type(module), "feedback_weights")
     ]
 
 
@@ -79,8 +82,8 @@ def apply_rule(model: torch.nn.Module, rule: str | Rule, example_input: torch.Te
     layers = rule_layers(model)
     if not layers and not isinstance(resolved, Backprop):
         raise ValueError(
-            f"learning rule {resolved!r}: the model has no manualbp Linear, LinearReLU or Conv2d to apply it to "
-            "(convert its layers first: manualbp.convert(model, rule=...))"
+            f"learning rule {resolved!r}: the model has no manualbp Linear, LinearReLU, Conv2d or MultiheadAttention to "
+            "apply it to (convert its layers first: manualbp.convert(model, rule=...))"
         )
     for _, layer in layers:
         detach_rule(layer)
@@ -104,6 +107,7 @@ __all__ = [
     "apply_rule",
     "conv2d_feedback",
     "detach_rule",
+    "feedback_buffer",
     "get_rule",
     "linear_feedback",
     "linear_relu_feedback",

@@ -33,6 +33,9 @@ Consequences:
 * gradient accumulation, several forward passes before one backward, ``retain_graph`` and
   ``torch.func``/``torch.compile`` all work as for any Function: each pass has its own node;
 * the first layer's input gets no gradient (DFA sends none there);
+* the rule drives the layers with ``forward_feedback`` (Linear, LinearReLU, Conv2d); MultiheadAttention's input
+  projections are not among them: they stay backprop, part of the block that the error of the next driven layer
+  (attention's own ``out_proj``) goes back through;
 * the layers must run in the model's order, each once per pass (a ``Sequential``): a layer out of order
   raises ``RuntimeError``. The last layer must be a Linear (its ``out_features`` are the K classes) giving
   (N, K) logits;
@@ -172,6 +175,7 @@ class DirectFeedbackAlignment(Rule):
         self, model: torch.nn.Module, layers: Sequence[Layer], example_input: torch.Tensor | None = None
     ) -> None:
         op = self.name
+        layers = [(name, layer) for name, layer in layers if callable(getattr(type(layer), "forward_feedback", None))]
         if len(layers) < 2:
             found = ", ".join(f"{name} ({type(layer).__name__})" for name, layer in layers)
             raise ValueError(

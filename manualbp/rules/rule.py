@@ -9,8 +9,9 @@ from typing import ClassVar, Protocol, cast
 
 import torch
 
-#: A layer a rule attaches to, with its name in the model: a ``manualbp.nn`` Linear, LinearReLU or Conv2d
-#: (any module with a ``weight`` and a ``forward_feedback(input, feedback)`` method).
+#: A layer a rule attaches to, with its name in the model: a ``manualbp.nn`` Linear, LinearReLU or Conv2d (any
+#: module with a ``weight`` and a ``forward_feedback(input, feedback)`` method), or a layer that names the weights
+#: it sends the error back through in ``feedback_weights`` (MultiheadAttention's input projections).
 Layer = tuple[str, torch.nn.Module]
 
 
@@ -28,8 +29,22 @@ class FeedbackLayer(Protocol):
 BUFFER = "feedback_weight"
 
 
+def feedback_weights(layer: torch.nn.Module) -> tuple[str, ...]:
+    """The names of the weights through which ``layer`` sends the error back: its ``feedback_weights`` when it
+    names them (MultiheadAttention: ``in_proj_weight``, or ``q_proj_weight``, ``k_proj_weight``,
+    ``v_proj_weight``), else ``("weight",)``."""
+    return tuple(getattr(layer, "feedback_weights", ("weight",)))
+
+
+def feedback_buffer(weight: str) -> str:
+    """The name of the fixed buffer a rule gives the weight named ``weight``: ``weight`` -> ``feedback_weight``
+    (``BUFFER``), ``in_proj_weight`` -> ``in_proj_feedback_weight``."""
+    return weight.removesuffix("weight") + BUFFER
+
+
 class Rule:
-    """A learning rule: what carries the error backward through each Linear, LinearReLU and Conv2d of a model.
+    """A learning rule: what carries the error backward through each Linear, LinearReLU and Conv2d of a model, and
+    through MultiheadAttention's input projections.
 
     A parametrised layer's backward does two things with G = dL/dy: **feedback**, dL/dx = G · W, the error
     sent to the layer below, and **reduction**, dL/dW = Σ_n G_nᵀ x_n, the weight gradient. A rule changes only
@@ -38,7 +53,9 @@ class Rule:
 
         dL/dx = G · M            dL/dW = Σ_n G_nᵀ x_n  (unchanged)          dL/db = Σ_n G_n  (unchanged)
 
-    (for a Conv2d, "G · M" is the transposed convolution of G with M). The layer's Function is then
+    (for a Conv2d, "G · M" is the transposed convolution of G with M). A layer with several such weights
+    (MultiheadAttention's packed ``in_proj_weight``, or ``q_proj_weight``/``k_proj_weight``/``v_proj_weight``) gets
+    one M, and one buffer, per weight: ``in_proj_feedback_weight`` (``feedback_buffer``). The layer's Function is then
     ``manualbp.rules.feedback``'s: the layer's own hand-written backward with M saved in W's place. Attach a
     rule with ``manualbp.convert(model, rule=...)``; a layer prints its rule (``rule=feedback_alignment``).
 
@@ -106,19 +123,22 @@ class Rule:
         generator = self.generator()
         for _, layer in layers:
             detach_rule(layer)
-            driven = cast(FeedbackLayer, layer)
-            buffer = self.make_feedback_weight(driven.weight.detach(), generator)
-            if buffer is not None:
-                layer.register_buffer(BUFFER, buffer.to(device=driven.weight.device, dtype=driven.weight.dtype))
-            driven.rule = self
+            for name in feedback_weights(layer):
+                weight = getattr(layer, name)
+                buffer = self.make_feedback_weight(weight.detach(), generator)
+                if buffer is not None:
+                    layer.register_buffer(feedback_buffer(name), buffer.to(device=weight.device, dtype=weight.dtype))
+            cast(FeedbackLayer, layer).rule = self
+
+    def feedback(self, layer: torch.nn.Module, weight: str = "weight") -> torch.Tensor:
+        """M for ``layer``'s weight named ``weight``: ``feedback_matrix`` of its values (detached) and its buffer."""
+        return self.feedback_matrix(getattr(layer, weight).detach(), getattr(layer, feedback_buffer(weight), None))
 
     def forward(self, layer: torch.nn.Module, input: torch.Tensor) -> torch.Tensor:
         """``layer``'s output for ``input`` with the error sent back through ``feedback_matrix``. The layer
         calls this only when a graph is recorded (without one, ``torch.no_grad`` or inference, it runs its
         plain op: there is no backward to change)."""
-        driven = cast(FeedbackLayer, layer)
-        feedback = self.feedback_matrix(driven.weight.detach(), getattr(layer, BUFFER, None))
-        return driven.forward_feedback(input, feedback)
+        return cast(FeedbackLayer, layer).forward_feedback(input, self.feedback(layer))
 
     def generator(self) -> torch.Generator:
         """The generator the fixed matrices are drawn from: seeded from ``seed`` and the rule's name, so that
@@ -145,8 +165,9 @@ class Backprop(Rule):
 
 
 def detach_rule(layer: torch.nn.Module) -> None:
-    """Remove any rule from ``layer``: its ``feedback_weight`` buffer and the rule's attributes (back to backprop)."""
-    layer._buffers.pop(BUFFER, None)
+    """Remove any rule from ``layer``: its ``feedback_weight`` buffers and the rule's attributes (back to backprop)."""
+    for name in feedback_weights(layer):
+        layer._buffers.pop(feedback_buffer(name), None)
     for attribute in ("rule", "rule_position"):
         layer.__dict__.pop(attribute, None)
 
