@@ -433,9 +433,9 @@ def _attention_backward(
         assert grad_q is not None
         grads[0] = _sum_to(grad_q * options.scale, query.shape).to(query.dtype)
     if need_k:
-        grads[1] = (torch.cat(grad_k, -1).transpose(-2, -1) if transposed_k else torch.cat(grad_k, -2)).to(key.dtype)
+        grads[1] = (_joined(grad_k, -1).transpose(-2, -1) if transposed_k else _joined(grad_k, -2)).to(key.dtype)
     if need_v:
-        grads[2] = torch.cat(grad_v, -2).to(value.dtype)
+        grads[2] = _joined(grad_v, -2).to(value.dtype)
     if need_mask:
         assert mask is not None
         if mask.shape[-1] == 1:  # the mask broadcasts along the keys: every block adds to its one column
@@ -443,9 +443,15 @@ def _attention_backward(
             for part in grad_m[1:]:
                 grad_mask = grad_mask + part
         else:
-            grad_mask = torch.cat(grad_m, -1)
+            grad_mask = _joined(grad_m, -1)
         grads[3] = grad_mask.to(mask.dtype)
     return tuple(grads)
+
+
+def _joined(blocks: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """The key blocks' tensors side by side along ``dim``: the one block itself when there is one (``torch.cat``
+    would copy it)."""
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim)
 
 
 def _attention_jvp(

@@ -194,8 +194,11 @@ class LayerNormFunction(torch.autograd.Function):
         g = grad_out if weight is None else grad_out * weight
 
         grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and torch.is_grad_enabled():  # a double backward records this: out of place
             grad_x = inv_std * (g - g.mean(dims, keepdim=True) - x_hat * (g * x_hat).mean(dims, keepdim=True))
+        elif ctx.needs_input_grad[0]:  # the same with one new tensor updated in place: fewer passes over memory
+            mean_g_x_hat = (g * x_hat).mean(dims, keepdim=True)
+            grad_x = (g - g.mean(dims, keepdim=True)).addcmul_(x_hat, mean_g_x_hat, value=-1).mul_(inv_std)
         needs = (weight is not None and ctx.needs_input_grad[2], ctx.has_bias and ctx.needs_input_grad[3])
         if REDUCTION.mode is not None and any(needs):  # per-sample gradients or clipping (manualbp.per_sample)
             terms = AffineTerms(grad_out, x_hat, tuple(range(lead)), needs, _affine_ordinals(weight), leading=True)

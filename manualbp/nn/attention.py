@@ -114,13 +114,15 @@ class MultiheadAttention(ManualComposite, torch.nn.MultiheadAttention):
     def _project(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, batch_first: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Q, K, V of inputs in their own layout ((N, T, features) or (T, N, features)), each (N, T, E)."""
-        e = self.embed_dim
+        """Q, K, V of inputs in their own layout ((N, T, features) or (T, N, features)), each (N, T, H, d)."""
+        e, heads = self.embed_dim, (self.num_heads, self.head_dim)
         linear = self._projection()
         if self._qkv_same_embed_dim:
             bias = self.in_proj_bias
-            if query is key and key is value:  # self-attention: one matmul
-                q, k, v = linear(query, "in_proj_weight", bias).split(e, dim=-1)
+            if query is key and key is value:  # self-attention: one matmul, viewed as (…, 3, H, d) before the split
+                # so that the heads' gradients are stacked once in backward, not copied and then concatenated
+                q, k, v = linear(query, "in_proj_weight", bias).unflatten(-1, (3, *heads)).unbind(-3)
+                return _batch_first(q, k, v, batch_first)
             elif key is value:
                 q = linear(query, "in_proj_weight", bias).split(e, dim=-1)[0]
                 k, v = linear(key, "in_proj_weight", bias).split(e, dim=-1)[1:]
@@ -128,11 +130,14 @@ class MultiheadAttention(ManualComposite, torch.nn.MultiheadAttention):
                 q = linear(query, "in_proj_weight", bias).split(e, dim=-1)[0]
                 k = linear(key, "in_proj_weight", bias).split(e, dim=-1)[1]
                 v = linear(value, "in_proj_weight", bias).split(e, dim=-1)[2]
-            return _batch_first(q, k, v, batch_first)
-        q, k, v = (linear(x, name, None) for x, name in zip((query, key, value), self.feedback_weights))
-        q, k, v = _batch_first(q, k, v, batch_first)
-        packed_bias: torch.Tensor | None = self.in_proj_bias  # None with bias=False, which torch's stub does not say
-        return (q, k, v) if packed_bias is None else MF.add_packed_bias(q, k, v, packed_bias)
+            q, k, v = _batch_first(q, k, v, batch_first)
+        else:
+            q, k, v = (linear(x, name, None) for x, name in zip((query, key, value), self.feedback_weights))
+            q, k, v = _batch_first(q, k, v, batch_first)
+            packed_bias: torch.Tensor | None = self.in_proj_bias  # None with bias=False (torch's stub does not say)
+            if packed_bias is not None:  # its per-sample sums take the batch in dim 0
+                q, k, v = MF.add_packed_bias(q, k, v, packed_bias)
+        return q.unflatten(-1, heads), k.unflatten(-1, heads), v.unflatten(-1, heads)
 
     def _projection(self) -> Callable[[torch.Tensor, str, torch.Tensor | None], torch.Tensor]:
         """``linear(x, weight_name, bias)``: the plain Function, or, under a rule and recording a graph, the one that
@@ -154,16 +159,22 @@ class MultiheadAttention(ManualComposite, torch.nn.MultiheadAttention):
         average_attn_weights: bool,
         is_causal: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Attention of Q, K, V (N, T, E): the heads' outputs side by side (N, L, E), and the weights if asked."""
-        batch, target, _ = q.shape
+        """Attention of Q, K, V (N, T, H, d): the heads' outputs side by side (N, L, E), and the weights if asked."""
+        batch, target = q.shape[:2]
         heads, head_dim = self.num_heads, self.head_dim
         if attn_mask is not None:
             attn_mask = _mask_as_heads(attn_mask, (target, k.shape[1]), batch, heads)
         if self.bias_k is not None and self.bias_v is not None:
-            k, v = MF.cat_token(k, self.bias_k, first=False), MF.cat_token(v, self.bias_v, first=False)
+            k, v = (
+                MF.cat_token(t.flatten(2), bias, first=False).unflatten(-1, (heads, head_dim))
+                for t, bias in ((k, self.bias_k), (v, self.bias_v))
+            )
             attn_mask = None if attn_mask is None else F.pad(attn_mask, (0, 1))
             key_padding_mask = None if key_padding_mask is None else F.pad(key_padding_mask, (0, 1))
-        q, k, v = (t.unflatten(-1, (heads, head_dim)).transpose(1, 2) for t in (q, k, v))  # (N, H, T, d)
+        # (N, H, T, d), each copied once into its own memory: the attention's batched matmuls (forward and backward)
+        # then read them in place instead of copying strided views at every product, and in backward the three
+        # gradients are stacked into the projection's layout in one copy
+        q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
         if self.add_zero_attn:
             k, v = (torch.cat([t, t.new_zeros(batch, heads, 1, head_dim)], dim=2) for t in (k, v))
             attn_mask = None if attn_mask is None else F.pad(attn_mask, (0, 1))
@@ -213,7 +224,7 @@ def _unsqueezed(
 def _batch_first(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch_first: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Q, K, V as (N, T, E) views."""
+    """Q, K, V as (N, T, …) views."""
     if batch_first:
         return q, k, v
     return q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)

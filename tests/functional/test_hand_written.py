@@ -47,6 +47,7 @@ GLUE = {
     "CloneBackward0",
     "MeanBackward1",
     "PermuteBackward0",
+    "ReshapeAliasBackward0",
     "SelectBackward0",
     "SliceBackward0",
     "SplitBackward0",
