@@ -6,17 +6,36 @@ the exception, having no torch.nn class of their own: ``ReLUMaxPool2d`` (ReLU + 
 counterpart, which ``to_torch`` returns, is ``torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d(...))``)
 and ``LinearReLU`` (Linear + ReLU with Linear's constructor and parameters; counterpart ``AutogradLinearReLU``).
 
-The twins of torchvision's vision transformer (``VisionTransformer``, ``Encoder``) load torchvision, so they load on
-first use: as attributes of this package, or when ``manualbp.convert`` meets a torchvision module.
+The twins of torchvision's vision transformer (``VisionTransformer``, ``Encoder``) and of ``torchvision.ops``
+(``StochasticDepth``) load torchvision, so they load on first use: as attributes of this package, or when ``manualbp.convert`` meets a torchvision module.
 """
 
 import importlib
 
 from manualbp.nn._base import ManualModule, manual_twin
-from manualbp.nn.activation import ELU, GELU, LeakyReLU, LogSoftmax, ReLU, ReLU6, Sigmoid, SiLU, Softmax, Tanh
+from manualbp.nn.activation import (
+    CELU,
+    ELU,
+    GELU,
+    SELU,
+    Hardsigmoid,
+    Hardswish,
+    LeakyReLU,
+    LogSigmoid,
+    LogSoftmax,
+    Mish,
+    ReLU,
+    ReLU6,
+    Sigmoid,
+    SiLU,
+    Softmax,
+    Softplus,
+    Softsign,
+    Tanh,
+)
 from manualbp.nn.attention import MultiheadAttention
 from manualbp.nn.conv import Conv2d
-from manualbp.nn.dropout import Dropout
+from manualbp.nn.dropout import Dropout, Dropout1d, Dropout2d, Dropout3d
 from manualbp.nn.embedding import Embedding
 from manualbp.nn.fused import AutogradLinearReLU, LinearReLU, ReLUMaxPool2d
 from manualbp.nn.linear import Linear, NonDynamicallyQuantizableLinear
@@ -33,11 +52,13 @@ from manualbp.nn.transformer import (
 )
 
 __all__ = [
+    "CELU",
     "ELU",
     "GELU",
     "GRU",
     "LSTM",
     "RNN",
+    "SELU",
     "AdaptiveAvgPool2d",
     "AutogradLinearReLU",
     "AvgPool2d",
@@ -46,19 +67,26 @@ __all__ = [
     "Conv2d",
     "CrossEntropyLoss",
     "Dropout",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
     "Embedding",
     "Encoder",
     "Flatten",
     "GRUCell",
+    "Hardsigmoid",
+    "Hardswish",
     "LSTMCell",
     "LayerNorm",
     "LeakyReLU",
     "Linear",
     "LinearReLU",
+    "LogSigmoid",
     "LogSoftmax",
     "MSELoss",
     "ManualModule",
     "MaxPool2d",
+    "Mish",
     "MultiheadAttention",
     "NLLLoss",
     "NonDynamicallyQuantizableLinear",
@@ -70,6 +98,9 @@ __all__ = [
     "SiLU",
     "Sigmoid",
     "Softmax",
+    "Softplus",
+    "Softsign",
+    "StochasticDepth",
     "Tanh",
     "TransformerDecoder",
     "TransformerDecoderLayer",
@@ -82,7 +113,7 @@ __all__ = [
 
 def __getattr__(name: str) -> object:
     if name in _TORCHVISION_TWINS:
-        return getattr(importlib.import_module("manualbp.nn.vision_transformer"), name)
+        return getattr(importlib.import_module(_TORCHVISION_TWINS[name]), name)
     raise AttributeError(f"module 'manualbp.nn' has no attribute {name!r}")
 
 
@@ -90,4 +121,9 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_TORCHVISION_TWINS})
 
 
-_TORCHVISION_TWINS = ("Encoder", "VisionTransformer")
+#: The twins of torchvision's classes, by name, with the module each loads from on first use
+_TORCHVISION_TWINS = {
+    "Encoder": "manualbp.nn.vision_transformer",
+    "VisionTransformer": "manualbp.nn.vision_transformer",
+    "StochasticDepth": "manualbp.nn.torchvision_ops",
+}

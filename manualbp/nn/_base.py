@@ -118,14 +118,15 @@ def _construct_then_check(torch_init: Callable[..., None]) -> Callable[..., None
 
 #: Modules of twins loaded on first need (they import a library ``import manualbp`` does not), by the module
 #: prefix of the classes they mirror.
-_TWIN_MODULES = {"torchvision.": "manualbp.nn.vision_transformer"}
+_TWIN_MODULES = {"torchvision.": ("manualbp.nn.vision_transformer", "manualbp.nn.torchvision_ops")}
 
 
 def manual_twin(torch_class: type[torch.nn.Module]) -> type[ManualModule] | None:
     """The manualbp layer class mirroring ``torch_class`` exactly (subclasses are not matched), or None."""
-    for prefix, module in _TWIN_MODULES.items():
+    for prefix, modules in _TWIN_MODULES.items():
         if torch_class.__module__.startswith(prefix):
-            importlib.import_module(module)
+            for module in modules:
+                importlib.import_module(module)
     return _TWINS.get(torch_class)
 
 

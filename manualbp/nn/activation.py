@@ -91,3 +91,67 @@ class LogSoftmax(ManualModule, torch.nn.LogSoftmax):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return MF.log_softmax(input, self.dim)
+
+
+class Hardswish(ManualModule, torch.nn.Hardswish):
+    """x · relu6(x + 3) / 6 as ``torch.nn.Hardswish``; with ``inplace=True`` written into the input (the backward
+    keeps a copy of the input). Formula and derivative: ``manualbp.functional.elementwise``."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return MF.hardswish(input, self.inplace)
+
+
+class Hardsigmoid(ManualModule, torch.nn.Hardsigmoid):
+    """relu6(x + 3) / 6 as ``torch.nn.Hardsigmoid``; with ``inplace=True`` written into the input."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return MF.hardsigmoid(input, self.inplace)
+
+
+class Mish(ManualModule, torch.nn.Mish):
+    """x · tanh(softplus(x)) as ``torch.nn.Mish``; with ``inplace=True`` written into the input."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return MF.mish(input, self.inplace)
+
+
+class Softplus(ManualModule, torch.nn.Softplus):
+    """log(1 + e^{βx}) / β (x where βx > threshold) as ``torch.nn.Softplus``."""
+
+    def check_supported(self) -> None:
+        check_real(layer_name(self), "beta", self.beta)
+        check_real(layer_name(self), "threshold", self.threshold)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return MF.softplus(input, self.beta, self.threshold)
+
+
+class SELU(ManualModule, torch.nn.SELU):
+    """λ x or λ α (e^x - 1) as ``torch.nn.SELU``; with ``inplace=True`` written into the input."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return MF.selu(input, self.inplace)
+
+
+class CELU(ManualModule, torch.nn.CELU):
+    """x or α (e^{x/α} - 1) as ``torch.nn.CELU``; with ``inplace=True`` written into the input."""
+
+    def check_supported(self) -> None:
+        check_real(layer_name(self), "alpha", self.alpha)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return MF.celu(input, self.alpha, self.inplace)
+
+
+class LogSigmoid(ManualModule, torch.nn.LogSigmoid):
+    """log σ(x) as ``torch.nn.LogSigmoid``."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return MF.logsigmoid(input)
+
+
+class Softsign(ManualModule, torch.nn.Softsign):
+    """x / (1 + |x|) as ``torch.nn.Softsign``."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return MF.softsign(input)

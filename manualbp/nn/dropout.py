@@ -22,3 +22,34 @@ class Dropout(ManualModule, torch.nn.Dropout):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return MF.dropout(input, self.p, self.training, self.inplace)
+
+
+class Dropout1d(ManualModule, torch.nn.Dropout1d):
+    """Channel-wise dropout as ``torch.nn.Dropout1d``: each channel of (N, C, L) or (C, L) zeroed with probability
+    p in training, the rest scaled by 1/(1-p). The same mask as torch's for the same seed."""
+
+    def check_arguments(self, arguments: Mapping[str, Any]) -> None:
+        check_unit_interval(layer_name(self), "p", arguments["p"])
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return MF.dropout1d(input, self.p, self.training, self.inplace)
+
+
+class Dropout2d(ManualModule, torch.nn.Dropout2d):
+    """Channel-wise dropout as ``torch.nn.Dropout2d``: each channel of (N, C, H, W) zeroed with probability p."""
+
+    def check_arguments(self, arguments: Mapping[str, Any]) -> None:
+        check_unit_interval(layer_name(self), "p", arguments["p"])
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return MF.dropout2d(input, self.p, self.training, self.inplace)
+
+
+class Dropout3d(ManualModule, torch.nn.Dropout3d):
+    """Channel-wise dropout as ``torch.nn.Dropout3d``: each channel of (N, C, D, H, W) or (C, D, H, W) zeroed."""
+
+    def check_arguments(self, arguments: Mapping[str, Any]) -> None:
+        check_unit_interval(layer_name(self), "p", arguments["p"])
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return MF.dropout3d(input, self.p, self.training, self.inplace)

@@ -22,7 +22,7 @@ from torch.testing import assert_close
 
 import manualbp.functional as MF
 from manualbp.functional import attention as A
-from manualbp.verify.builtin_cases import math_attention
+from manualbp.verify.case_makers import math_attention
 from tests.fuzz.strategies import attention_calls
 
 OP = MF.scaled_dot_product_attention

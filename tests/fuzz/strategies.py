@@ -25,8 +25,8 @@ from hypothesis.strategies import DrawFn, SearchStrategy
 from torch.nn.modules.utils import _pair as as_pair
 
 import manualbp.functional as MF
-from manualbp.verify.builtin_cases import math_attention
 from manualbp.verify.case import seeded
+from manualbp.verify.case_makers import math_attention
 
 Pair = tuple[int, int]
 

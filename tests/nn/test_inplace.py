@@ -14,6 +14,10 @@ from manualbp.verify.builtin_cases import BUILTIN_CASES
 
 IN_PLACE_CASES = [pytest.param(case, id=case.id) for case in BUILTIN_CASES if case.id.endswith("-inplace")]
 LAYERS = [("ReLU", ()), ("ReLU6", ()), ("LeakyReLU", (0.1,)), ("ELU", (0.5,)), ("SiLU", ()), ("Dropout", (0.3,))]
+LAYERS += [("Hardswish", ()), ("Hardsigmoid", ()), ("Mish", ()), ("SELU", ()), ("CELU", (0.5,)), ("Dropout2d", (0.4,))]
+#: In-place layers whose backward keeps a copy of their input (as torch's in-place SiLU does) or a mask, not their
+#: output: overwriting the output again changes nothing they read
+KEEPS_INPUT = ("silu", "dropout", "hardswish", "hardsigmoid", "mish")
 MODIFIED = "one of the variables needed for gradient computation has been modified by an inplace operation"
 
 
@@ -26,7 +30,7 @@ def test_every_inplace_layer_has_a_registry_case():
 def test_inplace_layer_overwrites_and_returns_its_input_as_torch_does(layer, args):
     manual, reference = getattr(mnn, layer)(*args, inplace=True), getattr(torch.nn, layer)(*args, inplace=True)
     assert repr(manual) == "manualbp." + repr(reference)
-    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True) * 4
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True) * 4
     outputs = []
     for module in (manual, reference):
         h = x.clone()
@@ -70,11 +74,11 @@ def test_inplace_layer_after_a_layer_that_saved_its_input_raises_autograds_error
 
 @pytest.mark.parametrize("case", IN_PLACE_CASES)
 def test_overwriting_the_output_again_raises_or_gives_torchs_gradient(case):
-    """ReLU, ReLU6, LeakyReLU and ELU save their output, so a later in-place op on it is autograd's error (torch
+    """ReLU, ReLU6, LeakyReLU, ELU, SELU and CELU save their output, so a later in-place op on it is autograd's error (torch
     raises too, except for ReLU6, whose in-place backward keeps a copy of the input instead); SiLU (a copy of the
-    input) and Dropout (the mask) do not, and give torch's gradient."""
+    input) and Dropout (the mask) do not, and give torch's gradient; so do the long tail's (a copy of the input)."""
     manual, reference = (_backward(case, m, use_after=True) for m in (True, False))
-    saves_output = not any(name in case.id for name in ("silu", "dropout"))
+    saves_output = not case.id.startswith(KEEPS_INPUT)
     if saves_output:
         assert isinstance(manual, str) and MODIFIED in manual
         assert isinstance(reference, str) or case.id.startswith("relu6")

@@ -7,13 +7,24 @@ import pytest
 import torch
 
 import manualbp.nn as mnn
-from manualbp.verify.builtin_cases import BUILTIN_CASES, args, classes, fused, randn, twin
+from manualbp.verify.builtin_cases import BUILTIN_CASES
+from manualbp.verify.case_makers import args, classes, fused, randn, twin
 
 #: The built-in cases of the supported layers with a batch dim (BatchNorm: eval mode, running statistics).
 _PREFIXES = (
     "linear-",
     "fused-linear_relu-",
+    "conv1d-",
     "conv2d-",
+    "conv3d-",
+    "conv_transpose",
+    "group_norm-",
+    "instance_norm",  # with affine parameters (the cases without are excluded below)
+    "layer_norm2d-",
+    "prelu",
+    "cn_block",
+    "shifted_window_attention",
+    "maxvit",
     "layer_norm-",
     "rms_norm-",
     "embedding",

@@ -1,0 +1,5 @@
+"""Registry cases: Activations with a parameter (PReLU)."""
+
+from manualbp.verify.case import OpCase
+
+CASES: list[OpCase] = []
