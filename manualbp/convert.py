@@ -20,6 +20,34 @@ _FUSED = (LinearReLU, ReLUMaxPool2d)
 # Layers that compute nothing, so they need no twin.
 _PASS_THROUGH = (torch.nn.Identity,)
 
+#: Layers that only move data (a permutation of dims, a reshape into windows and back): autograd's backward of a
+#: view or a copy is the same move reversed, so they stay torch's and are not reported as left to torch.nn.
+MOVES_DATA = frozenset(
+    {
+        "torchvision.ops.misc.Permute",
+        "torchvision.models.maxvit.SwapAxes",
+        "torchvision.models.maxvit.WindowPartition",
+        "torchvision.models.maxvit.WindowDepartition",
+        "torch.nn.modules.flatten.Unflatten",
+        "torch.nn.modules.channelshuffle.ChannelShuffle",
+    }
+)
+_CONTAINERS = (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)
+
+
+def computes_nothing(module: torch.nn.Module) -> bool:
+    """Whether ``module`` needs no twin: an ``Identity``, a container owning no parameter or buffer itself (an empty
+    Sequential is the identity), or a layer that only moves data (``MOVES_DATA``)."""
+    cls = type(module)
+    if isinstance(module, _CONTAINERS):
+        return not _owns_state(module)
+    return isinstance(module, _PASS_THROUGH) or f"{cls.__module__}.{cls.__qualname__}" in MOVES_DATA
+
+
+def _owns_state(module: torch.nn.Module) -> bool:
+    return any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False))
+
+
 # A child of a container, by position: (id(container), name of the child in it).
 Position = tuple[int, str]
 
@@ -57,7 +85,8 @@ def convert(
     (``Hardswish x3 (no manualbp twin)``); with ``strict=True`` a ``NotImplementedError`` with the same
     lines is raised instead and ``model`` is left unchanged.
     A layer counts when it has no children or owns parameters or buffers itself; plain containers
-    (Sequential, ModuleList, a user's Module) are walked, not reported.
+    (Sequential, ModuleList, a user's Module) are walked, not reported, and so are the layers that only move data
+    (``MOVES_DATA``: torchvision's ``Permute``, MaxViT's window partition and ``SwapAxes``).
 
     ``rule`` (``manualbp.rules``) decides what carries the error backward through every manual Linear,
     LinearReLU, Conv2d and MultiheadAttention (its input projections) of the result (those swapped now and those that were manual already):
@@ -191,6 +220,10 @@ def _plan(
     seen.add(id(module))
     if isinstance(module, (ManualModule, *_FUSED, *_PASS_THROUGH)):
         return
+    if computes_nothing(module):
+        for child in module.children():
+            _plan(child, replacements, fused, left_as_torch, seen)
+        return
     kind = type(module).__name__
     twin = manual_twin(type(module))
     if twin is not None:
@@ -199,7 +232,7 @@ def _plan(
         except NotImplementedError as why:
             left_as_torch[(kind, str(why))] += 1
         return
-    owns_state = any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False))
+    owns_state = _owns_state(module)
     children = list(module.named_children())
     if owns_state or not children:
         left_as_torch[(kind, "no manualbp twin")] += 1
@@ -230,15 +263,12 @@ def _apply(
 
 def layer_summary(model: torch.nn.Module) -> dict[str, Counter[str]]:
     """How many layers of each type in ``model`` run a hand-written backward (``"manual"``) and how many
-    stay torch.nn with autograd's backward (``"torch"``); plain containers and ``Identity`` are not layers."""
+    stay torch.nn with autograd's backward (``"torch"``); what computes nothing (``computes_nothing``: containers,
+    ``Identity``, the layers that only move data) is not counted."""
     summary: dict[str, Counter[str]] = {"manual": Counter(), "torch": Counter()}
     for module in model.modules():
         if isinstance(module, (ManualModule, *_FUSED)):
             summary["manual"][type(module).__name__] += 1
-        elif not isinstance(module, _PASS_THROUGH):
-            owns_state = any(True for _ in module.parameters(recurse=False)) or any(
-                True for _ in module.buffers(recurse=False)
-            )
-            if owns_state or not any(True for _ in module.children()):
-                summary["torch"][type(module).__name__] += 1
+        elif not computes_nothing(module) and (_owns_state(module) or not any(True for _ in module.children())):
+            summary["torch"][type(module).__name__] += 1
     return summary

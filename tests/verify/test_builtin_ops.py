@@ -6,6 +6,7 @@ import pytest
 
 from manualbp.verify import CPU_CHECKS, GRAPH_CAPTURE_CHECKS, verify_cases
 from manualbp.verify.builtin_cases import BUILTIN_CASES
+from manualbp.verify.cases import FAMILY_CASES
 
 #: Cases whose ``compile_dynamic`` cell the suite leaves to another case of the same ops, named beside it: compiling
 #: a layer made of layers with dynamic shapes takes 10 to 50 s a case, and the suite must stay within its time.
@@ -49,6 +50,18 @@ DYNAMIC_SHAPES_ELSEWHERE = {
     "gru-unbatched-h0": "gru-packed-2layers",
     "rnn-unbatched-bidirectional-2layers-dropout0.5": "rnn-relu-2layers-nobias-batch_first-h0",
 }
+
+
+def _first_of_each_op(cases: list) -> dict[str, str]:
+    """Each case of ``cases`` but the first of its op (the id up to its first "-"), mapped to that first one: the
+    later families' geometry and options are constants of the graph, so one case per op carries the dynamic batch."""
+    first: dict[str, str] = {}
+    for case in cases:
+        first.setdefault(case.id.split("-")[0], case.id)
+    return {case.id: first[case.id.split("-")[0]] for case in cases if case.id != first[case.id.split("-")[0]]}
+
+
+DYNAMIC_SHAPES_ELSEWHERE.update(_first_of_each_op(FAMILY_CASES))
 
 # the graph-capture cells compile or export (seconds each): the slow tier (pytest -m slow), which CI runs too
 CELLS = [
