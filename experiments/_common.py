@@ -43,7 +43,21 @@ ARCHS: dict[str, Callable[..., torch.nn.Module]] = {
     # row by row: H steps of C·W features (28 of 28 on MNIST), hidden state 128, as ``--model.arch=lstm``
     "lstm": lambda in_shape, backend: recurrent("lstm", in_shape=in_shape, backend=backend),
     "gru": lambda in_shape, backend: recurrent("gru", in_shape=in_shape, backend=backend),
+    # torchvision's, 10 classes, on 3-channel images (``bench.IN_SHAPES``); manual: ``manualbp.convert`` of it
+    "resnet18": lambda in_shape, backend: torchvision_model("resnet18", backend),
+    "convnext_tiny": lambda in_shape, backend: torchvision_model("convnext_tiny", backend),
 }
+
+
+def torchvision_model(name: str, backend: str) -> torch.nn.Module:
+    """torchvision's classification model ``name`` (10 classes), converted fully to manual layers for the manual
+    backend (``manualbp.convert(..., strict=True)``)."""
+    import torchvision
+
+    import manualbp
+
+    model = torchvision.models.get_model(name, num_classes=10)
+    return manualbp.convert(model, strict=True) if backend == "manual" else model
 
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:

@@ -2,7 +2,9 @@
 
 For each model (``mlp800x800`` = ``mlp(hidden=(800, 800))``, ``lenet5`` = ``lenet5()``, ``lstm`` and ``gru`` =
 ``recurrent("lstm"|"gru")``: the image read row by row, 28 steps of 28 pixels, hidden state 128, a Linear
-on the last one; ``--model.arch=lstm|gru`` of ``manualbp fit``), each batch size and each device, both
+on the last one; ``--model.arch=lstm|gru`` of ``manualbp fit``; on request, ``resnet18`` and ``convnext_tiny``:
+torchvision's, 10 classes, on 3 x 64 x 64 images, the manual one ``manualbp.convert``-ed fully), each batch size
+and each device, both
 backends are built from the same seed (their state dicts are checked equal), get the same float32 batch of
 1x28x28 inputs and random labels, and are first checked to give the same loss and gradients. Then:
 
@@ -67,7 +69,8 @@ backends are built from the same seed (their state dicts are checked equal), get
   autograd ``lstm``, ``torch.nn.LSTM`` on oneDNN's ``mkldnn_rnn_layer``, fails this way in inductor's
   generated alignment check; the manual one compiles).
 
-    python experiments/bench.py [--quick] [--models mlp800x800 lenet5 lstm gru] [--batches 32 128 512]
+    python experiments/bench.py [--quick] [--models mlp800x800 lenet5 lstm gru resnet18 convnext_tiny]
+                                [--batches 32 128 512]
                                 [--device all|cpu|cuda] [--reps 200] [--warmup 20] [--threads N]
                                 [--matmul-size 2048] [--matmul-reps 10] [--compile]
                                 [--json experiments/results/bench_cpu.json]
@@ -108,6 +111,8 @@ from _common import (
 from torch.utils.flop_counter import FlopCounterMode
 
 IN_SHAPE = (1, 28, 28)
+#: Models on other inputs than MNIST's: torchvision's, on 64 x 64 colour images
+IN_SHAPES = {"resnet18": (3, 64, 64), "convnext_tiny": (3, 64, 64)}
 NUM_CLASSES = 10
 MODELS = ("mlp800x800", "lenet5", "lstm", "gru")
 BATCHES = (32, 128, 512)
@@ -304,10 +309,13 @@ def assert_same_step(results: dict[str, tuple[torch.Tensor, list[torch.Tensor]]]
 
 def check_same_step(models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Tensor) -> None:
     """Both backends give the same loss and parameter gradients on (x, y); the gradients are cleared
-    (tolerances: ``_same_step_tolerance``)."""
+    (tolerances: ``_same_step_tolerance``). Each runs from the same seed, so that a model that draws masks in
+    training (convnext_tiny's stochastic depth) draws the same ones on both sides."""
     results = {}
     for backend, model in models.items():
-        loss = LOSSES[backend](model(x), y)
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            torch.manual_seed(0)
+            loss = LOSSES[backend](model(x), y)
         loss.backward()
         results[backend] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
         model.zero_grad(set_to_none=True)
@@ -418,9 +426,10 @@ def bench_config(
 ) -> dict[str, object]:
     """Measure one (model, batch, device) configuration, eager or compiled; returns its row. With a
     ``probe``, the machine rate is sampled ``probe_samples`` times during the timing loop."""
-    models = build_pair(model_name, IN_SHAPE, seed=seed, device=device)
+    in_shape = IN_SHAPES.get(model_name, IN_SHAPE)
+    models = build_pair(model_name, in_shape, seed=seed, device=device)
     gen = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(batch, *IN_SHAPE, generator=gen).to(device)
+    x = torch.randn(batch, *in_shape, generator=gen).to(device)
     y = torch.randint(0, NUM_CLASSES, (batch,), generator=gen).to(device)
     # counted on the eager models (before any compilation): the same math for a compiled row
     flops = step_flops(models["autograd"], LOSSES["autograd"], x, y)
@@ -596,7 +605,7 @@ def format_table(rows: Sequence[dict[str, object]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=[*MODELS, *IN_SHAPES])
     parser.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
     parser.add_argument("--device", default="all", choices=["all", "cpu", "cuda"])
     parser.add_argument("--reps", type=int, default=None, help="timed steps per backend (default 200, quick 20)")
@@ -627,7 +636,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
     devices = resolve_devices(opts.device)
 
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, float32, input {IN_SHAPE}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, float32, input {IN_SHAPE} "
+        f"(torchvision's models {IN_SHAPES['resnet18']}), "
         f"{reps} interleaved timed steps per backend after {warmup} warm-up steps",
         flush=True,
     )

@@ -1,9 +1,12 @@
 """Per-sample gradients and DP-SGD steps: manualbp's hand-written backward against torch.func, BackPACK and Opacus.
 
-For each model (``mlp800x800`` = ``manualbp.models.mlp(hidden=(800, 800))``, ``lenet5``) and each batch size
-(32 and 128), a batch of 1x28x28 float32 inputs with random labels, all in one process, the same weights on
-every side (both backends built from one seed, their state dicts checked equal), every method on its own copy
-of the model (a step of one never changes another's weights):
+For each model (``mlp800x800`` = ``manualbp.models.mlp(hidden=(800, 800))``, ``lenet5``, on 1x28x28 inputs; on
+request, ``--models resnet18_gn``: torchvision's resnet18 with 10 classes, its BatchNorm replaced by GroupNorm
+as Opacus's ``ModuleValidator.fix`` does (``manualbp.per_sample.batch_norm_to_group_norm``: gcd(32, C) groups),
+on 3x32x32 inputs, ``resnet18_gn`` below) and each batch size (32 and 128), a batch of float32 inputs with
+random labels, all in one process, the same weights on every side (both backends built from one seed, their
+state dicts checked equal), every method on its own copy of the model (a step of one never changes another's
+weights):
 
 * ``plain_autograd``: one training step of the torch.nn twin (zero grads, forward,
   ``torch.nn.functional.cross_entropy``, backward, SGD update), the denominator of every ratio;
@@ -25,6 +28,10 @@ of the model (a step of one never changes another's weights):
 * ``backpack_batchgrad``: the twin's forward and backward under BackPACK's ``BatchGrad`` (``p.grad_batch``);
 * ``torch_func_vmap``: the twin's per-sample gradients by ``torch.func.vmap(grad(...))``.
 
+A peer that cannot run a model is left out of that model's rows, with the reason printed and kept in the
+JSON's meta (``UNSUPPORTED``): BackPACK's ``BatchGrad`` on ``resnet18_gn`` (it has no GroupNorm extension, so
+GroupNorm's parameters would get no ``grad_batch``).
+
 The methods run interleaved: ``--warmup`` untimed calls of each, then ``--reps`` repetitions, each one call
 of every method in an order that rotates by one every repetition, so a slow patch of the (shared) machine
 hits all of them; Python's garbage collector is paused while timing. Reported per (model, batch, method):
@@ -33,20 +40,22 @@ hits all of them; Python's garbage collector is paused while timing. Reported pe
 
 Targets, marked in the table: ``manualbp_clip`` (a whole DP-SGD step) <= 1.30x ``plain_autograd``, and
 ``manualbp_grad_sample`` faster than every peer's per-sample method (``backpack_batchgrad``,
-``torch_func_vmap``, ``opacus_hooks_grad_sample``), on every row.
+``torch_func_vmap``, ``opacus_hooks_grad_sample``; those that run the model), on every row. The table also
+gives ``manualbp_clip`` / the faster of ``opacus_hooks`` and ``opacus_ghost`` (Opacus's fastest DP step).
 
 Before timing, each (model, batch) is checked (float32 tolerances): the per-sample gradients of
 ``manualbp_grad_sample`` against torch.func's, and the gradient of ``manualbp_clip`` without noise (σ = 0:
 the clipped sum over the batch size) against the clipped mean of Opacus's hooks (``pre_step``, σ = 0).
 
-    python experiments/bench_per_sample.py [--quick] [--models mlp800x800 lenet5] [--batches 32 128]
+    python experiments/bench_per_sample.py [--quick] [--models mlp800x800 lenet5 resnet18_gn] [--batches 32 128]
                                            [--reps 30] [--warmup 3] [--threads N]
                                            [--json experiments/results/bench_per_sample.json]
 
 prints a table, and with ``--json PATH`` writes ``{"meta": {...}, "rows": [...]}``: one row per (model,
 batch, method) with the keys model, batch, method, ms, ratio_to_plain (and p25_ms, p75_ms, reps); ``meta``
-holds the versions, threads, machine, cores, date, the 1-minute load average before and after each (model, batch) and
-the checks' max abs differences.
+holds the versions, threads, machine, cores, date, the 1-minute load average before and after each (model, batch),
+the checks' max abs differences, and (only where a peer was left out) its reason under ``skipped``. The default
+models are ``mlp800x800`` and ``lenet5``; ``resnet18_gn`` runs when named.
 """
 
 from __future__ import annotations
@@ -63,8 +72,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from _common import build_pair, cpu_name, summarize_ms, write_json
+from _common import assert_same_weights, build_pair, cpu_name, summarize_ms, write_json
 from torch.func import functional_call, grad, vmap
+from torchvision.models.resnet import BasicBlock, ResNet
 
 import manualbp
 from manualbp.per_sample import add_noise
@@ -74,6 +84,9 @@ NUM_CLASSES = 10
 LR = 0.01
 NOISE, CLIP = 1.0, 1.0
 MODELS = ("mlp800x800", "lenet5")
+#: Models run only when named with --models, and their input shape (the others: IN_SHAPE).
+EXTRA_MODELS = ("resnet18_gn",)
+IN_SHAPES = {"resnet18_gn": (3, 32, 32)}
 BATCHES = (32, 128)
 
 #: The methods of the spec, in the order of the table and the JSON rows.
@@ -93,13 +106,69 @@ METHODS = SPEC_METHODS + EXTRA_METHODS
 #: The peers' per-sample methods, which ``manualbp_grad_sample`` must beat.
 PEER_PER_SAMPLE = ("backpack_batchgrad", "torch_func_vmap", "opacus_hooks_grad_sample")
 CLIP_TARGET = 1.30  # manualbp_clip / plain_autograd
+#: Opacus's DP steps; manualbp_clip is compared with the faster.
+OPACUS_DP = ("opacus_hooks", "opacus_ghost")
+#: (model, method) -> why the method cannot run that model: left out of its rows, the reason printed.
+UNSUPPORTED = {
+    ("resnet18_gn", "backpack_batchgrad"): (
+        "BackPACK's BatchGrad has no GroupNorm extension: GroupNorm's weight and bias get no grad_batch"
+    ),
+}
+
+
+def in_shape(name: str) -> tuple[int, ...]:
+    """The input shape (one sample) of the model ``name``."""
+    return IN_SHAPES.get(name, IN_SHAPE)
+
+
+class OutOfPlaceBasicBlock(BasicBlock):
+    """torchvision's ``BasicBlock`` with its residual sum out of place (``out + identity``, the same values):
+    Opacus's hooks wrap each hooked layer's output in a view that its in-place ``out += identity`` may not
+    modify (RuntimeError "Output 0 of BackwardHookFunction is a view and is being modified inplace")."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+def resnet18_gn(num_classes: int = NUM_CLASSES) -> torch.nn.Module:
+    """torchvision's resnet18 (``ResNet(BasicBlock, [2, 2, 2, 2])``, its initialisation) with its BatchNorm
+    replaced by GroupNorm(gcd(32, C), C) as Opacus's ``ModuleValidator.fix`` does
+    (``manualbp.per_sample.batch_norm_to_group_norm``), its ReLUs and residual sums out of place (what
+    Opacus's hooks need; the same values): a torch.nn model, ``manualbp.convert(..., strict=True)`` turns
+    every layer manual."""
+    model = ResNet(OutOfPlaceBasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+    for module in model.modules():
+        if isinstance(module, torch.nn.ReLU):
+            module.inplace = False
+    return manualbp.per_sample.batch_norm_to_group_norm(model)
+
+
+def build(name: str, seed: int = 0) -> dict[str, torch.nn.Module]:
+    """{"manual": model, "autograd": twin} of the model ``name`` (float32): ``_common.build_pair`` for the
+    default models; for ``resnet18_gn`` the twin built from ``seed`` and the manual model converted from a
+    copy of it (strict: every layer manual)."""
+    if name != "resnet18_gn":
+        return build_pair(name, in_shape(name), seed)
+    torch.manual_seed(seed)
+    twin = resnet18_gn().float()
+    manual = manualbp.convert(copy.deepcopy(twin), strict=True)
+    assert_same_weights(manual, twin)
+    return {"manual": manual, "autograd": twin}
 
 
 def _opacus_private(
-    model: torch.nn.Module, mode: str, data: tuple[torch.Tensor, torch.Tensor], noise: float = NOISE
+    model: torch.nn.Module,
+    mode: str,
+    data: tuple[torch.Tensor, torch.Tensor],
+    noise: float = NOISE,
+    max_grad_norm: float = CLIP,
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer, Callable[..., torch.Tensor]]:
-    """``(module, optimizer, criterion)`` of Opacus's ``make_private`` on a copy of ``model``; a loader of
-    one batch over ``data`` gives the expected batch size (= the batch; the batches are fed directly)."""
+    """``(module, optimizer, criterion)`` of Opacus's ``make_private`` on a copy of ``model`` (clipping bound
+    ``max_grad_norm``); a loader of one batch over ``data`` gives the expected batch size (= the batch; the
+    batches are fed directly)."""
     from opacus import PrivacyEngine
 
     dataset = torch.utils.data.TensorDataset(*data)
@@ -116,7 +185,7 @@ def _opacus_private(
             data_loader=loader,
             criterion=criterion,
             noise_multiplier=noise,
-            max_grad_norm=CLIP,
+            max_grad_norm=max_grad_norm,
             grad_sample_mode=mode,
             poisson_sampling=False,
         )
@@ -139,13 +208,15 @@ def _vmap_per_sample_grad(model: torch.nn.Module) -> Callable[..., dict[str, tor
 
 
 def methods(name: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, Callable[[], object]]:
-    """Every timed method for the model ``name``, as a closure doing one call on the batch (x, y)."""
+    """Every timed method for the model ``name``, as a closure doing one call on the batch (x, y); those in
+    ``UNSUPPORTED`` for ``name`` are left out (and their models not built)."""
     from backpack import backpack, extend
     from backpack.extensions import BatchGrad
     from opacus import GradSampleModule
 
     batch = len(x)
-    pair = build_pair(name, IN_SHAPE)
+    skip = {method for model, method in UNSUPPORTED if model == name}
+    pair = build(name)
     manual, twin = pair["manual"], pair["autograd"]
     loss_m, loss_t = manualbp.functional.cross_entropy, torch.nn.functional.cross_entropy
 
@@ -160,8 +231,9 @@ def methods(name: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, Callable[[
     hooks = _opacus_private(twin, "hooks", (x, y))
     ghost = _opacus_private(twin, "ghost", (x, y))
     opacus_gsm = GradSampleModule(copy.deepcopy(twin))
-    backpack_model = extend(copy.deepcopy(twin))
-    backpack_loss = extend(torch.nn.CrossEntropyLoss())
+    if "backpack_batchgrad" not in skip:
+        backpack_model = extend(copy.deepcopy(twin))
+        backpack_loss = extend(torch.nn.CrossEntropyLoss())
     func_model = copy.deepcopy(twin)
     params = {k: v.detach() for k, v in func_model.named_parameters()}
     per_sample_grad = _vmap_per_sample_grad(func_model)
@@ -224,7 +296,7 @@ def methods(name: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, Callable[[
         "manualbp_clip_without_noise": dp_step(0.0),
     }
     assert tuple(fns) == METHODS
-    return fns
+    return {method: fn for method, fn in fns.items() if method not in skip}
 
 
 def check(name: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -233,7 +305,7 @@ def check(name: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     (clipped sum / batch, as ``manualbp_clip`` computes it with σ = 0) against Opacus hooks' clipped mean.
     Returns the max abs differences."""
     tol = dict(rtol=1e-4, atol=1e-5)
-    pair = build_pair(name, IN_SHAPE)
+    pair = build(name)
     manual, twin = pair["manual"], pair["autograd"]
 
     with manualbp.per_sample_grads(manual, "mean"):
@@ -289,16 +361,19 @@ def time_interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: in
 def bench_config(name: str, batch: int, reps: int, warmup: int, seed: int = 0) -> tuple[list[dict], dict]:
     """Check and time every method on one (model, batch): (its rows, its meta entry)."""
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((batch, *IN_SHAPE), generator=gen)
+    x = torch.randn((batch, *in_shape(name)), generator=gen)
     y = torch.randint(0, NUM_CLASSES, (batch,), generator=gen)
     checks = check(name, x, y)
     fns = methods(name, x, y)
+    skipped = {method: reason for (model, method), reason in UNSUPPORTED.items() if model == name}
+    for method, reason in skipped.items():
+        print(f"  {name}: {method} left out: {reason}", flush=True)
     load_before = os.getloadavg()[0]
     times = time_interleaved(fns, reps, warmup)
     load_after = os.getloadavg()[0]
     base = statistics.median(times["plain_autograd"])
     rows = []
-    for method in METHODS:
+    for method in (m for m in METHODS if m in times):
         stats = summarize_ms(times[method])
         rows.append(
             {
@@ -318,24 +393,30 @@ def bench_config(name: str, batch: int, reps: int, warmup: int, seed: int = 0) -
         "checks": checks,
         "loadavg_1min": [round(load_before, 2), round(load_after, 2)],
     }
+    if skipped:
+        meta["skipped"] = skipped
     return rows, meta
 
 
 def targets(rows: Sequence[dict]) -> dict[tuple[str, int], dict[str, object]]:
-    """Per (model, batch): whether ``manualbp_clip`` <= 1.30x ``plain_autograd`` (``clip_ok``) and whether
-    ``manualbp_grad_sample`` is faster than the fastest peer per-sample method (``grad_sample_ok``)."""
+    """Per (model, batch): whether ``manualbp_clip`` <= 1.30x ``plain_autograd`` (``clip_ok``), whether
+    ``manualbp_grad_sample`` is faster than the fastest peer per-sample method that ran (``grad_sample_ok``),
+    and ``manualbp_clip`` / the faster Opacus DP step (``clip_vs_opacus``, ``fastest_opacus``)."""
     by_config: dict[tuple[str, int], dict[str, dict]] = {}
     for row in rows:
         by_config.setdefault((row["model"], row["batch"]), {})[row["method"]] = row
     out = {}
     for config, got in by_config.items():
-        peer = min(PEER_PER_SAMPLE, key=lambda m: got[m]["ms"])
+        peer = min((m for m in PEER_PER_SAMPLE if m in got), key=lambda m: got[m]["ms"])
+        opacus = min(OPACUS_DP, key=lambda m: got[m]["ms"])
         out[config] = {
             "clip_ratio": got["manualbp_clip"]["ratio_to_plain"],
             "clip_ok": got["manualbp_clip"]["ratio_to_plain"] <= CLIP_TARGET,
             "fastest_peer": peer,
             "grad_sample_vs_peer": got["manualbp_grad_sample"]["ms"] / got[peer]["ms"],
             "grad_sample_ok": got["manualbp_grad_sample"]["ms"] < got[peer]["ms"],
+            "fastest_opacus": opacus,
+            "clip_vs_opacus": got["manualbp_clip"]["ms"] / got[opacus]["ms"],
         }
     return out
 
@@ -354,7 +435,10 @@ def format_table(rows: Sequence[dict]) -> str:
         mark = marks[config]
         target = ""
         if r["method"] == "manualbp_clip":
-            target = f"<= {CLIP_TARGET:.2f}x plain: {'yes' if mark['clip_ok'] else 'NO'}"
+            target = (
+                f"<= {CLIP_TARGET:.2f}x plain: {'yes' if mark['clip_ok'] else 'NO'}; "
+                f"{mark['clip_vs_opacus']:.2f}x {mark['fastest_opacus']}"
+            )
         elif r["method"] == "manualbp_grad_sample":
             target = (
                 f"< fastest peer ({mark['fastest_peer']}, {mark['grad_sample_vs_peer']:.2f}x): "
@@ -381,7 +465,7 @@ def _version(module: str) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS + EXTRA_MODELS))
     parser.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
     parser.add_argument("--reps", type=int, default=None, help="timed calls per method (default 30, quick 5)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls per method (default 3, quick 1)")
@@ -397,7 +481,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         torch.set_num_threads(opts.threads)
 
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, float32, input {IN_SHAPE}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, float32, input "
+        f"{', '.join(f'{name} {in_shape(name)}' for name in opts.models)}, "
         f"{reps} interleaved timed calls per method after {warmup} warm-up calls",
         flush=True,
     )
@@ -435,6 +520,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         f"\n/ plain = median / plain_autograd median (same model and batch). Targets on every row: manualbp_clip "
         f"<= {CLIP_TARGET:.2f}x plain_autograd: {'met' if clip_all else 'NOT met'}; manualbp_grad_sample faster "
         f"than {', '.join(PEER_PER_SAMPLE)}: {'met' if gs_all else 'NOT met'}."
+    )
+    opacus_all = all(m["clip_vs_opacus"] < 1 for m in marks.values())
+    print(
+        f"manualbp_clip faster than the faster of {', '.join(OPACUS_DP)} on every row: {'yes' if opacus_all else 'NO'}."
     )
     result = {"meta": meta, "rows": rows}
     write_json(opts.json, result)

@@ -11,9 +11,9 @@ sides), the largest relative difference of the logits and of every parameter's g
 (|a - b| / max|b| per tensor, the worst tensor; a gradient that is zero in exact arithmetic, such as the bias of
 a layer followed by a batch norm in training, is rounding noise, so max|b| is floored at 1e-6 of the largest
 gradient of the model). torch's float64 Hardsigmoid backward multiplies by 1/6 rounded to float32
-(0.16666667163..., a relative error of 3.0e-8; ``Hardsigmoid.backward`` below shows it), so in the original every
+(0.16666667163..., a relative error of 3.0e-8), so in the original every
 ``Hardsigmoid`` is computed as relu6(x + 3) / 6 through autograd, the same function with an exact slope
-(``exact_hardsigmoid``). A model passes when both are within 1e-8. A model that fails to
+(``manualbp.verify.exact_references.exact_hardsigmoid``). A model passes when both are within 1e-8. A model that fails to
 build, convert or run is a row with its ``error``.
 
     python experiments/zoo.py [--models resnet18 swin_t ...] [--json experiments/results/zoo.json]
@@ -35,6 +35,7 @@ from _common import machine_meta, write_json
 import manualbp
 from manualbp.convert import layer_summary
 from manualbp.verify import seeded
+from manualbp.verify.exact_references import exact_hardsigmoid
 
 LIMIT = 100_000_000
 TOLERANCE = 1e-8
@@ -60,22 +61,6 @@ def build(name: str) -> torch.nn.Module:
         options.update(init_weights=True, aux_logits=False)
     torch.manual_seed(0)
     return torchvision.models.get_model(name, **options).double()
-
-
-class ExactHardsigmoid(torch.nn.Module):
-    """relu6(x + 3) / 6: ``torch.nn.Hardsigmoid``'s function, differentiated by autograd with an exact 1/6."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.relu6(x + 3) / 6
-
-
-def exact_hardsigmoid(model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` with every ``torch.nn.Hardsigmoid`` replaced by ``ExactHardsigmoid``, in place."""
-    for module in list(model.modules()):
-        for name, child in module.named_children():
-            if type(child) is torch.nn.Hardsigmoid:
-                setattr(module, name, ExactHardsigmoid())
-    return model
 
 
 def relative(a: torch.Tensor, b: torch.Tensor, floor: float = 0.0) -> float:

@@ -421,3 +421,28 @@ def test_torchvision_model_converts_fully_and_keeps_outputs_and_gradients(name):
     assert_close(outputs[0], outputs[1], rtol=1e-10, atol=1e-10)
     for (label, p), q in zip(model.named_parameters(), reference.parameters()):
         assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-10, msg=label)
+
+
+def test_a_convnext_converts_fully_with_manual_blocks_and_keeps_outputs_and_gradients():
+    """torchvision's ConvNeXt (two stages of one block each, widths 4 and 8, stochastic depth 0.5, training mode):
+    every CNBlock becomes manualbp's (its layer scale a hand-written op, its layers manual); output and every
+    parameter's gradient equal the unconverted copy's in float64, with the same stochastic-depth masks."""
+    convnext = pytest.importorskip("torchvision.models.convnext")
+    torch.manual_seed(0)
+    stages = [convnext.CNBlockConfig(4, 8, 1), convnext.CNBlockConfig(8, None, 1)]
+    model = convnext.ConvNeXt(stages, stochastic_depth_prob=0.5, num_classes=3).double()
+    reference = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing stays torch.nn
+        manualbp.convert(model)
+    assert not layer_summary(model)["torch"]
+    assert sum(isinstance(m, ManualModule) and isinstance(m, convnext.CNBlock) for m in model.modules()) == 2
+    x, target = torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.tensor([1, 0, 2, 1])
+    outputs = []
+    for m in (model, reference):
+        out = seeded(m)(x)  # the same stochastic-depth masks on both sides
+        nn.functional.cross_entropy(out, target).backward()
+        outputs.append(out)
+    assert_close(outputs[0], outputs[1], rtol=1e-10, atol=1e-10)
+    for (label, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-10, msg=label)

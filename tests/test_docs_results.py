@@ -154,6 +154,7 @@ def test_the_page_includes_every_generated_file_under_its_section(results):
         "Accuracy",
         "Verification timing",
         "Transformers",
+        "torchvision's classification zoo, converted",
     ]
     # each generated file sits under the section its JSON belongs to
     sections = re.split(r"^## ", page, flags=re.M)[1:]
@@ -164,3 +165,4 @@ def test_the_page_includes_every_generated_file_under_its_section(results):
     assert where["per_sample.md.inc"] == where["dp_noise.md.inc"] == "Per-sample gradients and DP-SGD"
     assert where["accuracy.md.inc"] == "Accuracy" and where["verify_timing.md.inc"] == "Verification timing"
     assert where["attention.md.inc"] == where["vit.md.inc"] == "Transformers"
+    assert where["zoo.md.inc"] == "torchvision's classification zoo, converted"

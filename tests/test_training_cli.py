@@ -32,12 +32,15 @@ _SMALL = (
 
 
 class SmallCNN(torch.nn.Module):
-    """A user's own network for (N, 1, 8, 8) digits: conv, ReLU, pool, a dropout manualbp has no twin of, linear."""
+    """A user's own network for (N, 1, 8, 8) digits: conv, ReLU, pool, a normalisation manualbp has no twin of, linear."""
 
     def __init__(self, width: int = 4, num_classes: int = 10) -> None:
         super().__init__()
         self.features = torch.nn.Sequential(
-            torch.nn.Conv2d(1, width, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Dropout2d(0.1)
+            torch.nn.Conv2d(1, width, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.LocalResponseNorm(2),
         )
         self.head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(width * 16, num_classes))
 
@@ -127,7 +130,7 @@ def test_your_own_model_through_the_command(tmp_path, capsys):
     assert main(["fit", *_SMALL, net, "--model.net.init_args.width=6", "--trainer.max_epochs=2"]) == 0
     out = capsys.readouterr().out
     assert "ClassifierModule: manual (hand-written backward): 1 Conv2d, 1 ReLU, 1 MaxPool2d, 1 Flatten, 1 Linear" in out
-    assert "ClassifierModule: stayed torch.nn (autograd backward): 1 Dropout2d" in out
+    assert "ClassifierModule: stayed torch.nn (autograd backward): 1 LocalResponseNorm" in out
     assert "test_acc = " in out
     config = yaml.safe_load((_run_dir(tmp_path) / "config.yaml").read_text())
     assert config["model"]["net"] == {
@@ -146,7 +149,7 @@ def test_your_own_model_in_python_trains_through_manual_layers():
     autograd = ClassifierModule(net=SmallCNN(), backend="autograd", in_shape=(1, 8, 8))
     assert "net" not in manual.hparams  # its weights are in the state dict
     layers = [m for m in manual.net.modules() if not list(m.children())]
-    assert all(isinstance(m, (ManualModule, torch.nn.Dropout2d)) for m in layers), layers
+    assert all(isinstance(m, (ManualModule, torch.nn.LocalResponseNorm)) for m in layers), layers
     images, labels = torch.randn(5, 1, 8, 8), torch.arange(5)
     manual.eval(), autograd.eval()
     manual.loss_fn(manual(images), labels).backward()

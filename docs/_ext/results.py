@@ -25,7 +25,8 @@ The files, by section of the results page:
   (dp_compare_mnist.json), ``dp_noise.md.inc`` (bench_dp_noise.json);
 * Accuracy: ``accuracy.md.inc`` (accuracy.json);
 * Verification timing: ``verify_timing.md.inc`` (verify_timing.json);
-* Transformers: ``attention.md.inc`` (bench_attention.json), ``vit.md.inc`` (bench_vit.json).
+* Transformers: ``attention.md.inc`` (bench_attention.json), ``vit.md.inc`` (bench_vit.json);
+* torchvision's zoo converted: ``zoo.md.inc`` (zoo.json).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ COMMANDS = {
     "verify_timing.json": "python experiments/verify_timing.py --out experiments/results/verify_timing.json",
     "bench_attention.json": "python experiments/bench_attention.py --json experiments/results/bench_attention.json",
     "bench_vit.json": "python experiments/bench_vit.py --json experiments/results/bench_vit.json",
+    "zoo.json": "python experiments/zoo.py --json experiments/results/zoo.json",
 }
 
 MODEL_NAMES = {"mlp800x800": "mlp(800, 800)", "lenet5": "lenet5", "lstm": "lstm", "gru": "gru", "mlp": "mlp(800)"}
@@ -680,6 +682,45 @@ def vit(results: Path) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def zoo(results: Path) -> str:
+    """zoo.json: every torchvision classification model of at most 100M parameters, converted, against the original
+    (float64: what stays torch.nn, the worst relative difference of the gradients in eval and train mode)."""
+    data = _read(results, "zoo.json")
+    if data is None:
+        return _missing("zoo.json")
+    rows = data["rows"]
+    body = []
+    for r in rows:
+        if r.get("error"):
+            body.append([r["model"], "", "failed: " + str(r["error"])[:80], "", "", ""])
+            continue
+        left = ", ".join(f"{k} x{v}" for k, v in r["left_to_torch"].items()) or "nothing"
+        verdict = "equal" if r["equal"] else "**different**"
+        body.append(
+            [
+                r["model"],
+                _num(r["parameters"] / 1e6, 1),
+                left,
+                f"{r['eval']['gradients']:.1e}",
+                f"{r['train']['gradients']:.1e}",
+                verdict,
+            ]
+        )
+    done = [r for r in rows if not r.get("error")]
+    tolerance = data["meta"].get("options", {}).get("tolerance", 1e-8)
+    summary = (
+        f"{len(rows)} models: {sum(bool(r['fully_manual']) for r in done)} fully manual, "
+        f"{sum(bool(r['equal']) for r in done)} equal to the original within {tolerance:g} (relative, float64), "
+        f"{len(rows) - len(done)} failed."
+    )
+    parts = [
+        _meta_line(data["meta"]) + " " + summary,
+        table(["model", "M params", "left to torch.nn", "grad diff eval", "grad diff train", "result"], body),
+        regenerate(_command("zoo.json", data)),
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
 #: file name -> (the JSON it reads, the function writing it).
 SECTIONS: dict[str, tuple[str, Callable[[Path], str]]] = {
     "speed.md.inc": ("bench_cpu.json", speed),
@@ -693,6 +734,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Path], str]]] = {
     "verify_timing.md.inc": ("verify_timing.json", verify_timing),
     "attention.md.inc": ("bench_attention.json", attention),
     "vit.md.inc": ("bench_vit.json", vit),
+    "zoo.md.inc": ("zoo.json", zoo),
 }
 
 

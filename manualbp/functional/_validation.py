@@ -175,7 +175,7 @@ def check_inplace_target(op: str, input: torch.Tensor) -> None:
         return
     if input.is_leaf:
         raise RuntimeError(f"{op}: a leaf Variable that requires grad is being used in an in-place operation.")
-    if input._base is not None and input._base.is_leaf:
+    if input._base is not None and input._base.is_leaf and input._base.requires_grad:
         raise RuntimeError(
             f"{op}: a view of a leaf Variable that requires grad is being used in an in-place operation."
         )

@@ -7,7 +7,7 @@ import math
 import torch
 
 from manualbp.functional._autocast import autocast_inputs
-from manualbp.functional._dispatch import apply, function
+from manualbp.functional._dispatch import apply, capturing_graph, function
 from manualbp.functional._reduction import REDUCTION, OuterTerms
 from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import InputError, check_floating, check_same_device, check_same_dtype, shape_str
@@ -32,7 +32,7 @@ class LinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return torch.nn.functional.linear(x, weight, bias)
+        return affine(x, weight, bias)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -53,6 +53,19 @@ class LinearFunction(torch.autograd.Function):
         # grad_out; the None branches of linear_tangent cost nothing.
         x, weight = ctx.saved_tensors
         return linear_tangent(x, weight, x_dot, weight_dot, bias_dot)
+
+
+def affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``torch.nn.functional.linear(x, weight, bias)`` as a tensor of its own, for a Function's forward to return.
+
+    For x of 3+ dims with a bias, torch's linear is one addmm on x folded to 2-D and returns a view of its result.
+    Autograd forbids writing in place into a view made inside a Function's forward ("Output 0 of LinearFunction
+    is a view and is being modified inplace"), where torch's own Linear output may be written
+    (``ReLU(inplace=True)`` after a Linear on a sequence, as in swin_v2's position-bias MLP); ``_unsafe_view``
+    gives the same memory and shape without the view relation (what torch's matmul returns itself). While a graph
+    is captured always (Dynamo cannot trace ``_is_view``; a no-op for the compiler otherwise)."""
+    y = torch.nn.functional.linear(x, weight, bias)
+    return torch.ops.aten._unsafe_view(y, y.shape) if capturing_graph() or y._is_view() else y
 
 
 def linear_grads(ctx, grad_out, x, weight):

@@ -7,7 +7,7 @@ counterpart, which ``to_torch`` returns, is ``torch.nn.Sequential(torch.nn.ReLU(
 and ``LinearReLU`` (Linear + ReLU with Linear's constructor and parameters; counterpart ``AutogradLinearReLU``).
 
 The twins of torchvision's vision transformer (``VisionTransformer``, ``Encoder``) and of ``torchvision.ops``
-(``StochasticDepth``) load torchvision, so they load on first use: as attributes of this package, or when ``manualbp.convert`` meets a torchvision module.
+(``StochasticDepth``), and ConvNeXt's ``LayerNorm2d``, load torchvision, so they load on first use: as attributes of this package, or when ``manualbp.convert`` meets a torchvision module.
 """
 
 import importlib
@@ -24,6 +24,7 @@ from manualbp.nn.activation import (
     LogSigmoid,
     LogSoftmax,
     Mish,
+    PReLU,
     ReLU,
     ReLU6,
     Sigmoid,
@@ -34,14 +35,38 @@ from manualbp.nn.activation import (
     Tanh,
 )
 from manualbp.nn.attention import MultiheadAttention
-from manualbp.nn.conv import Conv2d
+from manualbp.nn.conv import Conv1d, Conv2d, Conv3d
+from manualbp.nn.conv_transpose import ConvTranspose1d, ConvTranspose2d, ConvTranspose3d
 from manualbp.nn.dropout import Dropout, Dropout1d, Dropout2d, Dropout3d
 from manualbp.nn.embedding import Embedding
 from manualbp.nn.fused import AutogradLinearReLU, LinearReLU, ReLUMaxPool2d
 from manualbp.nn.linear import Linear, NonDynamicallyQuantizableLinear
 from manualbp.nn.loss import CrossEntropyLoss, MSELoss, NLLLoss
-from manualbp.nn.normalization import BatchNorm1d, BatchNorm2d, LayerNorm, RMSNorm
-from manualbp.nn.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from manualbp.nn.normalization import (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    GroupNorm,
+    InstanceNorm1d,
+    InstanceNorm2d,
+    InstanceNorm3d,
+    LayerNorm,
+    RMSNorm,
+)
+from manualbp.nn.pooling import (
+    AdaptiveAvgPool1d,
+    AdaptiveAvgPool2d,
+    AdaptiveAvgPool3d,
+    AdaptiveMaxPool1d,
+    AdaptiveMaxPool2d,
+    AdaptiveMaxPool3d,
+    AvgPool1d,
+    AvgPool2d,
+    AvgPool3d,
+    MaxPool1d,
+    MaxPool2d,
+    MaxPool3d,
+)
 from manualbp.nn.recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from manualbp.nn.shape import Flatten
 from manualbp.nn.transformer import (
@@ -59,12 +84,26 @@ __all__ = [
     "LSTM",
     "RNN",
     "SELU",
+    "AdaptiveAvgPool1d",
     "AdaptiveAvgPool2d",
+    "AdaptiveAvgPool3d",
+    "AdaptiveMaxPool1d",
+    "AdaptiveMaxPool2d",
+    "AdaptiveMaxPool3d",
     "AutogradLinearReLU",
+    "AvgPool1d",
     "AvgPool2d",
+    "AvgPool3d",
     "BatchNorm1d",
     "BatchNorm2d",
+    "BatchNorm3d",
+    "CNBlock",
+    "Conv1d",
     "Conv2d",
+    "Conv3d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
     "CrossEntropyLoss",
     "Dropout",
     "Dropout1d",
@@ -74,10 +113,15 @@ __all__ = [
     "Encoder",
     "Flatten",
     "GRUCell",
+    "GroupNorm",
     "Hardsigmoid",
     "Hardswish",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
     "LSTMCell",
     "LayerNorm",
+    "LayerNorm2d",
     "LeakyReLU",
     "Linear",
     "LinearReLU",
@@ -85,11 +129,15 @@ __all__ = [
     "LogSoftmax",
     "MSELoss",
     "ManualModule",
+    "MaxPool1d",
     "MaxPool2d",
+    "MaxPool3d",
     "Mish",
     "MultiheadAttention",
     "NLLLoss",
     "NonDynamicallyQuantizableLinear",
+    "PReLU",
+    "Permute",
     "RMSNorm",
     "RNNCell",
     "ReLU",
@@ -126,4 +174,10 @@ _TORCHVISION_TWINS = {
     "Encoder": "manualbp.nn.vision_transformer",
     "VisionTransformer": "manualbp.nn.vision_transformer",
     "StochasticDepth": "manualbp.nn.torchvision_ops",
+    "LayerNorm2d": "manualbp.nn.torchvision_ops",
+    "CNBlock": "manualbp.nn.convnext",
+    "Permute": "manualbp.nn.convnext",
+    "ShiftedWindowAttention": "manualbp.nn.window_attention",
+    "ShiftedWindowAttentionV2": "manualbp.nn.window_attention",
+    "RelativePositionalMultiHeadAttention": "manualbp.nn.window_attention",
 }

@@ -118,7 +118,14 @@ def _construct_then_check(torch_init: Callable[..., None]) -> Callable[..., None
 
 #: Modules of twins loaded on first need (they import a library ``import manualbp`` does not), by the module
 #: prefix of the classes they mirror.
-_TWIN_MODULES = {"torchvision.": ("manualbp.nn.vision_transformer", "manualbp.nn.torchvision_ops")}
+_TWIN_MODULES = {
+    "torchvision.": (
+        "manualbp.nn.vision_transformer",
+        "manualbp.nn.torchvision_ops",
+        "manualbp.nn.convnext",
+        "manualbp.nn.window_attention",
+    )
+}
 
 
 def manual_twin(torch_class: type[torch.nn.Module]) -> type[ManualModule] | None:

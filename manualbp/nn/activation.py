@@ -155,3 +155,11 @@ class Softsign(ManualModule, torch.nn.Softsign):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return MF.softsign(input)
+
+
+class PReLU(ManualModule, torch.nn.PReLU):
+    """max(0, x) + a · min(0, x) as ``torch.nn.PReLU``, with a learnable slope a (``weight``: one, or one per
+    channel, dim 1), through ``manualbp.functional.prelu`` (per-sample gradients of a included)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return MF.prelu(input, self.weight)

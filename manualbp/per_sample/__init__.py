@@ -7,7 +7,7 @@ states the interface): plain, the layer sums over the batch as it always did; in
 below, the layer passes its *terms* (G and x, with the formulas of its kind: per-sample gradients, their
 squared norms, the reduction with each sample's G_n weighted) to the context's mode. The two modes are
 written once, here, for Linear, LinearReLU (any leading dims), Conv2d (every stride, padding, dilation,
-groups, bias or not), LayerNorm, BatchNorm with fixed statistics (eval mode) and the recurrent layers (RNN,
+groups, bias or not), LayerNorm, GroupNorm, BatchNorm with fixed statistics (eval mode) and the recurrent layers (RNN,
 LSTM, GRU, their cells; the sums over a sequence's steps), with or without a learning
 rule (``manualbp.rules``: a rule changes the feedback, the seam the reduction; they compose).
 
@@ -60,12 +60,19 @@ result, replaced when the next block opens). One context at a time.
 ``dp``: DP-SGD around them (``DifferentialPrivacy``, its settings; ``add_noise``; ``PoissonSampler`` and
 ``PoissonLoader``, its batches; ``DPSGD``, a run's state, single-process or DDP), with Opacus's RDP accountant;
 ``manualbp.lightning.ClassifierModule(dp=...)`` trains with it.
+
+``batch_norm_to_group_norm(model, groups=32)``: every BatchNorm (torch's or a manual twin) replaced, in place,
+by GroupNorm(gcd(groups, C), C), as Opacus's ``ModuleValidator.fix`` does; a manual BatchNorm by the manual
+GroupNorm. For a torch model ``manualbp.convert(ModuleValidator.fix(model), strict=True)`` gives the same; on
+a model converted already Opacus's fix changes nothing (it matches exact types; ``replace_batch_norm``'s
+docstring says more).
 """
 
 from manualbp.per_sample._mode import PerSampleError
 from manualbp.per_sample.clip import PerSampleClip, clip_per_sample
 from manualbp.per_sample.dp import DPSGD, DifferentialPrivacy, PoissonLoader, PoissonSampler, add_noise
 from manualbp.per_sample.grads import per_sample_grads
+from manualbp.per_sample.replace_batch_norm import batch_norm_to_group_norm
 
 __all__ = [
     "DPSGD",
@@ -75,6 +82,7 @@ __all__ = [
     "PoissonLoader",
     "PoissonSampler",
     "add_noise",
+    "batch_norm_to_group_norm",
     "clip_per_sample",
     "per_sample_grads",
 ]

@@ -12,7 +12,7 @@ only the feedback. Choose one with ``manualbp.convert(model, rule=...)``:
 * a ``Rule`` object: a built-in one with options (``SignSymmetry(scale="mean_abs")``, ``FeedbackAlignment(seed=3)``)
   or your own subclass of ``Rule`` (its docstring shows how).
 
-Rules apply to ``manualbp.nn.Linear``, ``LinearReLU``, ``Conv2d`` and the input projections of
+Rules apply to ``manualbp.nn.Linear``, ``LinearReLU``, ``Conv1d``/``Conv2d``/``Conv3d`` and the input projections of
 ``MultiheadAttention`` (its ``out_proj`` is a Linear); direct feedback alignment drives the first three and leaves
 attention's in-projection on backprop inside its block. Fixed random matrices are the layers' ``feedback_weight``
 buffers (``in_proj_feedback_weight`` and so on for attention: ``feedback_buffer``), drawn from the rule's ``seed`` and
@@ -20,7 +20,7 @@ saved in the state dict.
 
 The seam, ``manualbp.rules.feedback``: every layer's hand-written backward reads its weight only to send the
 error back, so a layer under a rule applies the same backward with the rule's matrix M saved in W's place
-(``LinearFeedbackFunction``, ``LinearReLUFeedbackFunction``, ``Conv2dFeedbackFunction``). A layer without a
+(``LinearFeedbackFunction``, ``LinearReLUFeedbackFunction``, ``ConvFeedbackFunction``). A layer without a
 rule runs its plain Function, untouched.
 """
 
@@ -32,10 +32,12 @@ import torch
 
 from manualbp.rules.direct_feedback_alignment import DirectFeedbackAlignment, DirectFeedbackFunction
 from manualbp.rules.feedback import (
-    Conv2dFeedbackFunction,
+    ConvFeedbackFunction,
     LinearFeedbackFunction,
     LinearReLUFeedbackFunction,
+    conv1d_feedback,
     conv2d_feedback,
+    conv3d_feedback,
     linear_feedback,
     linear_relu_feedback,
 )
@@ -95,7 +97,7 @@ __all__ = [
     "BUFFER",
     "RULES",
     "Backprop",
-    "Conv2dFeedbackFunction",
+    "ConvFeedbackFunction",
     "DirectFeedbackAlignment",
     "DirectFeedbackFunction",
     "FeedbackAlignment",
@@ -105,7 +107,9 @@ __all__ = [
     "RuleName",
     "SignSymmetry",
     "apply_rule",
+    "conv1d_feedback",
     "conv2d_feedback",
+    "conv3d_feedback",
     "detach_rule",
     "feedback_buffer",
     "get_rule",

@@ -7,16 +7,16 @@ A parametrised layer's backward does two separate things with G = dL/dy:
 
 A learning rule changes only the feedback: W is replaced by a matrix M of W's shape (a fixed random B for
 feedback alignment, sign(W) for sign symmetry, W plus noise for a user's rule...). The layers' own
-backward code already keeps the two apart: ``linear_grads`` (Linear, LinearReLU) and ``conv2d_grads``
-(Conv2d) read the weight *only* to send the error back, and the reduction reads nothing of it but its
+backward code already keeps the two apart: ``linear_grads`` (Linear, LinearReLU) and ``conv_grads``
+(Conv1d, Conv2d, Conv3d) read the weight *only* to send the error back, and the reduction reads nothing of it but its
 shape. So the Function of a layer under a rule is the layer's Function with M saved where W was: the
 same gradient code computes dL/dx = G · M and the unchanged dL/dW, with no second copy of any formula.
 One Function per layer kind, here, for every rule; a rule is written once, as the choice of M
-(``Rule.feedback_matrix``), and applies to Linear, LinearReLU and Conv2d alike (a recurrent layer joins
+(``Rule.feedback_matrix``), and applies to Linear, LinearReLU and the convolutions alike (a recurrent layer joins
 by taking one M per weight it sends the error back through). M = None sends no error back at all while
 the layer still reduces its own G (direct feedback alignment's layers, whose error comes from the output).
 
-The plain layers (``LinearFunction``, ``LinearReLUFunction``, ``Conv2dFunction``) are untouched: a layer
+The plain layers (``LinearFunction``, ``LinearReLUFunction``, ``ConvFunction``) are untouched: a layer
 with no rule, or with backprop, runs exactly the code it ran before rules existed.
 
 Forward mode follows the rule's pseudo-Jacobian, the transpose of what backward applies (ẏ = ẋ Mᵀ + x Ẇᵀ
@@ -38,18 +38,12 @@ import torch.nn.functional as F
 from manualbp.functional._autocast import autocast_inputs
 from manualbp.functional._dispatch import apply, function
 from manualbp.functional._validation import InputError, check_floating, check_same_device, check_same_dtype, shape_str
-from manualbp.functional.conv import (
-    _conv2d,
-    conv2d_arguments,
-    conv2d_grads,
-    conv2d_tangent,
-    conv_memory_format,
-)
+from manualbp.functional.conv import _conv, conv_arguments, conv_grads, conv_memory_format, conv_tangent
 from manualbp.functional.linear import check_linear_args, linear_grads, linear_tangent
 
 
 class _Needs(NamedTuple):
-    """The part of a ctx that ``linear_grads`` and ``conv2d_grads`` read, with dL/dx not asked for: how a
+    """The part of a ctx that ``linear_grads`` and ``conv_grads`` read, with dL/dx not asked for: how a
     Function with no feedback (M = None) reduces without sending the error back. ``autograd_node`` is the
     real ctx, the graph node whose inputs the reduction seam follows to the parameters (``graph_node``)."""
 
@@ -157,25 +151,25 @@ class LinearReLUFeedbackFunction(torch.autograd.Function):
 
 
 @function
-class Conv2dFeedbackFunction(torch.autograd.Function):
-    """y = conv2d(x, W) + b, with the error sent back through M instead of W (M: W's shape (O, C/G, kh, kw)).
-    Index conventions, padding and geometry are ``Conv2dFunction``'s.
+class ConvFeedbackFunction(torch.autograd.Function):
+    """y = conv{k}d(x, W) + b (k = 1, 2, 3), with the error sent back through M instead of W (M: W's shape
+    (O, C/G, *K)). Index conventions, padding and geometry are ``ConvFunction``'s.
 
-        dL/dx = conv_transpose2d(dL/dy, M)     (same stride, padding, dilation, groups; cropped to x's size;
+        dL/dx = conv_transpose{k}d(dL/dy, M)   (same stride, padding, dilation, groups; cropped to x's size;
                                                 M = None: no error sent back)
-        dL/dW[o, c, u, v] = Σ_{n, i, j} dL/dy[n, o, i, j] · x̄[n, γ(o)·C/G + c, u·d + i·s, v·d + j·s]
-        dL/db[o] = Σ_{n, i, j} dL/dy[n, o, i, j]          dL/dM: none (M is a constant of the step)
+        dL/dW[o, c, u] = Σ_{n, i} dL/dy[n, o, i] · x̄[n, γ(o)·C/G + c, u·d + i·s]
+        dL/db[o] = Σ_{n, i} dL/dy[n, o, i]          dL/dM: none (M is a constant of the step)
 
-    ``conv2d_grads`` with M in W's place: it reads the weight only for dL/dx. Gradients are in the layout
+    ``conv_grads`` with M in W's place: it reads the weight only for dL/dx. Gradients are in the layout
     torch gives a convolution's: dL/dW by x and W, dL/dx by x and M (the kernel it goes back through).
-    Forward mode: ẏ = conv2d(ẋ, M) + conv2d(x, Ẇ) + ḃ (no ẋ term when M is None).
+    Forward mode: ẏ = conv(ẋ, M) + conv(x, Ẇ) + ḃ (no ẋ term when M is None).
     """
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(x, weight, bias, feedback, stride, padding, dilation, groups):
-        return _conv2d(x, weight, bias, stride, padding, dilation, groups)
+        return _conv(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -187,13 +181,13 @@ class Conv2dFeedbackFunction(torch.autograd.Function):
         ctx.sends_feedback = feedback is not None
         ctx.geometry = (stride, padding, dilation, groups)
         ctx.output_shape = output.shape
-        ctx.layout = conv_memory_format(x, weight)
-        ctx.input_layout = conv_memory_format(x, _matrix(weight, feedback))
+        ctx.layout = conv_memory_format(x, weight, output)
+        ctx.input_layout = conv_memory_format(x, _matrix(weight, feedback), output)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, matrix = ctx.saved_tensors
-        grads = conv2d_grads(_grads_ctx(ctx), grad_out, x, matrix, input_layout=ctx.input_layout)
+        grads = conv_grads(_grads_ctx(ctx), grad_out, x, matrix, input_layout=ctx.input_layout)
         return (*grads, None, None, None, None, None)
 
     @staticmethod
@@ -201,7 +195,7 @@ class Conv2dFeedbackFunction(torch.autograd.Function):
         x, matrix = ctx.saved_tensors
         if not ctx.sends_feedback and x_dot is not None:  # ẋ contributes nothing, but ẏ must exist: a zero one
             x_dot = torch.zeros_like(x_dot)
-        return conv2d_tangent(ctx, x, matrix, x_dot, weight_dot, bias_dot)
+        return conv_tangent(ctx, x, matrix, x_dot, weight_dot, bias_dot)
 
 
 def _check_feedback(op: str, weight: torch.Tensor, feedback: torch.Tensor | None) -> None:
@@ -244,6 +238,45 @@ def linear_relu_feedback(
     return _apply_affine_feedback("linear_relu_feedback", LinearReLUFeedbackFunction, input, weight, bias, feedback)
 
 
+def _conv_feedback(
+    op: str,
+    rank: int,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    feedback: torch.Tensor | None,
+    stride: int | tuple[int, ...],
+    padding: str | int | tuple[int, ...],
+    dilation: int | tuple[int, ...],
+    groups: int,
+) -> torch.Tensor:
+    """Check, autocast and apply ``ConvFeedbackFunction`` over ``rank`` spatial dims (errors name ``op``)."""
+    input, weight, bias, stride, pad, dilation, groups = conv_arguments(
+        op, rank, input, weight, bias, stride, padding, dilation, groups
+    )
+    _check_feedback(op, weight, feedback)
+    (feedback,) = autocast_inputs("conv2d", feedback)  # conv1d, conv2d and conv3d: the same autocast lists
+    check_same_dtype(op, weight=weight, feedback=feedback)
+    check_same_device(op, weight=weight, feedback=feedback)
+    return apply(ConvFeedbackFunction, input, weight, bias, feedback, stride, pad, dilation, groups)
+
+
+def conv1d_feedback(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    feedback: torch.Tensor | None,
+    stride: int | tuple[int, ...] = 1,
+    padding: str | int | tuple[int, ...] = 0,
+    dilation: int | tuple[int, ...] = 1,
+    groups: int = 1,
+) -> torch.Tensor:
+    """``conv1d(input, weight, bias, ...)`` whose backward sends the error back through ``feedback`` (weight's
+    shape) instead of ``weight``: dL/dx = conv_transpose1d(dL/dy, feedback) (None: no error sent back);
+    dL/dW, dL/db as ``conv1d``'s."""
+    return _conv_feedback("conv1d_feedback", 1, input, weight, bias, feedback, stride, padding, dilation, groups)
+
+
 def conv2d_feedback(
     input: torch.Tensor,
     weight: torch.Tensor,
@@ -257,22 +290,32 @@ def conv2d_feedback(
     """``conv2d(input, weight, bias, ...)`` whose backward sends the error back through ``feedback`` (weight's
     shape) instead of ``weight``: dL/dx = conv_transpose2d(dL/dy, feedback) (None: no error sent back);
     dL/dW, dL/db as ``conv2d``'s."""
-    op = "conv2d_feedback"
-    input, weight, bias, stride, pad, dilation, groups = conv2d_arguments(
-        op, input, weight, bias, stride, padding, dilation, groups
-    )
-    _check_feedback(op, weight, feedback)
-    (feedback,) = autocast_inputs("conv2d", feedback)
-    check_same_dtype(op, weight=weight, feedback=feedback)
-    check_same_device(op, weight=weight, feedback=feedback)
-    return apply(Conv2dFeedbackFunction, input, weight, bias, feedback, stride, pad, dilation, groups)
+    return _conv_feedback("conv2d_feedback", 2, input, weight, bias, feedback, stride, padding, dilation, groups)
+
+
+def conv3d_feedback(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    feedback: torch.Tensor | None,
+    stride: int | tuple[int, ...] = 1,
+    padding: str | int | tuple[int, ...] = 0,
+    dilation: int | tuple[int, ...] = 1,
+    groups: int = 1,
+) -> torch.Tensor:
+    """``conv3d(input, weight, bias, ...)`` whose backward sends the error back through ``feedback`` (weight's
+    shape) instead of ``weight``: dL/dx = conv_transpose3d(dL/dy, feedback) (None: no error sent back);
+    dL/dW, dL/db as ``conv3d``'s."""
+    return _conv_feedback("conv3d_feedback", 3, input, weight, bias, feedback, stride, padding, dilation, groups)
 
 
 __all__ = [
-    "Conv2dFeedbackFunction",
+    "ConvFeedbackFunction",
     "LinearFeedbackFunction",
     "LinearReLUFeedbackFunction",
+    "conv1d_feedback",
     "conv2d_feedback",
+    "conv3d_feedback",
     "linear_feedback",
     "linear_relu_feedback",
 ]

@@ -2,7 +2,8 @@
 
 ``FAMILIES`` maps every public functional op to a strategy of ``FuzzCase``; the fuzz test draws from
 each and compares values, first and second derivatives with torch. Adding an op (a new fused op, say)
-is one entry there: a strategy that draws the configuration and returns ``op_case(...)``.
+is one entry there: a strategy that draws the configuration and returns ``op_case(...)``. The strategies of
+more layer ops (transposed convolutions, channel norms, prelu, ...) are in ``layer_strategies.py``, merged in.
 
 Hypothesis draws the configuration (shapes, strides, reductions, flags), constructively, so that every
 draw is a call torch accepts; the tensor values come from a drawn seed through a ``torch.Generator``,
@@ -16,19 +17,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from hypothesis import strategies as st
 from hypothesis.strategies import DrawFn, SearchStrategy
-from torch.nn.modules.utils import _pair as as_pair
+from torch.nn.modules.utils import _ntuple
+from torchvision.ops import stochastic_depth as torchvision_stochastic_depth
 
 import manualbp.functional as MF
 from manualbp.verify.case import seeded
 from manualbp.verify.case_makers import math_attention
 
-Pair = tuple[int, int]
+Sizes = tuple[int, ...]
 
 sides = st.integers(1, 4)
 seeds = st.integers(0, 2**32 - 1)
@@ -97,17 +100,24 @@ def shapes(min_dims: int = 0, max_dims: int = 4) -> SearchStrategy[tuple[int, ..
     return st.lists(sides, min_size=min_dims, max_size=max_dims).map(tuple)
 
 
-def _given_as(draw: DrawFn, pair: Pair) -> int | Pair:
-    """A pair argument as a caller may write it: an int when both entries agree (sometimes), else the pair."""
-    return pair[0] if pair[0] == pair[1] and draw(st.booleans()) else pair
+def _given_as(draw: DrawFn, sizes: Sizes) -> int | Sizes:
+    """A per-spatial-dim argument as a caller may write it: an int when all its entries agree (sometimes),
+    else the tuple (of one entry for a 1-d op)."""
+    return sizes[0] if len(set(sizes)) == 1 and draw(st.booleans()) else sizes
 
 
-def _pairs(low: int, high: int) -> SearchStrategy[Pair]:
-    return st.tuples(st.integers(low, high), st.integers(low, high))
+def _sizes(rank: int, low: int, high: int) -> SearchStrategy[Sizes]:
+    """``rank`` ints from ``low`` to ``high``: a kernel, stride, dilation or padding, one entry per spatial dim."""
+    return st.tuples(*(st.integers(low, high) for _ in range(rank)))
+
+
+def _spare(rank: int) -> int:
+    """How far a drawn spatial size may exceed its smallest valid value: less in 3-d, where sizes multiply."""
+    return 5 if rank < 3 else 2
 
 
 def _batch(draw: DrawFn, channels: int, spatial: list[int], max_batch: int = 3) -> tuple[int, ...]:
-    """(N, C, H, W), or the unbatched (C, H, W)."""
+    """(N, C, *spatial), or the unbatched (C, *spatial)."""
     batch = draw(st.one_of(st.none(), st.integers(1, max_batch)))
     return ((batch,) if batch else ()) + (channels, *spatial)
 
@@ -169,6 +179,19 @@ def always(**_: Any) -> bool:
     return True
 
 
+def exact_hardsigmoid(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """hardsigmoid as relu6(x + 3) / 6 (``inplace`` changes only where torch writes the result): torch's own
+    has no double backward ("derivative for aten::hardsigmoid_backward is not implemented"), and its float64
+    backward multiplies by 1/6 rounded to float32."""
+    return F.relu6(input + 3) / 6
+
+
+def exact_mish(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """mish as x · tanh(softplus(x)) (``inplace`` changes only where torch writes the result): torch's own double
+    backward is nan for large x (x = 1540.99: d²/d(dL/dy) nan where the exact value is the slope 1)."""
+    return input * torch.tanh(F.softplus(input))
+
+
 def softmax_like(op: str) -> SearchStrategy:
     """softmax / log_softmax along a drawn dim (negative or not), on logits spread widely or shifted far."""
 
@@ -194,15 +217,26 @@ def flatten(draw: DrawFn) -> FuzzCase:
     return op_case("flatten", seed, {"input": randn(g, shape)}, torch.flatten, start_dim=start_dim, end_dim=end_dim)
 
 
-@st.composite
-def dropout(draw: DrawFn) -> FuzzCase:
-    """Both sides run under the same seed, so that on the CPU they drop the same elements."""
-    seed, g = _generator(draw)
-    x = randn(g, draw(shapes()))
-    p = draw(st.one_of(st.sampled_from([0.0, 0.5, 1.0]), st.floats(0.0, 1.0)))
-    training, inplace = draw(st.booleans()), draw(st.booleans())
-    manual, reference = (seeded(on_a_copy(f) if inplace else f, seed) for f in (MF.dropout, F.dropout))
-    return op_case("dropout", seed, {"input": x}, reference, manual, p=p, training=training, inplace=inplace)
+def dropout(
+    op: str, dims: tuple[int, int] = (0, 4), reference: Callable[..., Any] | None = None, **options: SearchStrategy
+) -> SearchStrategy:
+    """A dropout on an input of ``dims[0]`` to ``dims[1]`` dims: ``dropout`` (elementwise), ``dropout1d/2d/3d``
+    (channel-wise; dropout2d's 3-d input is read as (N, C, L), with torch's warnings), ``stochastic_depth``
+    (torchvision's, per sample or per batch); p drawn (0 and 1 too), training or not, the other ``options``
+    drawn (``inplace``: on a copy, ``on_a_copy``). Both sides run under the same seed, so that on the CPU
+    they draw the same mask: each draws it as torch (or torchvision) does."""
+
+    @st.composite
+    def draw_case(draw: DrawFn) -> FuzzCase:
+        seed, g = _generator(draw)
+        x = randn(g, draw(shapes(*dims)))
+        p = draw(st.one_of(st.sampled_from([0.0, 0.5, 1.0]), st.floats(0.0, 1.0)))
+        drawn = {k: draw(s) for k, s in options.items()}
+        functions = (getattr(MF, op), reference or getattr(F, op))
+        manual, ref = (seeded(on_a_copy(f) if drawn.get("inplace") else f, seed) for f in functions)
+        return op_case(op, seed, {"input": x}, ref, manual, p=p, training=draw(st.booleans()), **drawn)
+
+    return draw_case()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -294,50 +328,59 @@ def mse_loss(draw: DrawFn) -> FuzzCase:
 # convolution and pooling
 
 
-def _conv_padding(draw: DrawFn, stride: Pair) -> tuple[str | int | Pair, Pair]:
-    """conv2d's padding argument (an int, a pair, "valid", or "same" when the stride is 1) and the
-    explicit (rows, columns) it stands for, 0 for "same" (which never empties the output)."""
-    kind = draw(st.sampled_from(["int", "pair", "valid"] + (["same"] if stride == (1, 1) else [])))
+def _conv_padding(draw: DrawFn, stride: Sizes) -> tuple[str | int | Sizes, Sizes]:
+    """A convolution's padding argument (an int, a tuple, "valid", or "same" when every stride is 1) and the
+    explicit padding of each spatial dim it stands for, 0 for "same" (which never empties the output)."""
+    rank = len(stride)
+    kind = draw(st.sampled_from(["int", "tuple", "valid"] + (["same"] if set(stride) == {1} else [])))
     if kind == "int":
         pad = draw(st.integers(0, 2))
-        return pad, (pad, pad)
-    if kind == "pair":
-        pads = draw(_pairs(0, 2))
+        return pad, (pad,) * rank
+    if kind == "tuple":
+        pads = draw(_sizes(rank, 0, 2))
         return pads, pads
-    return kind, (0, 0)
+    return kind, (0,) * rank
 
 
-@st.composite
-def conv2d(draw: DrawFn) -> FuzzCase:
-    """Any valid geometry: groups, stride, dilation, int/pair/"valid"/"same" padding (same: stride 1 only),
-    an input as small as the dilated kernel allows."""
-    seed, g = _generator(draw)
-    groups = draw(st.integers(1, 3))
-    in_channels, out_channels = groups * draw(st.integers(1, 2)), groups * draw(st.integers(1, 2))
-    kernel, stride, dilation = draw(_pairs(1, 4)), draw(_pairs(1, 3)), draw(_pairs(1, 3))
-    padding, pads = _conv_padding(draw, stride)
-    # the smallest input with a non-empty output
-    low = [1 if padding == "same" else max(1, d * (k - 1) + 1 - 2 * p) for d, k, p in zip(dilation, kernel, pads)]
-    spatial = [draw(st.integers(m, m + 5)) for m in low]
-    inputs = {
-        "input": randn(g, _batch(draw, in_channels, spatial)),
-        "weight": randn(g, (out_channels, in_channels // groups, *kernel)),
-    }
-    if draw(st.booleans()):
-        inputs["bias"] = randn(g, (out_channels,))
-    options = dict(stride=_given_as(draw, stride), padding=padding, dilation=_given_as(draw, dilation), groups=groups)
-    return op_case("conv2d", seed, inputs, **options)
+def conv(rank: int) -> SearchStrategy:
+    """conv1d / conv2d / conv3d: any valid geometry: groups, stride, dilation, int/tuple/"valid"/"same" padding
+    (same: stride 1 only), an input as small as the dilated kernel allows."""
+
+    @st.composite
+    def draw_case(draw: DrawFn) -> FuzzCase:
+        seed, g = _generator(draw)
+        groups = draw(st.integers(1, 3))
+        in_channels, out_channels = groups * draw(st.integers(1, 2)), groups * draw(st.integers(1, 2))
+        kernel, stride, dilation = draw(_sizes(rank, 1, 4)), draw(_sizes(rank, 1, 3)), draw(_sizes(rank, 1, 3))
+        padding, pads = _conv_padding(draw, stride)
+        # the smallest input with a non-empty output
+        low = [1 if padding == "same" else max(1, d * (k - 1) + 1 - 2 * p) for d, k, p in zip(dilation, kernel, pads)]
+        spatial = [draw(st.integers(m, m + _spare(rank))) for m in low]
+        inputs = {
+            "input": randn(g, _batch(draw, in_channels, spatial)),
+            "weight": randn(g, (out_channels, in_channels // groups, *kernel)),
+        }
+        if draw(st.booleans()):
+            inputs["bias"] = randn(g, (out_channels,))
+        stride, dilation = _given_as(draw, stride), _given_as(draw, dilation)
+        return op_case(f"conv{rank}d", seed, inputs, stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+    return draw_case()
 
 
-def _pool_geometry(draw: DrawFn, dilated: bool) -> tuple[tuple[int, ...], dict[str, Any]]:
+def _pool_geometry(
+    draw: DrawFn, rank: int, dilated: bool, unpadded_fit: bool = False
+) -> tuple[tuple[int, ...], dict[str, Any]]:
     """An input shape and pooling arguments torch accepts: padding at most half the kernel, an input
-    at least as large as the padded, dilated kernel; stride None (= the kernel) sometimes."""
-    kernel = draw(_pairs(1, 4))
-    stride = draw(st.one_of(st.none(), _pairs(1, 4)))
+    at least as large as the padded, dilated kernel (``unpadded_fit``: as the kernel itself, padding
+    aside, as torch's avg_pool3d requires); stride None (= the kernel) sometimes."""
+    kernel = draw(_sizes(rank, 1, 4))
+    stride = draw(st.one_of(st.none(), _sizes(rank, 1, 4)))
     padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)
-    dilation = draw(_pairs(1, 3)) if dilated else (1, 1)
-    low = [max(1, d * (k - 1) + 1 - 2 * p) for d, k, p in zip(dilation, kernel, padding)]
-    shape = _batch(draw, draw(st.integers(1, 2)), [draw(st.integers(m, m + 5)) for m in low], max_batch=2)
+    dilation = draw(_sizes(rank, 1, 3)) if dilated else (1,) * rank
+    low = [max(1, d * (k - 1) + 1 - (0 if unpadded_fit else 2 * p)) for d, k, p in zip(dilation, kernel, padding)]
+    spatial = [draw(st.integers(m, m + _spare(rank))) for m in low]
+    shape = _batch(draw, draw(st.integers(1, 2)), spatial, max_batch=2)
     args = dict(
         kernel_size=_given_as(draw, kernel),
         stride=None if stride is None else _given_as(draw, stride),
@@ -349,52 +392,80 @@ def _pool_geometry(draw: DrawFn, dilated: bool) -> tuple[tuple[int, ...], dict[s
     return shape, args
 
 
-def max_pool2d_by_explicit_padding(
+def max_pool_by_explicit_padding(
     input: torch.Tensor,
-    kernel_size: int | Pair,
-    stride: int | Pair | None = None,
-    padding: int | Pair = 0,
-    dilation: int | Pair = 1,
+    kernel_size: int | Sizes,
+    stride: int | Sizes | None = None,
+    padding: int | Sizes = 0,
+    dilation: int | Sizes = 1,
     ceil_mode: bool = False,
+    *,
+    rank: int,
 ) -> torch.Tensor:
-    """torch's max_pool2d where some window holds padding only (its value -inf): torch's own backward
+    """torch's max_pool{rank}d where some window holds padding only (its value -inf): torch's own backward
     writes out of bounds there, so this reference pools the input padded with -inf (and enough -inf on
     the far side for ceil_mode windows) without implicit padding, cropped to torch's output size."""
-    kernel, step, dil = as_pair(kernel_size), as_pair(stride or kernel_size), as_pair(dilation)
-    ph, pw = as_pair(padding)
-    out_h, out_w = F.max_pool2d(input.detach(), kernel_size, stride, padding, dilation, ceil_mode).shape[-2:]
-    far_h, far_w = ph + dil[0] * (kernel[0] - 1) + step[0], pw + dil[1] * (kernel[1] - 1) + step[1]
-    padded = F.pad(input, (pw, far_w, ph, far_h), value=float("-inf"))
-    return F.max_pool2d(padded, kernel, step, 0, dil)[..., :out_h, :out_w]
+    pool, as_tuple = getattr(F, f"max_pool{rank}d"), _ntuple(rank)
+    kernel, step, dil, pads = (as_tuple(a) for a in (kernel_size, stride or kernel_size, dilation, padding))
+    out = pool(input.detach(), kernel_size, stride, padding, dilation, ceil_mode).shape[input.dim() - rank :]
+    far = [p + d * (k - 1) + s for p, d, k, s in zip(pads, dil, kernel, step)]
+    padded = F.pad(input, [side for i in reversed(range(rank)) for side in (pads[i], far[i])], value=float("-inf"))
+    return pool(padded, kernel, step, 0, dil)[(..., *(slice(size) for size in out))]
 
 
-@st.composite
-def max_pool2d(draw: DrawFn) -> FuzzCase:
+#: the 2-d reference, as tests/functional imports it
+max_pool2d_by_explicit_padding = partial(max_pool_by_explicit_padding, rank=2)
+
+
+def max_pool(rank: int) -> SearchStrategy:
     """Padding, dilation and ceil_mode together leave windows that hold padding only: those compare with
-    ``max_pool2d_by_explicit_padding``; the others with torch's own, indices included."""
-    seed, g = _generator(draw)
-    shape, args = _pool_geometry(draw, dilated=True)
-    if F.max_pool2d(torch.zeros(shape), **args).isinf().any():
-        return op_case("max_pool2d", seed, {"input": randn(g, shape)}, max_pool2d_by_explicit_padding, **args)
-    return op_case("max_pool2d", seed, {"input": randn(g, shape)}, return_indices=draw(st.booleans()), **args)
+    ``max_pool_by_explicit_padding``; the others with torch's own, indices included."""
+
+    @st.composite
+    def draw_case(draw: DrawFn) -> FuzzCase:
+        seed, g = _generator(draw)
+        op = f"max_pool{rank}d"
+        shape, args = _pool_geometry(draw, rank, dilated=True)
+        x = randn(g, shape)
+        if getattr(F, op)(torch.zeros(shape), **args).isinf().any():
+            return op_case(op, seed, {"input": x}, partial(max_pool_by_explicit_padding, rank=rank), **args)
+        return op_case(op, seed, {"input": x}, return_indices=draw(st.booleans()), **args)
+
+    return draw_case()
 
 
-@st.composite
-def avg_pool2d(draw: DrawFn) -> FuzzCase:
-    seed, g = _generator(draw)
-    shape, args = _pool_geometry(draw, dilated=False)
-    args.update(count_include_pad=draw(st.booleans()), divisor_override=draw(st.one_of(st.none(), st.integers(1, 7))))
-    return op_case("avg_pool2d", seed, {"input": randn(g, shape)}, **args)
+def avg_pool(rank: int) -> SearchStrategy:
+    """count_include_pad drawn, and divisor_override where torch has it (not in 1-d)."""
+
+    @st.composite
+    def draw_case(draw: DrawFn) -> FuzzCase:
+        seed, g = _generator(draw)
+        shape, args = _pool_geometry(draw, rank, dilated=False, unpadded_fit=rank == 3)
+        args.update(count_include_pad=draw(st.booleans()))
+        if rank > 1:
+            args.update(divisor_override=draw(st.one_of(st.none(), st.integers(1, 7))))
+        return op_case(f"avg_pool{rank}d", seed, {"input": randn(g, shape)}, **args)
+
+    return draw_case()
 
 
-@st.composite
-def adaptive_avg_pool2d(draw: DrawFn) -> FuzzCase:
-    """Output sizes below, equal to and above the input's; None keeps that input dimension."""
-    seed, g = _generator(draw)
-    shape = _batch(draw, draw(st.integers(1, 2)), [draw(st.integers(1, 9)), draw(st.integers(1, 9))], max_batch=2)
-    size = st.one_of(st.none(), st.integers(1, 9))
-    output_size = draw(st.one_of(st.integers(1, 9), st.tuples(size, size)))
-    return op_case("adaptive_avg_pool2d", seed, {"input": randn(g, shape)}, output_size=output_size)
+def adaptive_pool(kind: str, rank: int) -> SearchStrategy:
+    """adaptive_{kind}_pool{rank}d: output sizes below, equal to and above the input's, an int or a tuple; in 2-d
+    and 3-d a None entry keeps that input dimension; max pools with or without their indices."""
+
+    @st.composite
+    def draw_case(draw: DrawFn) -> FuzzCase:
+        seed, g = _generator(draw)
+        largest = 9 if rank < 3 else 5
+        spatial = [draw(st.integers(1, largest)) for _ in range(rank)]
+        shape = _batch(draw, draw(st.integers(1, 2)), spatial, max_batch=2)
+        size = st.integers(1, largest) if rank == 1 else st.one_of(st.none(), st.integers(1, largest))
+        options: dict[str, Any] = dict(output_size=draw(st.one_of(st.integers(1, largest), st.tuples(*[size] * rank))))
+        if kind == "max":
+            options.update(return_indices=draw(st.booleans()))
+        return op_case(f"adaptive_{kind}_pool{rank}d", seed, {"input": randn(g, shape)}, **options)
+
+    return draw_case()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -520,7 +591,7 @@ def linear_then_relu(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 @st.composite
 def relu_max_pool2d(draw: DrawFn) -> FuzzCase:
     seed, g = _generator(draw)
-    shape, args = _pool_geometry(draw, dilated=False)
+    shape, args = _pool_geometry(draw, 2, dilated=False)
     return op_case("relu_max_pool2d", seed, {"input": randn(g, shape)}, relu_then_max_pool2d, **args)
 
 
@@ -655,17 +726,31 @@ FAMILIES: dict[str, SearchStrategy[FuzzCase]] = {
     "tanh": elementwise("tanh", torch.tanh),
     "gelu": elementwise("gelu", approximate=st.sampled_from(["none", "tanh"])),
     "silu": elementwise("silu", in_place=always),
+    "hardsigmoid": elementwise("hardsigmoid", exact_hardsigmoid, in_place=always),
+    "hardswish": elementwise("hardswish", in_place=always),
+    "selu": elementwise("selu", in_place=always),
+    "celu": elementwise("celu", in_place=always, alpha=st.floats(0.1, 3.0)),
+    "mish": elementwise("mish", exact_mish, in_place=always),
+    "softplus": elementwise("softplus", beta=st.floats(0.1, 3.0), threshold=st.floats(0.5, 30.0)),
+    "logsigmoid": elementwise("logsigmoid"),
+    "softsign": elementwise("softsign"),
     "softmax": softmax_like("softmax"),
     "log_softmax": softmax_like("log_softmax"),
     "flatten": flatten(),
-    "dropout": dropout(),
+    "dropout": dropout("dropout", inplace=st.booleans()),
+    "dropout1d": dropout("dropout1d", (2, 3), inplace=st.booleans()),
+    "dropout2d": dropout("dropout2d", (3, 4), inplace=st.booleans()),
+    "dropout3d": dropout("dropout3d", (4, 5), inplace=st.booleans()),
+    "stochastic_depth": dropout(
+        "stochastic_depth", (1, 4), torchvision_stochastic_depth, mode=st.sampled_from(["batch", "row"])
+    ),
     "cross_entropy": cross_entropy(),
     "nll_loss": nll_loss(),
     "mse_loss": mse_loss(),
-    "conv2d": conv2d(),
-    "max_pool2d": max_pool2d(),
-    "avg_pool2d": avg_pool2d(),
-    "adaptive_avg_pool2d": adaptive_avg_pool2d(),
+    **{f"conv{rank}d": conv(rank) for rank in (1, 2, 3)},
+    **{f"max_pool{rank}d": max_pool(rank) for rank in (1, 2, 3)},
+    **{f"avg_pool{rank}d": avg_pool(rank) for rank in (1, 2, 3)},
+    **{f"adaptive_{kind}_pool{rank}d": adaptive_pool(kind, rank) for kind in ("avg", "max") for rank in (1, 2, 3)},
     "batch_norm": batch_norm(),
     "layer_norm": layer_norm(),
     "rms_norm": rms_norm(),
@@ -678,3 +763,8 @@ FAMILIES: dict[str, SearchStrategy[FuzzCase]] = {
     "add_packed_bias": add_packed_bias(),
     "attention_weights": attention_weights(),
 }
+
+# the layer families of their own module, which imports this one's helpers: so imported last
+from tests.fuzz.layer_strategies import LAYER_FAMILIES  # noqa: E402
+
+FAMILIES.update(LAYER_FAMILIES)

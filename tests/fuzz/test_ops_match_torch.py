@@ -93,6 +93,7 @@ def test_every_functional_op_has_a_fuzz_strategy() -> None:
 
 @pytest.mark.filterwarnings("ignore:Using a target size:UserWarning")  # mse_loss with a broadcast target
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")  # torch's conv2d
+@pytest.mark.filterwarnings("ignore:dropout2d. Received a 3D input:UserWarning")  # both sides warn alike
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @given(data=st.data())
 def test_op_matches_torch(family: str, data: st.DataObject) -> None:

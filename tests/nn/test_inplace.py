@@ -121,3 +121,20 @@ def test_vmap_refuses_to_write_a_batched_result_into_an_unbatched_input():
         torch.func.vmap(lambda m: z.clone().mul_(m))(masks)
     with pytest.raises(RuntimeError, match="vmap: DropoutInplaceFunction cannot write into its input"):
         torch.func.vmap(lambda m: MF.DropoutInplaceFunction.apply(z.clone(), m))(masks)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 3, 2), (4, 5, 2)], ids=["constant_table", "sequence"])
+def test_inplace_relu_after_a_linear_of_three_or_more_dims_runs_as_in_torch(shape):
+    """swin_v2's continuous position bias, Linear -> ReLU(inplace=True) -> Linear, on its (1, 2Wh-1, 2Ww-1, 2)
+    buffer: torch's linear of 3+ dims with a bias returns a view of its addmm, and returned from LinearFunction's
+    forward that view could not be written in place (refused as "a view of a leaf", then by autograd)."""
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=len(shape) == 3)
+    layers = [(mnn.Linear(2, 8), mnn.ReLU(inplace=True), mnn.Linear(8, 3, bias=False))]
+    layers.append((torch.nn.Linear(2, 8), torch.nn.ReLU(inplace=True), torch.nn.Linear(8, 3, bias=False)))
+    manual, reference = (torch.nn.Sequential(*parts).double() for parts in layers)
+    reference.load_state_dict(manual.state_dict())
+    grads = []
+    for mlp in (manual, reference):
+        inputs = [x, *mlp.parameters()] if x.requires_grad else list(mlp.parameters())
+        grads.append(torch.autograd.grad(mlp(x).square().sum(), inputs))
+    assert_close(grads[0], grads[1])

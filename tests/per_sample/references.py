@@ -28,12 +28,14 @@ def trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 def vmap_grads(reference: torch.nn.Module, x: torch.Tensor, r: torch.Tensor) -> dict[str, torch.Tensor]:
     """∇ℓ_n for every n, (N, *p.shape) per parameter name, by torch.func over ``reference`` (a torch module)."""
     params = {k: v.detach() for k, v in trainable(reference).items()}
-    buffers = {k: v.detach() for k, v in reference.named_buffers()}
+    # one copy of the buffers per sample: a layer may update them in place (InstanceNorm's running statistics in
+    # training), which vmap refuses for an unbatched tensor
+    buffers = {k: v.detach().expand(x.shape[0], *v.shape).clone() for k, v in reference.named_buffers()}
 
-    def loss_n(p, x_n, r_n):
-        return sample_loss(functional_call(reference, (p, buffers), (x_n.unsqueeze(0),)), r_n.unsqueeze(0))
+    def loss_n(p, b, x_n, r_n):
+        return sample_loss(functional_call(reference, (p, b), (x_n.unsqueeze(0),)), r_n.unsqueeze(0))
 
-    return vmap(grad(loss_n), in_dims=(None, 0, 0))(params, x, r)
+    return vmap(grad(loss_n), in_dims=(None, 0, 0, 0))(params, buffers, x, r)
 
 
 def loop_grads(model: torch.nn.Module, x: torch.Tensor, r: torch.Tensor) -> dict[str, torch.Tensor]:

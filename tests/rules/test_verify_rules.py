@@ -182,9 +182,12 @@ def _dfa_convnet() -> torch.nn.Sequential:
 )
 @TIERS
 def test_direct_feedback_alignment_passes_the_battery(make, x, tier):
-    """The whole network: DFA's Function at the output, the layers sending no error down the chain."""
+    """The whole network: DFA's Function at the output, the layers sending no error down the chain. The convnet's
+    compile with dynamic shapes (30 s) is left to the MLP's: DFA's graph is the same whatever the layers."""
     model = make()
     checks = _tier([check for check in CHECKS if check != "gradgradcheck"], tier)  # see the module docstring
+    if make is _dfa_convnet:
+        checks = [check for check in checks if check != "compile_dynamic"]
     report = verify(model, DFAReference.from_manual(copy.deepcopy(model)), [(x,)], checks=checks, name="dfa")
     failed = _failures(report)
     assert not failed, "\n".join(failed)

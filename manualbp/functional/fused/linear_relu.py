@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from manualbp.functional._dispatch import apply, function
-from manualbp.functional.linear import check_linear_args, linear_grads, linear_tangent
+from manualbp.functional.linear import affine, check_linear_args, linear_grads, linear_tangent
 
 
 @function
@@ -31,7 +31,7 @@ class LinearReLUFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return torch.nn.functional.linear(x, weight, bias).relu_()
+        return affine(x, weight, bias).relu_()
 
     @staticmethod
     def setup_context(ctx, inputs, output):
