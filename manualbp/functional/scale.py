@@ -31,7 +31,7 @@ def _by_scale(t: torch.Tensor, x: torch.Tensor, scale: torch.Tensor) -> tuple[to
     spread = [d for d in range(int(batched), x.dim()) if full[d] == 1 and x.shape[d] != 1]
     moved = t.movedim(spread, tuple(range(x.dim() - len(spread), x.dim())))
     rows = x.shape[0] if batched else 1
-    shaped = moved.reshape(rows, *scale.shape, math.prod(x.shape[d] for d in spread))
+    shaped = moved.reshape(rows, *scale.shape, math.prod([x.shape[d] for d in spread]))
     return shaped, ((0,) if batched else ()) + (shaped.dim() - 1,)
 
 

@@ -40,7 +40,7 @@ from manualbp.verify.case_makers import (
     torchvision_op,
     transformer_stack,
     twin,
-    unbatched_sequence,
+    unbatched,
     wrapped,
 )
 from manualbp.verify.cases import FAMILY_CASES
@@ -400,7 +400,7 @@ BUILTIN_CASES: list[OpCase] = [
     twin("embedding", "Embedding", 10, 4, inputs=args(classes(3, 5, num_classes=10))),
     twin("embedding-1d", "Embedding", 7, 3, inputs=args(classes(6, num_classes=7))),
     twin("embedding-3d", "Embedding", 7, 3, inputs=args(classes(2, 3, 2, num_classes=7))),
-    unbatched_sequence(twin("embedding-scalar-unbatched", "Embedding", 5, 3, inputs=args(classes(num_classes=5)))),
+    unbatched(twin("embedding-scalar-unbatched", "Embedding", 5, 3, inputs=args(classes(num_classes=5)))),
     twin("embedding-int32", "Embedding", 6, 3, inputs=args(lambda g: classes(3, 4, num_classes=6)(g).int())),
     not_the_derivative(
         twin(
@@ -520,7 +520,7 @@ BUILTIN_CASES: list[OpCase] = [
         batch_first=True,
         inputs=args(randn(3, 2, 2), randn(2, 3, 2)),
     ),
-    unbatched_sequence(
+    unbatched(
         twin(
             "rnn-unbatched-bidirectional-2layers-dropout0.5",
             "RNN",
@@ -545,9 +545,7 @@ BUILTIN_CASES: list[OpCase] = [
         dropout=0.5,
         inputs=args(randn(3, 2, 2), randn(4, 3, 2), randn(4, 3, 2)),
     ),
-    unbatched_sequence(
-        twin("lstm-proj-unbatched-nobias", "LSTM", 2, 3, proj_size=2, bias=False, inputs=args(randn(2, 2)))
-    ),
+    unbatched(twin("lstm-proj-unbatched-nobias", "LSTM", 2, 3, proj_size=2, bias=False, inputs=args(randn(2, 2)))),
     wrapped(
         "lstm-packed-bidirectional",
         lambda layer: Packed(layer, [2, 1, 2]),
@@ -571,7 +569,7 @@ BUILTIN_CASES: list[OpCase] = [
         dropout=0.5,
         inputs=args(randn(3, 2, 2)),
     ),
-    unbatched_sequence(twin("gru-unbatched-h0", "GRU", 2, 3, inputs=args(randn(2, 2), randn(1, 3)))),
+    unbatched(twin("gru-unbatched-h0", "GRU", 2, 3, inputs=args(randn(2, 2), randn(1, 3)))),
     wrapped(
         "gru-packed-2layers",
         lambda layer: Packed(layer, [1, 2, 2]),

@@ -184,8 +184,9 @@ def batch_kept_first(case: OpCase) -> OpCase:
     return dataclasses.replace(case, unsupported=(("memory_format", reason),))
 
 
-def unbatched_sequence(case: OpCase) -> OpCase:
-    """``case`` of one sequence (T, features): no batch dim (the dynamic-shape checks run at its own size)."""
+def unbatched(case: OpCase) -> OpCase:
+    """``case`` of one sample with no batch dim, a sequence (T, features) or a map (C, *): the dynamic-shape checks
+    run at its own size (its dim 0 is no batch)."""
     return dataclasses.replace(case, batch_dim=None)
 
 

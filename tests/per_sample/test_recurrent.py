@@ -158,7 +158,7 @@ def test_recurrent_clip_per_sample_clips_each_sequences_gradient(case, loss_redu
         assert_close(p.grad, expected[name], **TOL, msg=name)
 
 
-def test_an_unbatched_sequence_is_refused():
+def test_an_unbatched_is_refused():
     layer = mnn.GRU(3, 4).double()
     with pytest.raises(manualbp.per_sample.PerSampleError, match="batch dim"):
         with manualbp.per_sample_grads(layer):

@@ -10,7 +10,7 @@ import torch
 
 import manualbp.nn as mnn
 from manualbp.verify.case import InputMaker, OpCase
-from manualbp.verify.case_makers import args, randn, twin
+from manualbp.verify.case_makers import args, randn, twin, unbatched
 
 
 def _drawn(make: Callable[[], torch.nn.Module]) -> Callable[[], torch.nn.Module]:
@@ -104,7 +104,11 @@ _INSTANCE_NORM = [
             inputs=args(randn(2, 3, 5)),
         )
     ),
-    drawn_state(twin("instance_norm1d-affine-unbatched", "InstanceNorm1d", 3, affine=True, inputs=args(randn(3, 5)))),
+    unbatched(
+        drawn_state(
+            twin("instance_norm1d-affine-unbatched", "InstanceNorm1d", 3, affine=True, inputs=args(randn(3, 5)))
+        )
+    ),
     drawn_state(twin("instance_norm2d-affine", "InstanceNorm2d", 3, affine=True, inputs=args(randn(2, 3, 3, 4)))),
     twin("instance_norm2d-affine-initial", "InstanceNorm2d", 3, affine=True, inputs=args(randn(2, 3, 3, 3))),
     twin("instance_norm2d-no_affine", "InstanceNorm2d", 3, inputs=args(randn(2, 3, 3, 3))),
@@ -152,8 +156,10 @@ _INSTANCE_NORM = [
         )
     ),
     twin("instance_norm2d-no_affine-eval", "InstanceNorm2d", 3, train=False, inputs=args(randn(2, 3, 2, 3))),
-    drawn_state(
-        twin("instance_norm2d-affine-unbatched", "InstanceNorm2d", 3, affine=True, inputs=args(randn(3, 2, 3)))
+    unbatched(
+        drawn_state(
+            twin("instance_norm2d-affine-unbatched", "InstanceNorm2d", 3, affine=True, inputs=args(randn(3, 2, 3)))
+        )
     ),
     drawn_state(twin("instance_norm3d-affine", "InstanceNorm3d", 3, affine=True, inputs=args(randn(2, 3, 2, 3, 2)))),
     twin("instance_norm3d-no_affine", "InstanceNorm3d", 3, inputs=args(randn(2, 3, 2, 2, 2))),
@@ -178,7 +184,7 @@ _INSTANCE_NORM = [
             inputs=args(randn(2, 3, 2, 2, 2)),
         )
     ),
-    twin("instance_norm3d-no_affine-unbatched", "InstanceNorm3d", 3, inputs=args(randn(3, 2, 2, 2))),
+    unbatched(twin("instance_norm3d-no_affine-unbatched", "InstanceNorm3d", 3, inputs=args(randn(3, 2, 2, 2)))),
 ]
 
 _BATCH_NORM3D = [
