@@ -126,21 +126,25 @@ def elementwise_function(op: Elementwise) -> type[torch.autograd.Function]:
 
         @staticmethod
         def forward(x, params):
+            """y = f(x), torch's own op (``params``: its constants, such as Softplus's beta and threshold)."""
             return forward(x, params)
 
         @staticmethod
         def setup_context(ctx, inputs, output):
+            """Keeps x, which f'(x) reads, and the constants."""
             ctx.save_for_backward(inputs[0])
             ctx.save_for_forward(inputs[0])
             ctx.params = inputs[1]
 
         @staticmethod
         def backward(ctx, grad_out):
+            """dL/dx = dL/dy ⊙ f'(x)."""
             (x,) = ctx.saved_tensors
             return grad_out * slope(x, ctx.params), None
 
         @staticmethod
         def jvp(ctx, x_dot, _):
+            """ẏ = f'(x) ⊙ ẋ."""
             (x,) = ctx.saved_tensors
             return x_dot * slope(x, ctx.params)
 
@@ -156,11 +160,13 @@ def elementwise_inplace_function(op: Elementwise) -> type[torch.autograd.Functio
 
         @staticmethod
         def forward(x, x_before, params):
+            """y = f(x₀) written into x (x₀ = ``x_before``, a copy of x)."""
             x.copy_(forward(x_before, params))
             return x  # x itself, not copy_'s result, for Dynamo to see the dirty input returned
 
         @staticmethod
         def setup_context(ctx, inputs, output):
+            """Marks x overwritten; keeps x₀, which f'(x₀) reads, and the constants."""
             ctx.mark_dirty(inputs[0])
             ctx.save_for_backward(inputs[1])
             ctx.save_for_forward(inputs[1])
@@ -168,18 +174,21 @@ def elementwise_inplace_function(op: Elementwise) -> type[torch.autograd.Functio
 
         @staticmethod
         def backward(ctx, grad_out):
+            """dL/dx₀ = dL/dy ⊙ f'(x₀); dL/dx = 0 (x's old value is gone, y replaced it)."""
             (x_before,) = ctx.saved_tensors
             # dL/dx = 0 as a tensor, not None: when x is a view, CopySlices passes the rest of its base's gradient on
             return torch.zeros_like(grad_out), grad_out * slope(x_before, ctx.params), None
 
         @staticmethod
         def jvp(ctx, x_dot, x_before_dot, _):
+            """ẏ = f'(x₀) ⊙ ẋ₀, written into ẋ when x carries a tangent."""
             (x_before,) = ctx.saved_tensors
             y_dot = x_before_dot * slope(x_before, ctx.params)  # x₀ carries x's tangent: it is copy(x)
             return y_dot if x_dot is None else x_dot.copy_(y_dot)
 
         @staticmethod
         def vmap(info, in_dims, x, x_before, params):
+            """Under ``vmap``: the op on the batched tensors, refused where a batched y would go into an unbatched x."""
             return vmap_in_place(cls, in_dims, x, x_before, params)
 
     cls = _named(ElementwiseInplaceFunction, op, f"{op.name}InplaceFunction", "written into x (a copy x₀ kept)")
@@ -197,11 +206,13 @@ def elementwise_output_inplace_function(op: Elementwise) -> type[torch.autograd.
 
         @staticmethod
         def forward(x, params):
+            """y = f(x) written into x."""
             x.copy_(forward(x, params))
             return x
 
         @staticmethod
         def setup_context(ctx, inputs, output):
+            """Marks x overwritten; keeps y, which f' is read from, and the constants."""
             ctx.mark_dirty(inputs[0])
             ctx.save_for_backward(output)
             ctx.save_for_forward(output)
@@ -209,16 +220,19 @@ def elementwise_output_inplace_function(op: Elementwise) -> type[torch.autograd.
 
         @staticmethod
         def backward(ctx, grad_out):
+            """dL/dx = dL/dy ⊙ f'(x), f'(x) written as a function of y."""
             (y,) = ctx.saved_tensors
             return grad_out * output_slope(y, ctx.params), None
 
         @staticmethod
         def jvp(ctx, x_dot, _):
+            """ẏ = f'(x) ⊙ ẋ, written into ẋ."""
             (y,) = ctx.saved_tensors
             return x_dot.copy_(x_dot * output_slope(y, ctx.params))
 
         @staticmethod
         def vmap(info, in_dims, x, params):
+            """Under ``vmap``: the op on the batched tensor, refused where a batched y would go into an unbatched x."""
             return vmap_in_place(cls, in_dims, x, params)
 
     cls = _named(ElementwiseOutputInplaceFunction, op, f"{op.name}InplaceFunction", "written into x (y kept)")
