@@ -9,9 +9,10 @@ during a forward and backward. ``manualbp.detect_nonfinite()`` makes every manua
 
 ``manualbp.per_sample_grads(model)`` and ``manualbp.clip_per_sample(model, max_grad_norm)`` (context managers
 around a backward) compute per-sample gradients and clip them per sample, DP-SGD's step, inside the
-hand-written backward (``manualbp.per_sample``).
+hand-written backward (``manualbp.per_sample``). ``manualbp.curvature(model, "diag_ggn_exact", "kfac", ...)`` leaves
+BackPACK's quantities beyond the gradient on each parameter, from the same backward (``manualbp.second_order``).
 
-``manualbp.models``, ``manualbp.verify``, ``manualbp.per_sample``, ``manualbp.data``, ``manualbp.lightning``
+``manualbp.models``, ``manualbp.verify``, ``manualbp.per_sample``, ``manualbp.second_order``, ``manualbp.data``, ``manualbp.lightning``
 and ``manualbp.callbacks`` are attributes too, imported on first use: the last three bring in Lightning,
 which takes seconds to import.
 """
@@ -32,6 +33,7 @@ __all__ = [
     "NonFiniteGradientError",
     "clip_per_sample",
     "convert",
+    "curvature",
     "detect_nonfinite",
     "function",
     "functional",
@@ -45,10 +47,10 @@ __version__ = "0.2.0"
 
 # Submodules imported when first read as attributes of the package (PEP 562), so that ``import manualbp``
 # does not pay for Lightning, torchvision and matplotlib.
-_LAZY_SUBMODULES = ("callbacks", "data", "lightning", "models", "per_sample", "verify")
+_LAZY_SUBMODULES = ("callbacks", "data", "lightning", "models", "per_sample", "second_order", "verify")
 
 # Functions read from a submodule on first use, by the same rule: attribute name -> submodule.
-_LAZY_FUNCTIONS = {"clip_per_sample": "per_sample", "per_sample_grads": "per_sample"}
+_LAZY_FUNCTIONS = {"clip_per_sample": "per_sample", "curvature": "second_order", "per_sample_grads": "per_sample"}
 
 
 def __getattr__(name: str) -> object:

@@ -7,11 +7,14 @@
   gradient and of its update, and draws the gradient-flow figure at the end of fit.
 * ``Alignment`` (``alignment.py``): logs per layer the angle between the learning rule's update and the true
   backprop gradient on the same batch (``manualbp.rules``).
+* ``KFACPreconditioner`` (``kfac.py``): preconditions each step's gradient with K-FAC's Kronecker factors, estimated
+  by ``manualbp.curvature`` inside the step's backward.
 """
 
 from manualbp.callbacks.alignment import Alignment
 from manualbp.callbacks.gradient_check import GradientCheckCallback, GradientMismatchError
 from manualbp.callbacks.gradient_flow import GradientFlow
+from manualbp.callbacks.kfac import KFACPreconditioner
 from manualbp.callbacks.learning_animation import LearningAnimation
 
-__all__ = ["Alignment", "GradientCheckCallback", "GradientFlow", "GradientMismatchError", "LearningAnimation"]
+__all__ = ["Alignment", "GradientCheckCallback", "GradientFlow", "GradientMismatchError", "KFACPreconditioner", "LearningAnimation"]

@@ -32,6 +32,8 @@ import warnings
 
 import torch
 
+from manualbp.functional._reduction import REDUCTION
+
 from manualbp.functional._autocast import autocast_inputs
 from manualbp.functional._dispatch import apply, capturing_graph, function
 from manualbp.functional._tangents import tangent_sum
@@ -211,6 +213,8 @@ class CrossEntropyFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         if grad_out is None:
             return None, None, None, None, None, None, None
+        if REDUCTION.mode is not None:  # manualbp.curvature: the loss Hessian's factor starts here
+            REDUCTION.mode.loss(ctx, "cross_entropy", grad_out)
         x, target, weight = ctx.saved_tensors
         cd = _class_dim(x)
         if _is_plain_class_target(target, weight, ctx.label_smoothing):
@@ -331,6 +335,8 @@ class MSELossFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         if grad_out is None:
             return None, None, None, None
+        if REDUCTION.mode is not None:  # manualbp.curvature: the loss Hessian's factor starts here
+            REDUCTION.mode.loss(ctx, "mse_loss", grad_out)
         x, target, weight = ctx.saved_tensors
         err = x - target
         # an empty mean: torch's loss is nan (0/0) but its gradient 0, hence max(numel, 1)

@@ -118,7 +118,7 @@ class BatchNormFunction(torch.autograd.Function):
         batch_stats = mean is None
         if batch_stats and REDUCTION.mode is not None:  # per-sample gradients: batch statistics mix the samples
             REDUCTION.mode.refuse(ctx, _affine_ordinals(weight), "batch_norm with batch statistics (training mode)")
-        if batch_stats and REDUCTION.mode is None and not torch.is_grad_enabled():
+        if batch_stats and REDUCTION.mode is None and _first_order_in_place():
             grads = _batch_statistics_first_backward(ctx, grad_out, x, weight)
             grad_x = grads[0] if ctx.batched or grads[0] is None else grads[0].squeeze(0)
             return grad_x, *grads[1:], None, None, None, None
@@ -325,7 +325,7 @@ class ChannelNormFunction(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         x, grad_out = _batch_of(x, ctx.batched), _batch_of(grad_out, ctx.batched)
         needs = (weight is not None and ctx.needs_input_grad[2], ctx.has_bias and ctx.needs_input_grad[3])
-        if ctx.groups is not None and x.is_contiguous() and x.numel() > 0 and not torch.is_grad_enabled():
+        if ctx.groups is not None and x.is_contiguous() and x.numel() > 0 and _first_order_in_place():
             grad_x, grad_w, grad_b = _group_norm_first_backward(ctx, grad_out, x, weight, needs)
         else:
             dims = _statistics_dims(x, ctx.groups)
@@ -560,6 +560,13 @@ def _batch_normalize(
         mean_c, var_c = mean.reshape(shape), var.reshape(shape)
     inv_std = torch.rsqrt(var_c + eps)
     return (x - mean_c) * inv_std, inv_std
+
+
+def _first_order_in_place() -> bool:
+    """Whether a backward may write dL/dx into a tensor computed from x alone (the first-backward paths): no graph
+    is recorded (``create_graph``) and no torch.func transform batches G (vmap cannot write a batched value into an
+    unbatched tensor; ``manualbp.curvature`` runs the backward under vmap over the columns of a Hessian factor)."""
+    return not torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active()
 
 
 def _layer_normalize(

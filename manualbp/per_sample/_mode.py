@@ -60,13 +60,16 @@ def check_loss_reduction(op: str, loss_reduction: str) -> None:
         raise ValueError(f"{op}: loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
 
 
-def check_no_batch_statistics(op: str, model: torch.nn.Module) -> None:
+def check_no_batch_statistics(
+    op: str, model: torch.nn.Module, error: type[PerSampleError] = PerSampleError
+) -> None:
     """Raise PerSampleError naming the first batch-norm layer of ``model`` that would normalise with the
-    statistics of the batch (training mode, or no running estimates), as Opacus's validator does."""
+    statistics of the batch (training mode, or no running estimates), as Opacus's validator does (``error``: the
+    exception class to raise, a subclass of PerSampleError)."""
     for name, module in model.named_modules():
         batch_norm = isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
         if batch_norm and (module.training or module.running_mean is None):
-            raise PerSampleError(
+            raise error(
                 f"{op}: {name or 'the model'} ({type(module).__name__}) normalises with the statistics of the "
                 "batch, which mixes its samples: a sample's gradient would depend on the others. Put it in eval "
                 "mode (module.eval(), running statistics) or replace it, e.g. by GroupNorm or LayerNorm"
@@ -108,6 +111,7 @@ class PerSampleMode:
     at the end of each (outermost) backward that reported, after the batch checks."""
 
     op = "per_sample"
+    error: type[PerSampleError] = PerSampleError  # what the mode raises (``manualbp.curvature``'s a subclass)
 
     def __init__(self, model: torch.nn.Module, loss_reduction: str, batch_first: bool = True) -> None:
         check_loss_reduction(self.op, loss_reduction)
@@ -126,8 +130,8 @@ class PerSampleMode:
 
     def __enter__(self):
         if REDUCTION.mode is not None:
-            raise PerSampleError(f"{self.op}: another per-sample context is open; they do not nest")
-        check_no_batch_statistics(self.op, self.model)
+            raise self.error(f"{self.op}: another per-sample or curvature context is open; they do not nest")
+        check_no_batch_statistics(self.op, self.model, self.error)
         for name, p in self.model.named_parameters():
             if p.requires_grad:
                 self.names[id(p)], self.params[id(p)] = name, p
@@ -148,7 +152,7 @@ class PerSampleMode:
         self._tasks.clear()
         self._orphans = []
         if unfinished and exc_type is None:
-            raise PerSampleError(
+            raise self.error(
                 f"{self.op}: a backward inside the block ran nested in another one that did not reach its end; "
                 "its gradients were not written"
             )
@@ -171,12 +175,12 @@ class PerSampleMode:
         if all(p is None for p in params):
             return terms.reduce() if any(needs) else (None,) * len(needs)
         if not terms.batched:
-            raise PerSampleError(
+            raise self.error(
                 f"{self.op}: {self._layer(params)} got an input without a batch dim; per-sample gradients take "
                 "the batch dim of a layer's input (dim 0; a time-major sequence's dim 1) as the samples"
             )
         if torch.is_grad_enabled():
-            raise PerSampleError(
+            raise self.error(
                 f"{self.op}: {self._layer(params)}: a backward with create_graph=True; the per-sample modes write "
                 "gradients without a graph. Take higher derivatives outside the block"
             )
@@ -195,10 +199,14 @@ class PerSampleMode:
         params = tuple(self._param(node, o)[0] for o in ordinals)
         layer = self._layer(params) if any(p is not None for p in params) else "a layer"
         remedy = remedy or "Put it in eval mode (running statistics) or replace it, e.g. by GroupNorm or LayerNorm"
-        raise PerSampleError(
+        raise self.error(
             f"{self.op}: {layer}, a {what}, mixes the samples of a batch: a sample's gradient would depend on the "
             f"others. {remedy}"
         )
+
+    def loss(self, ctx, kind: str, grad_out: torch.Tensor) -> None:
+        """A loss's backward reports (``kind``: "cross_entropy" or "mse_loss"): nothing to do for the per-sample
+        modes (``manualbp.curvature`` starts its Hessian factor here)."""
 
     # ---- for the modes ---------------------------------------------------------------------------------
 
@@ -243,7 +251,7 @@ class PerSampleMode:
         try:
             written = torch._C._will_engine_execute_node(accumulate)
         except RuntimeError:  # torch refuses the question for a leaf that autograd.grad returns to its caller
-            raise PerSampleError(
+            raise self.error(
                 f"{self.op}: torch.autograd.grad(..., inputs=...) asks for {self.names[id(p)]!r}'s gradient, which "
                 "it returns to the caller instead of accumulating it: that gradient would be the plain one, neither "
                 "per-sample nor clipped. Call loss.backward() (or .backward(inputs=[...])) inside the block"
@@ -265,7 +273,7 @@ class PerSampleMode:
 
     def _unsupported(self, params) -> PerSampleError:
         names = ", ".join(repr(self.names[id(p)]) for p in params)
-        return PerSampleError(
+        return self.error(
             f"{self.op}: {names} got a gradient from an op that does not compute per-sample gradients (a torch op or "
             "torch.nn layer using the parameter, a term of the loss, or a manualbp layer without them). They are "
             "computed by manualbp.nn's Linear, LinearReLU, Conv2d, LayerNorm, RMSNorm, BatchNorm in eval mode, Embedding, "
@@ -323,7 +331,7 @@ class PerSampleMode:
                 continue
             for other in records:
                 if other.leading is not None and sorted(other.leading) == sorted((steps, batch)):
-                    raise PerSampleError(
+                    raise self.error(
                         f"{self.op}: {self._layer(rnn.params)} is {layout.replace('_', '-')} (its batch is dim "
                         f"{0 if layout == 'batch_first' else 1}) and {self._layer(other.params)} gets an input of "
                         f"leading dims {tuple(other.leading)}, which the context reads with batch_first="
@@ -332,7 +340,7 @@ class PerSampleMode:
         sizes = {r.batch for r in records}
         if len(sizes) > 1:
             layers = ", ".join(f"{self._layer(r.params)}: {r.batch}" for r in records)
-            raise PerSampleError(
+            raise self.error(
                 f"{self.op}: the model's layers saw batches of different sizes ({layers}); each layer's dim 0 (dim 1 "
                 "of a sequence with batch_first=False) must be the batch"
             )

@@ -1,0 +1,202 @@
+r"""The quantities of ``manualbp.curvature``, each computed from one layer's terms (the factors its hand-written
+backward hands the reduction seam, ``manualbp.functional._reduction``), with BackPACK 1.7.1's names, shapes and
+scale. g_n is sample n's gradient as the loss's reduction gives it (with ``"mean"`` it carries 1/N: the g_n sum to
+``p.grad``), J_vn = ∂(S[v]·f_n)/∂θ the column v of sample n (S the loss Hessian's factor, ``loss_factors``).
+
+First order, from the backward of the gradient (G = dL/dy, one column):
+
+    batch_grad         (N, *θ)   g_n
+    batch_l2           (N,)      ||g_n||²            (Linear on (N, in): ||G_n||² ||x_n||², nothing materialised)
+    sum_grad_squared   (*θ)      Σ_n g_n ⊙ g_n       (Linear on (N, in): (G ⊙ G)ᵀ (x ⊙ x), one matmul)
+    variance           (*θ)      (1/N) Σ_n g_n ⊙ g_n - (Σ_n g_n / N)⊙²
+
+Second order, from the backward of the V columns of S (C exact, or M Monte-Carlo samples):
+
+    diag_ggn_exact, diag_ggn_mc, diag_h                (*θ)     Σ_{v,n} J_vn ⊙ J_vn
+    diag_ggn_exact_batch, diag_ggn_mc_batch, diag_h_batch  (N, *θ)  Σ_v J_vn ⊙ J_vn
+    kflr, kfac         a weight (out, in...): [B, A]    B = Σ_{v,n} s_vn s_vnᵀ,  s_vn = Σ_t G_vnt (out,)
+                                                        A = (1/N) Σ_{n,t} x_nt x_ntᵀ     (x: the input, unfolded)
+                       any other parameter: [Σ_{v,n} vec(J_vn) vec(J_vn)ᵀ]   (its GGN block; a bias's is B)
+
+For Linear on (N, in) the diagonal needs no J: Σ_{v,n} J_vn ⊙ J_vn = (Σ_v G_v ⊙ G_v)ᵀ (x ⊙ x). Every other layer
+forms J_vn from its own per-sample formula (``terms.per_sample``) run under ``torch.func.vmap`` over the columns,
+in chunks of at most ``CHUNK_BYTES``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from torch.utils import _pytree as pytree
+
+from manualbp.functional._reduction import OuterTerms
+from manualbp.functional.conv import ConvTerms
+from manualbp.functional.linear import LinearTerms
+
+FIRST_ORDER = ("batch_grad", "batch_l2", "sum_grad_squared", "variance")
+DIAGONALS = ("diag_ggn_exact", "diag_ggn_mc", "diag_h")
+BATCH_DIAGONALS = ("diag_ggn_exact_batch", "diag_ggn_mc_batch", "diag_h_batch")
+KRONECKER = ("kflr", "kfac")
+SECOND_ORDER = DIAGONALS + BATCH_DIAGONALS + KRONECKER
+#: the quantities computed from the exact factor (C columns) and from the Monte-Carlo one
+EXACT = ("diag_ggn_exact", "diag_ggn_exact_batch", "diag_h", "diag_h_batch", "kflr")
+SAMPLED = ("diag_ggn_mc", "diag_ggn_mc_batch", "kfac")
+#: the most bytes of per-sample, per-column gradients one chunk of columns materialises
+CHUNK_BYTES = 1 << 28
+#: the most values of a parameter whose one-factor GGN block (``kfac`` of a non-Kronecker parameter) is formed
+BLOCK_LIMIT = 1 << 12
+
+
+class QuantityError(ValueError):
+    """A quantity that a layer's terms do not give (the message says which and why)."""
+
+
+def first_order(terms: Any, names: tuple[str, ...], grads: tuple[torch.Tensor | None, ...]) -> list[dict]:
+    """``names`` (of ``FIRST_ORDER``) for each parameter of ``terms`` (G plain), one dict per parameter (empty
+    where its gradient is not asked for); ``grads``: the layer's plain reduction, for ``variance``."""
+    n = terms.batch
+    fast = _rows_linear(terms)
+    samples = None
+    if not fast or any(q in names for q in ("batch_grad",)) or any(terms.needs[1:]):
+        samples = terms.per_sample()
+    results: list[dict] = []
+    for i, (need, grad) in enumerate(zip(terms.needs, grads)):
+        out: dict[str, torch.Tensor] = {}
+        results.append(out)
+        if not need:
+            continue
+        weight_of_linear = fast and i == 0
+        sample = None if weight_of_linear and "batch_grad" not in names else samples[i]  # type: ignore[index]
+        if "batch_grad" in names:
+            out["batch_grad"] = sample
+        if "batch_l2" in names:
+            if weight_of_linear:
+                g, x = _linear_rows(terms)
+                out["batch_l2"] = g.square().sum(1) * x.square().sum(1)
+            else:
+                out["batch_l2"] = sample.square().flatten(1).sum(1)
+        if "sum_grad_squared" in names or "variance" in names:
+            if weight_of_linear:
+                g, x = _linear_rows(terms)
+                sgs = g.square().t().matmul(x.square())
+            else:
+                sgs = sample.square().sum(0)
+            if "sum_grad_squared" in names:
+                out["sum_grad_squared"] = sgs
+            if "variance" in names:
+                out["variance"] = sgs / n - (grad / n).square()
+    return results
+
+
+def second_order(terms: Any, names: tuple[str, ...], unwrap) -> list[dict]:
+    """``names`` (of ``SECOND_ORDER``, all of one factor) for each parameter of ``terms``, whose G is batched
+    over the factor's columns (``unwrap(t)``: t's values with the columns as dim 0, (V, *t.shape))."""
+    diagonal = [q for q in names if q in DIAGONALS]
+    batch = [q for q in names if q in BATCH_DIAGONALS]
+    kronecker = [q for q in names if q in KRONECKER]
+    results: list[dict] = [{} for _ in terms.needs]
+    if _rows_linear(terms) and terms.needs[0]:  # the weight of Linear on (N, in): nothing materialised
+        g, x = _linear_rows(terms, unwrap)
+        g2 = g.square().sum(0)
+        x2 = x.square()
+        out = results[0]
+        for q in diagonal:
+            out[q] = g2.t().matmul(x2)
+        for q in batch:
+            out[q] = g2.unsqueeze(2) * x2.unsqueeze(1)
+        for q in kronecker:
+            out[q] = [torch.einsum("vno,vnp->op", g, g), x.t().matmul(x) / x.shape[0]]
+        todo = (False, *terms.needs[1:])
+    else:
+        todo = terms.needs
+    kron_weight = bool(kronecker) and todo[0] and isinstance(terms, OuterTerms)
+    if kron_weight:
+        if not isinstance(terms, (LinearTerms, ConvTerms)) or terms.factors(terms.grad_out)[0].shape[1] != 1:
+            raise QuantityError("Kronecker factors of a grouped or transposed convolution are not formed")
+        g, x = terms.factors(terms.grad_out)
+        g, x = unwrap(g)[:, :, 0], x[:, 0]  # (V, N, T, O), (N, T, K)
+        s = g.sum(2)
+        results[0].update(
+            {q: [torch.einsum("vno,vnp->op", s, s), torch.einsum("ntk,ntl->kl", x, x) / x.shape[0]] for q in kronecker}
+        )
+    if not any(todo):
+        return results
+    for v_chunk in _column_chunks(terms, todo, unwrap):
+        for i, sample in enumerate(v_chunk):
+            if sample is None or not todo[i]:
+                continue
+            squares = sample.square()
+            out = results[i]
+            for q in diagonal:
+                out[q] = _add(out.get(q), squares.sum((0, 1)))
+            for q in batch:
+                out[q] = _add(out.get(q), squares.sum(0))
+            if kronecker and not (kron_weight and i == 0):
+                if sample[0, 0].numel() > BLOCK_LIMIT:
+                    raise QuantityError(
+                        f"a parameter of {sample[0, 0].numel()} values has no Kronecker factors here and its GGN "
+                        f"block would be {sample[0, 0].numel()}² values (more than {BLOCK_LIMIT}²)"
+                    )
+                flat = sample.flatten(2)
+                block = torch.einsum("vni,vnj->ij", flat, flat)
+                for q in kronecker:
+                    out[q] = [_add(out[q][0], block)] if q in out else [block]
+    return results
+
+
+def _add(total: torch.Tensor | None, term: torch.Tensor) -> torch.Tensor:
+    return term if total is None else total + term
+
+
+def _rows_linear(terms: Any) -> bool:
+    """Whether ``terms`` are Linear's on an input (N, in): one position per sample."""
+    return isinstance(terms, LinearTerms) and terms.positions == 1
+
+
+def _linear_rows(terms: LinearTerms, unwrap=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(G, x) of Linear on (N, in): (N, out) (``unwrap``: (V, N, out)) and (N, in)."""
+    g, x = terms.factors(terms.grad_out)
+    g, x = g.reshape(*g.shape[:1], -1), x.reshape(x.shape[0], -1)
+    if unwrap is not None:
+        g = unwrap(g)
+    return g, x
+
+
+def _column_chunks(terms: Any, todo: tuple[bool, ...], unwrap):
+    """Each chunk of columns' per-sample gradients J (v, N, *θ) of the parameters ``todo`` asks for (None for
+    the others): the layer's ``per_sample`` under ``torch.func.vmap`` over the columns of its batched tensors."""
+    leaves, spec = pytree.tree_flatten(vars(terms))
+    batched = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor) and _is_batched(leaf)]
+    physical = [unwrap(leaves[i]) for i in batched]
+    columns = physical[0].shape[0]
+    plain = copy.copy(terms)
+    plain.needs = tuple(todo)
+
+    def per_sample(*tensors):
+        values = list(leaves)
+        for i, t in zip(batched, tensors):
+            values[i] = t
+        replaced = copy.copy(plain)
+        replaced.__dict__.update(pytree.tree_unflatten(values, spec))
+        replaced.needs = tuple(todo)
+        return tuple(s if s is not None else torch.zeros(()) for s in replaced.per_sample())
+
+    largest = max(math.prod(t.shape[1:]) for t in physical)
+    per_column = max(largest, terms.batch * _largest_parameter(terms)) * physical[0].element_size()
+    chunk = max(1, min(columns, CHUNK_BYTES // max(per_column, 1)))
+    for start in range(0, columns, chunk):
+        parts = [t[start : start + chunk] for t in physical]
+        samples = torch.func.vmap(per_sample)(*parts)
+        yield tuple(s if todo[i] else None for i, s in enumerate(samples))
+
+
+def _largest_parameter(terms: Any) -> int:
+    shape = getattr(terms, "weight_shape", None)
+    return math.prod(shape) if shape is not None else 1
+
+
+def _is_batched(t: torch.Tensor) -> bool:
+    return torch._C._functorch.is_batchedtensor(t)
