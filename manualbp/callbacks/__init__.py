@@ -17,4 +17,11 @@ from manualbp.callbacks.gradient_flow import GradientFlow
 from manualbp.callbacks.kfac import KFACPreconditioner
 from manualbp.callbacks.learning_animation import LearningAnimation
 
-__all__ = ["Alignment", "GradientCheckCallback", "GradientFlow", "GradientMismatchError", "KFACPreconditioner", "LearningAnimation"]
+__all__ = [
+    "Alignment",
+    "GradientCheckCallback",
+    "GradientFlow",
+    "GradientMismatchError",
+    "KFACPreconditioner",
+    "LearningAnimation",
+]

@@ -70,7 +70,15 @@ class KFACPreconditioner(pl.Callback):
         G ← (B + λ_B I)⁻¹ G (A + λ_A I)⁻¹,
 
     the solve of ((B + λ_B I) ⊗ (A + λ_A I)) vec(G) = vec(G) with torch's row-major vec, and the gradient g of a
-    one-factor parameter by (F + γ I)⁻¹ g. Between refreshes the last inverses (and their π) are used. The
+    one-factor parameter by (F + γ I)⁻¹ g. Between refreshes the last inverses (and their π) are used.
+
+    **KL clipping** (``kl_clip`` = κ; off by default). In directions whose curvature is below γ the step is about
+    lr/γ times the gradient: a small damping with a plain learning rate diverges. With κ the preconditioned
+    gradients Δ_p of the optimizer's parameters are all scaled by ν = min(1, sqrt(κ / Σ_p lr_p² ⟨Δ_p, g_p⟩))
+    (lr_p: the learning rate of p's parameter group), which bounds the step's predicted change of the model's
+    output distribution (Ba, Grosse & Martens 2017; kfac-pytorch's ``kl_clip``). ``last_scale`` keeps the last ν.
+
+    The
     transform runs in ``on_before_optimizer_step``: after the backward (and AMP's unscaling) and before
     Lightning clips the gradients, so ``--trainer.gradient_clip_val`` clips the preconditioned step (what
     K-FAC's own step-size control guards against). Parameters the backward left no factor on keep their
@@ -96,6 +104,8 @@ class KFACPreconditioner(pl.Callback):
         update_every: optimizer steps between recomputed inverses, >= 1 (the averages are updated every step).
         mc_samples: Monte-Carlo columns M of the Fisher's factor per sample (``quantity="kfac"``), >= 1.
         quantity: ``"kfac"`` (sampled Fisher, BackPACK's KFAC) or ``"kflr"`` (exact GGN factor, C columns).
+        kl_clip: κ > 0: scale the preconditioned gradients so that the step's squared length in the curvature's
+            metric, Σ_p lr_p² ⟨Δ_p, g_p⟩, is at most κ (None, the default: no clipping).
     """
 
     def __init__(
@@ -105,6 +115,7 @@ class KFACPreconditioner(pl.Callback):
         update_every: int = 10,
         mc_samples: int = 1,
         quantity: Quantity = "kfac",
+        kl_clip: float | None = None,
     ) -> None:
         super().__init__()
         if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not 0 < damping < math.inf:
@@ -116,11 +127,17 @@ class KFACPreconditioner(pl.Callback):
                 raise ValueError(f"KFACPreconditioner: {name} must be an integer >= 1, got {value!r}")
         if quantity not in ("kfac", "kflr"):
             raise ValueError(f"KFACPreconditioner: quantity must be 'kfac' or 'kflr', got {quantity!r}")
+        if kl_clip is not None and (
+            isinstance(kl_clip, bool) or not isinstance(kl_clip, (int, float)) or not 0 < kl_clip < math.inf
+        ):
+            raise ValueError(f"KFACPreconditioner: kl_clip must be None or a finite number > 0, got {kl_clip!r}")
         self.damping = float(damping)
         self.ema_decay = float(ema_decay)
         self.update_every = update_every
         self.mc_samples = mc_samples
         self.quantity: Quantity = quantity
+        self.kl_clip = None if kl_clip is None else float(kl_clip)
+        self.last_scale = 1.0  # the KL clipping's factor ν at the last step (1 without kl_clip)
         self._states: dict[str, _State] = {}
         self._pending: dict[str, tuple[list[torch.Tensor], int]] = {}  # this step's factors: sums, micro-batches
         self._context: CurvatureMode | None = None
@@ -178,19 +195,28 @@ class KFACPreconditioner(pl.Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        lrs = {id(p): float(group.get("lr", 0.0)) for group in optimizer.param_groups for p in group["params"]}
+        steps: list[tuple[torch.Tensor, torch.Tensor, float]] = []  # (gradient, preconditioned, lr)
         with torch.no_grad():
             for name, p in network(pl_module).named_parameters():
-                if id(p) not in stepped:
+                if id(p) not in lrs:
                     continue
                 if name in self._pending:
                     self._update(name, *self._pending.pop(name))
-                state = self._states.get(name)
-                if state is None or p.grad is None:
+                state, grad = self._states.get(name), p.grad
+                if state is None or grad is None:
                     continue
                 if state.inverses is None:  # loaded from a checkpoint: invert the averages it saved
-                    state.inverses = self.damped_inverses([f.to(p.grad.device) for f in state.factors])
-                p.grad.copy_(self.precondition(p.grad, state.inverses))
+                    state.inverses = self.damped_inverses([f.to(grad.device) for f in state.factors])
+                steps.append((grad, self.precondition(grad, state.inverses), lrs[id(p)]))
+            scale = 1.0
+            if self.kl_clip is not None and steps:
+                # Σ_p lr_p² ⟨Δ_p, g_p⟩: the step's squared length in the damped curvature's metric
+                length = sum(lr**2 * float((step * grad).sum()) for grad, step, lr in steps)
+                scale = min(1.0, math.sqrt(self.kl_clip / length)) if length > 0 else 1.0
+            for grad, step, _ in steps:
+                grad.copy_(step if scale == 1.0 else step * scale)
+        self.last_scale = scale
 
     def state_dict(self) -> dict[str, Any]:
         """The moving averages and each parameter's step count (the inverses are recomputed after loading)."""
@@ -236,7 +262,7 @@ class KFACPreconditioner(pl.Callback):
         else:
             rho = self.ema_decay
             state.factors = [
-                (1 - rho) * old.to(new.device, new.dtype) + rho * new for old, new in zip(state.factors, step)
+                rho * old.to(new.device, new.dtype) + (1 - rho) * new for old, new in zip(state.factors, step)
             ]
         if state.updates % self.update_every == 0:
             state.inverses = self.damped_inverses(state.factors)

@@ -32,10 +32,9 @@ import warnings
 
 import torch
 
-from manualbp.functional._reduction import REDUCTION
-
 from manualbp.functional._autocast import autocast_inputs
 from manualbp.functional._dispatch import apply, capturing_graph, function
+from manualbp.functional._reduction import REDUCTION
 from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import (
     DtypeError,

@@ -60,9 +60,7 @@ def check_loss_reduction(op: str, loss_reduction: str) -> None:
         raise ValueError(f"{op}: loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
 
 
-def check_no_batch_statistics(
-    op: str, model: torch.nn.Module, error: type[PerSampleError] = PerSampleError
-) -> None:
+def check_no_batch_statistics(op: str, model: torch.nn.Module, error: type[PerSampleError] = PerSampleError) -> None:
     """Raise PerSampleError naming the first batch-norm layer of ``model`` that would normalise with the
     statistics of the batch (training mode, or no running estimates), as Opacus's validator does (``error``: the
     exception class to raise, a subclass of PerSampleError)."""

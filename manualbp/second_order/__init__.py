@@ -6,7 +6,7 @@ r"""Curvature from the hand-written backward: BackPACK's quantities beyond the g
 
 leaves on every trainable parameter p of ``model`` that the backward writes an attribute per quantity, named,
 shaped and scaled as BackPACK 1.7.1 names, shapes and scales them (``quantities`` states each formula):
-``batch_grad``, ``batch_l2``, ``sum_grad_squared``, ``variance`` (first order), ``diag_ggn_exact``,
+``grad_batch``, ``batch_l2``, ``sum_grad_squared``, ``variance`` (first order), ``diag_ggn_exact``,
 ``diag_ggn_mc``, ``diag_ggn_exact_batch``, ``diag_ggn_mc_batch``, ``diag_h``, ``diag_h_batch``, ``kfac``,
 ``kflr`` (second order), and ``p.grad`` as usual.
 

@@ -89,7 +89,7 @@ def check_piecewise_linear(root: torch.autograd.graph.Node) -> None:
     """Raise ValueError naming the first node below ``root`` (the loss's input) that is curved in its input or
     not known to be piecewise linear."""
     seen: set[int] = set()
-    stack = [root]
+    stack: list[torch.autograd.graph.Node | None] = [root]
     while stack:
         node = stack.pop()
         if node is None or id(node) in seen:

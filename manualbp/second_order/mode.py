@@ -6,10 +6,10 @@ from typing import Any
 
 import torch
 
-from manualbp.second_order import loss_factors, quantities
-from manualbp.second_order.diag_h_graph import check_piecewise_linear
 from manualbp.functional._reduction import graph_node
 from manualbp.per_sample._mode import PerSampleError, PerSampleMode, Record, accumulate_grad
+from manualbp.second_order import loss_factors, quantities
+from manualbp.second_order.diag_h_graph import check_piecewise_linear
 
 
 class CurvatureError(PerSampleError):
@@ -49,8 +49,8 @@ class CurvatureMode(PerSampleMode):
                         "be no curvature of the loss. First-order quantities compose with rules; second-order ones "
                         "need backprop (manualbp.convert(model, rule='backprop'))"
                     )
-        for p in self.params.values():  # each block starts afresh, as BackPACK's
-            for q in self.quantities:
+        for p in self.params.values():  # each block starts afresh
+            for q in quantities.FIRST_ORDER + quantities.SECOND_ORDER:
                 if hasattr(p, q):
                     delattr(p, q)
 
@@ -61,7 +61,7 @@ class CurvatureMode(PerSampleMode):
 
     # ---- the seam's calls ------------------------------------------------------------------------------
 
-    def reduce(self, ctx, terms):
+    def reduce(self, ctx: Any, terms: Any) -> tuple[torch.Tensor | None, ...]:
         if self._columns is None:
             return super().reduce(ctx, terms)
         node = graph_node(ctx)
@@ -80,7 +80,7 @@ class CurvatureMode(PerSampleMode):
                     self._add_second(p, result)
         return (None,) * len(terms.needs)
 
-    def loss(self, ctx, kind: str, grad_out: torch.Tensor) -> None:
+    def loss(self, ctx: Any, kind: str, grad_out: torch.Tensor) -> None:
         exact = tuple(q for q in self.quantities if q in quantities.EXACT)
         sampled = tuple(q for q in self.quantities if q in quantities.SAMPLED)
         if not (exact or sampled) or self._columns is not None or torch._C._are_functorch_transforms_active():
@@ -88,6 +88,8 @@ class CurvatureMode(PerSampleMode):
         self._losses += 1
         if self._losses > 1 and any(q in quantities.KRONECKER for q in self.quantities):
             raise CurvatureError("curvature: kfac and kflr take one loss per backward; this backward has two")
+        if ctx.reduction not in ("mean", "sum"):
+            raise CurvatureError(f"curvature: {kind} with reduction={ctx.reduction!r}; use 'mean' or 'sum'")
         output, target, weight = ctx.saved_tensors
         if weight is not None:
             raise CurvatureError(f"curvature: {kind} with a weight: its Hessian factor is not computed")
@@ -107,7 +109,16 @@ class CurvatureMode(PerSampleMode):
 
     # ---- the backward of the factor's columns -----------------------------------------------------------
 
-    def _run_columns(self, kind, ctx, output, target, names, mc_samples, scale) -> None:
+    def _run_columns(
+        self,
+        kind: str,
+        ctx: Any,
+        output: torch.Tensor,
+        target: torch.Tensor,
+        names: tuple[str, ...],
+        mc_samples: int | None,
+        scale: float,
+    ) -> None:
         try:
             if kind == "cross_entropy":
                 factor = loss_factors.cross_entropy_factor(output, target, ctx.ignore_index, ctx.reduction, mc_samples)
@@ -115,10 +126,8 @@ class CurvatureMode(PerSampleMode):
                 factor = loss_factors.mse_factor(output, target, ctx.reduction, mc_samples)
         except loss_factors.LossFactorError as error:
             raise CurvatureError(f"curvature: {kind}: the loss Hessian's factor needs {error}") from None
-        if ctx.reduction not in ("mean", "sum"):
-            raise CurvatureError(f"curvature: {kind} with reduction={ctx.reduction!r}; use 'mean' or 'sum'")
         factor = (factor * scale**0.5).to(output.dtype)
-        leaves = [p for p in self.params.values()]
+        leaves = list(self.params.values())
 
         def backward_of(column: torch.Tensor) -> torch.Tensor:
             torch.autograd.grad(output, leaves, column, retain_graph=True, allow_unused=True)
@@ -131,7 +140,7 @@ class CurvatureMode(PerSampleMode):
             self._columns = None
 
     @staticmethod
-    def _grad_tensor(terms) -> torch.Tensor:
+    def _grad_tensor(terms: Any) -> torch.Tensor:
         for value in vars(terms).values():
             for leaf in value if isinstance(value, (list, tuple)) else (value,):
                 for t in leaf if isinstance(leaf, (list, tuple)) else (leaf,):
@@ -148,7 +157,7 @@ class CurvatureMode(PerSampleMode):
 
     # ---- the backward of the gradient ---------------------------------------------------------------------
 
-    def _reduce(self, record: Record):
+    def _reduce(self, record: Record) -> tuple[torch.Tensor | None, ...]:
         terms, params = record.terms, record.params
         grads = terms.reduce()
         first = tuple(q for q in self.quantities if q in quantities.FIRST_ORDER)
@@ -175,9 +184,19 @@ class CurvatureMode(PerSampleMode):
                     written[id(p)] = p
                     stored = first.setdefault(id(p), {})
                     for name, value in result.items():
-                        if name in stored and name != "batch_grad":
+                        if name in stored and name != "grad_batch":
                             raise _shared(self.names[id(p)], name)
                         stored[name] = value if name not in stored else stored[name] + value
+            if second:
+                unreached = [self.names[key] for key in written if key not in self._second]
+                if unreached:
+                    self._second, self._losses = {}, 0
+                    raise CurvatureError(
+                        f"curvature: {', '.join(map(repr, unreached))} got a gradient but the loss Hessian's columns, "
+                        "run back from the loss with torch.autograd.grad, did not reach its layer: a reentrant "
+                        "checkpoint (use_reentrant=True) hides the parameters inside it from autograd.grad. Use "
+                        "torch.utils.checkpoint.checkpoint(..., use_reentrant=False)"
+                    )
             for key, p in written.items():
                 for name, value in {**first.get(key, {}), **self._second.get(key, {})}.items():
                     setattr(p, name, _cast(value, p.dtype))
@@ -192,7 +211,7 @@ def _shared(name: str, quantity: str) -> CurvatureError:
     )
 
 
-def _cast(value, dtype: torch.dtype):
+def _cast(value: Any, dtype: torch.dtype) -> Any:
     return [v.to(dtype) for v in value] if isinstance(value, list) else value.to(dtype)
 
 
@@ -202,4 +221,3 @@ def _unwrap(t: torch.Tensor, level: int) -> torch.Tensor:
         bdim = torch._C._functorch.maybe_get_bdim(t)
         return torch._C._functorch.get_unwrapped(t).movedim(bdim, 0)
     raise CurvatureError("curvature: a layer's factor is not batched over the loss Hessian's columns")
-

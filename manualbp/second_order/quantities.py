@@ -5,7 +5,7 @@ scale. g_n is sample n's gradient as the loss's reduction gives it (with ``"mean
 
 First order, from the backward of the gradient (G = dL/dy, one column):
 
-    batch_grad         (N, *θ)   g_n
+    grad_batch         (N, *θ)   g_n
     batch_l2           (N,)      ||g_n||²            (Linear on (N, in): ||G_n||² ||x_n||², nothing materialised)
     sum_grad_squared   (*θ)      Σ_n g_n ⊙ g_n       (Linear on (N, in): (G ⊙ G)ᵀ (x ⊙ x), one matmul)
     variance           (*θ)      (1/N) Σ_n g_n ⊙ g_n - (Σ_n g_n / N)⊙²
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -36,7 +37,7 @@ from manualbp.functional._reduction import OuterTerms
 from manualbp.functional.conv import ConvTerms
 from manualbp.functional.linear import LinearTerms
 
-FIRST_ORDER = ("batch_grad", "batch_l2", "sum_grad_squared", "variance")
+FIRST_ORDER = ("grad_batch", "batch_l2", "sum_grad_squared", "variance")
 DIAGONALS = ("diag_ggn_exact", "diag_ggn_mc", "diag_h")
 BATCH_DIAGONALS = ("diag_ggn_exact_batch", "diag_ggn_mc_batch", "diag_h_batch")
 KRONECKER = ("kflr", "kfac")
@@ -59,8 +60,10 @@ def first_order(terms: Any, names: tuple[str, ...], grads: tuple[torch.Tensor | 
     where its gradient is not asked for); ``grads``: the layer's plain reduction, for ``variance``."""
     n = terms.batch
     fast = _rows_linear(terms)
-    samples = None
-    if not fast or any(q in names for q in ("batch_grad",)) or any(terms.needs[1:]):
+    if fast:  # Linear on (N, in): g_n = G_nᵀ x_n, materialised only for grad_batch; the bias's g_n = G_n
+        g, x = _linear_rows(terms)
+        samples = (g.unsqueeze(2) * x.unsqueeze(1) if "grad_batch" in names else None, g)
+    else:
         samples = terms.per_sample()
     results: list[dict] = []
     for i, (need, grad) in enumerate(zip(terms.needs, grads)):
@@ -69,21 +72,15 @@ def first_order(terms: Any, names: tuple[str, ...], grads: tuple[torch.Tensor | 
         if not need:
             continue
         weight_of_linear = fast and i == 0
-        sample = None if weight_of_linear and "batch_grad" not in names else samples[i]  # type: ignore[index]
-        if "batch_grad" in names:
-            out["batch_grad"] = sample
+        sample: Any = samples[i]  # None only for the weight of Linear on rows without grad_batch
+        if "grad_batch" in names:
+            out["grad_batch"] = sample
         if "batch_l2" in names:
-            if weight_of_linear:
-                g, x = _linear_rows(terms)
-                out["batch_l2"] = g.square().sum(1) * x.square().sum(1)
-            else:
-                out["batch_l2"] = sample.square().flatten(1).sum(1)
+            out["batch_l2"] = (
+                g.square().sum(1) * x.square().sum(1) if weight_of_linear else sample.square().flatten(1).sum(1)
+            )
         if "sum_grad_squared" in names or "variance" in names:
-            if weight_of_linear:
-                g, x = _linear_rows(terms)
-                sgs = g.square().t().matmul(x.square())
-            else:
-                sgs = sample.square().sum(0)
+            sgs = g.square().t().matmul(x.square()) if weight_of_linear else sample.square().sum(0)
             if "sum_grad_squared" in names:
                 out["sum_grad_squared"] = sgs
             if "variance" in names:
@@ -91,7 +88,7 @@ def first_order(terms: Any, names: tuple[str, ...], grads: tuple[torch.Tensor | 
     return results
 
 
-def second_order(terms: Any, names: tuple[str, ...], unwrap) -> list[dict]:
+def second_order(terms: Any, names: tuple[str, ...], unwrap: Callable[[torch.Tensor], torch.Tensor]) -> list[dict]:
     """``names`` (of ``SECOND_ORDER``, all of one factor) for each parameter of ``terms``, whose G is batched
     over the factor's columns (``unwrap(t)``: t's values with the columns as dim 0, (V, *t.shape))."""
     diagonal = [q for q in names if q in DIAGONALS]
@@ -156,7 +153,9 @@ def _rows_linear(terms: Any) -> bool:
     return isinstance(terms, LinearTerms) and terms.positions == 1
 
 
-def _linear_rows(terms: LinearTerms, unwrap=None) -> tuple[torch.Tensor, torch.Tensor]:
+def _linear_rows(
+    terms: LinearTerms, unwrap: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(G, x) of Linear on (N, in): (N, out) (``unwrap``: (V, N, out)) and (N, in)."""
     g, x = terms.factors(terms.grad_out)
     g, x = g.reshape(*g.shape[:1], -1), x.reshape(x.shape[0], -1)
@@ -165,7 +164,9 @@ def _linear_rows(terms: LinearTerms, unwrap=None) -> tuple[torch.Tensor, torch.T
     return g, x
 
 
-def _column_chunks(terms: Any, todo: tuple[bool, ...], unwrap):
+def _column_chunks(
+    terms: Any, todo: tuple[bool, ...], unwrap: Callable[[torch.Tensor], torch.Tensor]
+) -> Iterator[tuple[torch.Tensor | None, ...]]:
     """Each chunk of columns' per-sample gradients J (v, N, *θ) of the parameters ``todo`` asks for (None for
     the others): the layer's ``per_sample`` under ``torch.func.vmap`` over the columns of its batched tensors."""
     leaves, spec = pytree.tree_flatten(vars(terms))
@@ -175,7 +176,7 @@ def _column_chunks(terms: Any, todo: tuple[bool, ...], unwrap):
     plain = copy.copy(terms)
     plain.needs = tuple(todo)
 
-    def per_sample(*tensors):
+    def per_sample(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         values = list(leaves)
         for i, t in zip(batched, tensors):
             values[i] = t

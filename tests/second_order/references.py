@@ -59,7 +59,7 @@ def sample_grads(
     reference: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, kind: str, reduction: str
 ) -> dict[str, torch.Tensor]:
     """g_n, (N, *θ) per parameter: the gradient of sample n's term of the loss as the reduction weighs it (with
-    "mean" the g_n sum to the batch gradient, BackPACK's ``batch_grad``), one sample at a time."""
+    "mean" the g_n sum to the batch gradient, BackPACK's ``grad_batch``), one sample at a time."""
     params = {k: v for k, v in reference.named_parameters() if v.requires_grad}
     loss = loss_of(kind, "sum")
     denominator = 1

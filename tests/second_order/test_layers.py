@@ -28,7 +28,9 @@ def no_kronecker(case_id: str) -> bool:
     return case_id.startswith(("conv_transpose", "cn_block")) or (
         case_id.startswith("conv") and ("groups" in case_id or "depthwise" in case_id)
     )
-FIRST = ("batch_grad", "batch_l2", "sum_grad_squared", "variance")
+
+
+FIRST = ("grad_batch", "batch_l2", "sum_grad_squared", "variance")
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")
 
@@ -91,7 +93,7 @@ def test_kflr_blocks_equal_brute_force_or_raise(case):
     except CurvatureError as error:  # an embedding table or a token: too large a block
         assert "GGN block" in str(error)
         return
-    for (name, p), ref_name in zip(manual.named_parameters(), expected):
+    for (_, p), ref_name in zip(manual.named_parameters(), expected):
         if len(p.kflr) == 1:
             assert_close(p.kflr[0], expected[ref_name]["block"], **TOL)
     # the head's weight, [B, A]: B its bias's block, A = (1/N) Σ_n h_n h_nᵀ of its input h
@@ -112,7 +114,7 @@ def test_first_order_from_each_samples_gradient(case, kind, reduction):
         manual_loss(kind, reduction, manual(x), target).backward()
     for (_, p), g in zip(manual.named_parameters(), grads.values()):
         n = x.shape[0]
-        assert_close(p.batch_grad, g, **TOL)
+        assert_close(p.grad_batch, g, **TOL)
         assert_close(p.batch_l2, g.flatten(1).square().sum(1), **TOL)
         assert_close(p.sum_grad_squared, g.square().sum(0), **TOL)
         assert_close(p.variance, g.square().sum(0) / n - (g.sum(0) / n).square(), **TOL)
