@@ -591,9 +591,9 @@ def _normalized_grad(
     g: torch.Tensor, x_hat: torch.Tensor, inv_std: torch.Tensor, dims: tuple[int, ...]
 ) -> torch.Tensor:
     """dL/dx = (1/σ) (g - mean g - x̂ · mean (g · x̂)) with the statistics taken over ``dims`` from x itself (g =
-    dL/dx̂): out of place where a double backward records it, else one new tensor updated in place (fewer passes
+    dL/dx̂): out of place where a double backward records it or a torch.func transform runs it, else one new tensor updated in place (fewer passes
     over memory)."""
-    if torch.is_grad_enabled():
+    if not _first_order_in_place():  # also under vmap, where addcmul_ has no batching rule
         return inv_std * (g - g.mean(dims, keepdim=True) - x_hat * (g * x_hat).mean(dims, keepdim=True))
     mean_g_x_hat = (g * x_hat).mean(dims, keepdim=True)
     return (g - g.mean(dims, keepdim=True)).addcmul_(x_hat, mean_g_x_hat, value=-1).mul_(inv_std)

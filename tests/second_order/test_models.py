@@ -195,3 +195,40 @@ def test_mc_samples_average_their_columns():
         manualbp.functional.cross_entropy(model(x), y).backward()
     for p in model.parameters():
         assert_close(p.diag_ggn_mc, p.diag_ggn_exact, rtol=0.35, atol=1e-3 * p.diag_ggn_exact.max().item())
+
+
+class TinyResidual(torch.nn.Module):
+    """A residual block with batch norm in eval mode, a grouped convolution, SiLU, adaptive average pooling and a
+    linear head: a torchvision-style network that BackPACK's KFAC and diagonal Hessian do not take."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.conv = torch.nn.Conv2d(4, 4, 3, padding=1, groups=2)
+        self.norm = torch.nn.BatchNorm2d(4)
+        self.act = torch.nn.SiLU()
+        self.pool = torch.nn.AdaptiveAvgPool2d(2)
+        self.head = torch.nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        h = h + self.act(self.norm(self.conv(h)))
+        return self.head(self.pool(h).flatten(1))
+
+
+@pytest.mark.parametrize("kind", ["cross_entropy", "mse_loss"])
+def test_residual_network_equals_brute_force(kind):
+    torch.manual_seed(0)
+    reference = TinyResidual().double()
+    with torch.no_grad():
+        reference.norm.running_mean.uniform_(-0.5, 0.5)
+        reference.norm.running_var.uniform_(0.5, 2)
+    reference.eval()
+    manual = manualbp.convert(copy.deepcopy(reference))
+    x, y = data(kind, batch=3, classes=3)
+    expected = ggn_reference(reference, x, y, kind, "mean")
+    with manualbp.curvature(manual, "diag_ggn_exact", "diag_ggn_exact_batch"):
+        getattr(manualbp.functional, kind)(manual(x), y).backward()
+    for (_, p), key in zip(manual.named_parameters(), expected):
+        assert_close(p.diag_ggn_exact, expected[key]["diag"], rtol=1e-8, atol=1e-13)
+        assert_close(p.diag_ggn_exact_batch, expected[key]["batch"], rtol=1e-8, atol=1e-13)
