@@ -18,9 +18,12 @@ Second order, from the backward of the V columns of S (C exact, or M Monte-Carlo
                                                         A = (1/N) Σ_{n,t} x_nt x_ntᵀ     (x: the input, unfolded)
                        any other parameter: [Σ_{v,n} vec(J_vn) vec(J_vn)ᵀ]   (its GGN block; a bias's is B)
 
-For Linear on (N, in) the diagonal needs no J: Σ_{v,n} J_vn ⊙ J_vn = (Σ_v G_v ⊙ G_v)ᵀ (x ⊙ x). Every other layer
-forms J_vn from its own per-sample formula (``terms.per_sample``) run under ``torch.func.vmap`` over the columns,
-in chunks of at most ``CHUNK_BYTES``.
+For Linear on (N, in) the diagonal needs no J: Σ_{v,n} J_vn ⊙ J_vn = (Σ_v G_v ⊙ G_v)ᵀ (x ⊙ x). A weight whose
+per-sample gradient is a sum of outer products over positions (Linear on sequences, convolutions, transposed ones:
+``OuterTerms``) forms J_vn = Σ_t G_vntᵀ x_nt from its factors as one batched matmul per chunk of samples, the
+columns folded into the output side. Every other parameter forms J_vn from its own per-sample formula
+(``terms.per_sample``) run under ``torch.func.vmap`` over the columns. Each chunk holds at most ``CHUNK_BYTES``
+of J.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ SECOND_ORDER = DIAGONALS + BATCH_DIAGONALS + KRONECKER
 EXACT = ("diag_ggn_exact", "diag_ggn_exact_batch", "diag_h", "diag_h_batch", "kflr")
 SAMPLED = ("diag_ggn_mc", "diag_ggn_mc_batch", "kfac")
 #: the most bytes of per-sample, per-column gradients one chunk of columns materialises
-CHUNK_BYTES = 1 << 28
+CHUNK_BYTES = 1 << 26
 #: the most values of a parameter whose one-factor GGN block (``kfac`` of a non-Kronecker parameter) is formed
 BLOCK_LIMIT = 1 << 12
 
@@ -119,6 +122,13 @@ def second_order(terms: Any, names: tuple[str, ...], unwrap: Callable[[torch.Ten
         results[0].update(
             {q: [torch.einsum("vno,vnp->op", s, s), torch.einsum("ntk,ntl->kl", x, x) / x.shape[0]] for q in kronecker}
         )
+    if todo[0] and isinstance(terms, OuterTerms) and (diagonal or batch):  # Σ_v J_vn ⊙ J_vn from the factors
+        for squares in _outer_weight_squares(terms, unwrap):
+            for q in diagonal:
+                results[0][q] = _add(results[0].get(q), squares.sum(0))
+            for q in batch:
+                results[0][q] = squares if q not in results[0] else torch.cat([results[0][q], squares])
+        todo = (False, *todo[1:])
     if not any(todo):
         return results
     for v_chunk in _column_chunks(terms, todo, unwrap):
@@ -142,6 +152,28 @@ def second_order(terms: Any, names: tuple[str, ...], unwrap: Callable[[torch.Ten
                 for q in kronecker:
                     out[q] = [_add(out[q][0], block)] if q in out else [block]
     return results
+
+
+def _outer_weight_squares(terms: OuterTerms, unwrap: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[torch.Tensor]:
+    """Σ_v J_vn ⊙ J_vn of the weight, (n, *weight_shape), for chunks of the samples of at most ``CHUNK_BYTES`` of
+    J: from the factors g (N, B, T, O) and x (N, B, T, K), one of them batched over the V columns, as one batched
+    matmul per chunk, J_n = g_nᵀ x_n with the columns folded into O (or K): (B, V·O, K)."""
+    g, x = terms.factors(terms.grad_out)
+    left = _is_batched(g)  # a transposed convolution's columns are on the patch side
+    g, x = (unwrap(g), x) if left else (g, unwrap(x))
+    batched = g if left else x
+    columns, n, blocks, positions = batched.shape[:4]
+    o, k = g.shape[-1], x.shape[-1]
+    chunk = max(1, CHUNK_BYTES // max(columns * blocks * o * k * batched.element_size(), 1))
+    for start in range(0, n, chunk):
+        part = slice(start, start + chunk)
+        if left:  # (v, N, B, T, O) -> (N, B, T, V·O)
+            a, b = g[:, part].permute(1, 2, 3, 0, 4).flatten(3), x[part]
+        else:
+            a, b = g[part], x[:, part].permute(1, 2, 3, 0, 4).flatten(3)
+        j = a.transpose(-1, -2).matmul(b)  # (n, B, V·O, K) or (n, B, O, V·K)
+        shape = (-1, blocks, columns, o, k) if left else (-1, blocks, o, columns, k)
+        yield j.reshape(shape).square().sum(2 if left else 3).reshape(-1, *terms.weight_shape)
 
 
 def _add(total: torch.Tensor | None, term: torch.Tensor) -> torch.Tensor:
