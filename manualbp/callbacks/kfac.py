@@ -34,8 +34,11 @@ class KFACPreconditioner(pl.Callback):
 
     From the command line::
 
-        manualbp fit --trainer.callbacks+=manualbp.callbacks.KFACPreconditioner --trainer.callbacks.damping=1e-3 \
-            --optimizer=SGD --optimizer.lr=0.1 --optimizer.momentum=0.9
+        manualbp fit --model.arch=lenet5 --optimizer=SGD --optimizer.lr=0.003 --optimizer.momentum=0.9 \
+            --trainer.callbacks+=manualbp.callbacks.KFACPreconditioner --trainer.callbacks.damping=0.01
+
+    (the values of ``experiments/kfac_mnist.py``, where this reaches 97% validation accuracy in about as many steps
+    as tuned Adam and fewer than tuned SGD; each step costs several plain ones).
 
     **The factors.** The step's backward runs inside ``manualbp.curvature(pl_module.net, "kfac")`` (entered in
     ``on_before_backward``, left in ``on_after_backward``), which leaves on each weight W (out, in) of a Linear
@@ -78,11 +81,14 @@ class KFACPreconditioner(pl.Callback):
     (lr_p: the learning rate of p's parameter group), which bounds the step's predicted change of the model's
     output distribution (Ba, Grosse & Martens 2017; kfac-pytorch's ``kl_clip``). ``last_scale`` keeps the last ν.
 
-    The
-    transform runs in ``on_before_optimizer_step``: after the backward (and AMP's unscaling) and before
-    Lightning clips the gradients, so ``--trainer.gradient_clip_val`` clips the preconditioned step (what
-    K-FAC's own step-size control guards against). Parameters the backward left no factor on keep their
-    gradient; with several optimizers each transforms its own parameters.
+    **Choosing lr and γ.** Without ``kl_clip`` the learning rate must stay below about γ times a stable SGD one:
+    on LeNet-5 / MNIST with momentum 0.9, γ = 0.01 trains at lr 0.001-0.005 and diverges at 0.01.
+
+    **When it runs.** The transform runs in ``on_before_optimizer_step``: after the backward (and AMP's
+    unscaling) and before Lightning clips the gradients, so ``--trainer.gradient_clip_val`` clips the
+    preconditioned step (another guard against the large steps above). Parameters the backward left no factor
+    on keep their gradient; with several optimizers each transforms its own parameters. The callback's state
+    (the moving averages, each parameter's step count) is saved in checkpoints and restored on resume.
 
     **The cost.** The curvature backward runs the backward of the M (or C) columns through every layer,
     batched with ``torch.func.vmap``: a step takes a few times a plain step. Two Cholesky inverses per weight
@@ -93,7 +99,8 @@ class KFACPreconditioner(pl.Callback):
     ``cross_entropy`` or ``mse_loss``, batch norm in training mode, learning rules, DP-SGD (whose clipping
     context the curvature one does not nest in). ``ValueError`` when fit starts: more than one process (the
     curvature context writes gradients past DDP's reducer, and each rank would precondition with its own
-    factors) and a gradient scaler (``precision="16-mixed"``: B would carry the loss scale).
+    factors) and a gradient scaler (``precision="16-mixed"``: B would carry the loss scale). A run that diverges
+    (NaN logits) stops at the next backward with torch's ``ValueError`` from sampling the Monte-Carlo labels.
 
     The ``LightningModule`` must hold the network as ``net`` (``ClassifierModule`` does), and its
     ``training_step`` must return the loss computed by the manual backend's loss from ``net``'s output.

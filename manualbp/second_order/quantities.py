@@ -162,7 +162,7 @@ def _outer_weight_squares(terms: OuterTerms, unwrap: Callable[[torch.Tensor], to
     left = _is_batched(g)  # a transposed convolution's columns are on the patch side
     g, x = (unwrap(g), x) if left else (g, unwrap(x))
     batched = g if left else x
-    columns, n, blocks, positions = batched.shape[:4]
+    columns, n, blocks = batched.shape[:3]
     o, k = g.shape[-1], x.shape[-1]
     chunk = max(1, CHUNK_BYTES // max(columns * blocks * o * k * batched.element_size(), 1))
     for start in range(0, n, chunk):
