@@ -26,7 +26,8 @@ The files, by section of the results page:
 * Accuracy: ``accuracy.md.inc`` (accuracy.json);
 * Verification timing: ``verify_timing.md.inc`` (verify_timing.json);
 * Transformers: ``attention.md.inc`` (bench_attention.json), ``vit.md.inc`` (bench_vit.json);
-* torchvision's zoo converted: ``zoo.md.inc`` (zoo.json).
+* torchvision's zoo converted: ``zoo.md.inc`` (zoo.json);
+* Curvature: ``curvature.md.inc`` (bench_curvature.json), ``kfac.md.inc`` (kfac_mnist.json).
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ COMMANDS = {
     "bench_attention.json": "python experiments/bench_attention.py --json experiments/results/bench_attention.json",
     "bench_vit.json": "python experiments/bench_vit.py --json experiments/results/bench_vit.json",
     "zoo.json": "python experiments/zoo.py --json experiments/results/zoo.json",
+    "bench_curvature.json": "python experiments/bench_curvature.py --out experiments/results/bench_curvature.json",
+    "kfac_mnist.json": "python experiments/kfac_mnist.py --out experiments/results",
 }
 
 MODEL_NAMES = {"mlp800x800": "mlp(800, 800)", "lenet5": "lenet5", "lstm": "lstm", "gru": "gru", "mlp": "mlp(800)"}
@@ -721,6 +724,80 @@ def zoo(results: Path) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _ms_and_peak(row: dict | None) -> str:
+    if row is None:
+        return ""
+    if row.get("status") != "ok":
+        return str(row.get("status", ""))
+    peak = row.get("peak_mib")
+    return f"{row['ms']:.1f}" + ("" if peak is None else f" ({peak:.0f} MiB)")
+
+
+def curvature(results: Path) -> str:
+    """bench_curvature.json: each quantity's step (forward and backward) with manualbp, BackPACK and curvlinops,
+    median ms and peak MiB, and manualbp's ratio to BackPACK's time; the equality checks before timing."""
+    data = _read(results, "bench_curvature.json")
+    if data is None:
+        return _missing("bench_curvature.json")
+    cells: dict[tuple, dict[str, dict]] = {}
+    for row in data["rows"]:
+        cells.setdefault((row["model"], row["batch"], row["quantity"]), {})[row["method"]] = row
+    body = []
+    for (model, batch, quantity), methods in cells.items():
+        if quantity is None:
+            continue
+        plain = cells.get((model, batch, None), {}).get("plain_autograd")
+        ours, theirs = methods.get("manualbp"), methods.get("backpack")
+        ratio = ""
+        if ours and theirs and ours.get("status") == "ok" and theirs.get("status") == "ok":
+            ratio = f"{ours['ms'] / theirs['ms']:.2f}"
+        body.append(
+            [
+                model,
+                batch,
+                quantity,
+                _ms_and_peak(ours),
+                _ms_and_peak(theirs),
+                _ms_and_peak(methods.get("curvlinops")),
+                ratio,
+                _ms_and_peak(plain),
+            ]
+        )
+    checks = data.get("checks", [])
+    matched = sum(bool(c.get("match")) for c in checks)
+    summary = f"Checked before timing: {matched} of {len(checks)} comparisons with BackPACK and curvlinops equal."
+    header = ["model", "batch", "quantity", "manualbp", "BackPACK", "curvlinops", "manualbp / BackPACK", "plain step"]
+    parts = [
+        _meta_line(data["meta"]) + " Median ms of a step (peak MiB). " + summary,
+        table(header, body),
+        regenerate(_command("bench_curvature.json", data)),
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def kfac(results: Path) -> str:
+    """kfac_mnist.json: LeNet-5 on the MNIST subset with SGD, Adam and SGD preconditioned by K-FAC (the factors
+    from ``manualbp.curvature``): steps and seconds to the target validation accuracy."""
+    data = _read(results, "kfac_mnist.json")
+    if data is None:
+        return _missing("kfac_mnist.json")
+    target = data["meta"].get("options", {}).get("target")
+    body = [
+        [
+            r["optimizer"],
+            r.get("lr"),
+            r.get("steps_to_target") or "not reached",
+            "" if r.get("seconds_to_target") is None else f"{r['seconds_to_target']:.1f}",
+            r.get("best_val_acc"),
+            r.get("final_val_acc"),
+        ]
+        for r in data["runs"]
+    ]
+    header = ["optimizer", "lr", f"steps to {target}", "seconds to it", "best val acc", "final val acc"]
+    parts = [_meta_line(data["meta"]), table(header, body), regenerate(_command("kfac_mnist.json", data))]
+    return "\n\n".join(parts) + "\n"
+
+
 #: file name -> (the JSON it reads, the function writing it).
 SECTIONS: dict[str, tuple[str, Callable[[Path], str]]] = {
     "speed.md.inc": ("bench_cpu.json", speed),
@@ -735,6 +812,8 @@ SECTIONS: dict[str, tuple[str, Callable[[Path], str]]] = {
     "attention.md.inc": ("bench_attention.json", attention),
     "vit.md.inc": ("bench_vit.json", vit),
     "zoo.md.inc": ("zoo.json", zoo),
+    "curvature.md.inc": ("bench_curvature.json", curvature),
+    "kfac.md.inc": ("kfac_mnist.json", kfac),
 }
 
 

@@ -108,7 +108,7 @@ def second_order(terms: Any, names: tuple[str, ...], unwrap: Callable[[torch.Ten
         for q in batch:
             out[q] = g2.unsqueeze(2) * x2.unsqueeze(1)
         for q in kronecker:
-            out[q] = [torch.einsum("vno,vnp->op", g, g), x.t().matmul(x) / x.shape[0]]
+            out[q] = [_gram(g), _gram(x) / x.shape[0]]
         todo = (False, *terms.needs[1:])
     else:
         todo = terms.needs
@@ -119,9 +119,7 @@ def second_order(terms: Any, names: tuple[str, ...], unwrap: Callable[[torch.Ten
         g, x = terms.factors(terms.grad_out)
         g, x = unwrap(g)[:, :, 0], x[:, 0]  # (V, N, T, O), (N, T, K)
         s = g.sum(2)
-        results[0].update(
-            {q: [torch.einsum("vno,vnp->op", s, s), torch.einsum("ntk,ntl->kl", x, x) / x.shape[0]] for q in kronecker}
-        )
+        results[0].update({q: [_gram(s), _gram(x) / x.shape[0]] for q in kronecker})
     if todo[0] and isinstance(terms, OuterTerms) and (diagonal or batch):  # Σ_v J_vn ⊙ J_vn from the factors
         for squares in _outer_weight_squares(terms, unwrap):
             for q in diagonal:
@@ -148,7 +146,7 @@ def second_order(terms: Any, names: tuple[str, ...], unwrap: Callable[[torch.Ten
                         f"block would be {sample[0, 0].numel()}² values (more than {BLOCK_LIMIT}²)"
                     )
                 flat = sample.flatten(2)
-                block = torch.einsum("vni,vnj->ij", flat, flat)
+                block = _gram(flat)
                 for q in kronecker:
                     out[q] = [_add(out[q][0], block)] if q in out else [block]
     return results
@@ -174,6 +172,12 @@ def _outer_weight_squares(terms: OuterTerms, unwrap: Callable[[torch.Tensor], to
         j = a.transpose(-1, -2).matmul(b)  # (n, B, V·O, K) or (n, B, O, V·K)
         shape = (-1, blocks, columns, o, k) if left else (-1, blocks, o, columns, k)
         yield j.reshape(shape).square().sum(2 if left else 3).reshape(-1, *terms.weight_shape)
+
+
+def _gram(rows: torch.Tensor) -> torch.Tensor:
+    """Σ r rᵀ over every row of ``rows`` (*, D): (D, D), one matmul (einsum would loop over a leading dim)."""
+    flat = rows.reshape(-1, rows.shape[-1])
+    return flat.t().matmul(flat)
 
 
 def _add(total: torch.Tensor | None, term: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """``manualbp.curvature`` on every layer configuration of the per-sample registry (``tests.per_sample.cases``):
 the layer followed by a linear head, in float64, against brute force (``references``: Jᵀ H J from torch.func
-over the torch twin) for cross entropy and MSE with both reductions, and the first-order quantities against each
-sample's own gradient."""
+over the torch twin) with cross entropy, and the first-order quantities against each sample's own gradient with
+a summed MSE (``test_models`` checks every loss and reduction against BackPACK)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,6 @@ from tests.second_order.references import ggn_reference, sample_grads
 
 TOL = dict(rtol=1e-7, atol=1e-11)
 CLASSES = 3
-LOSSES = pytest.mark.parametrize(
-    "kind, reduction", [("cross_entropy", "mean"), ("cross_entropy", "sum"), ("mse_loss", "mean")]
-)
 SECOND = ("diag_ggn_exact", "diag_ggn_exact_batch")
 
 
@@ -61,9 +58,11 @@ def manual_loss(kind: str, reduction: str, output: torch.Tensor, target: torch.T
     return getattr(manualbp.functional, kind)(output, target, reduction=reduction)
 
 
-@LOSSES
 @pytest.mark.parametrize("case", LAYER_PARAMS)
-def test_diagonal_ggn_equals_brute_force(case, kind, reduction):
+def test_diagonal_ggn_equals_brute_force(case):
+    """Cross entropy with a mean: the losses and reductions differ only in the factor S, which
+    ``test_models`` checks on every combination against BackPACK."""
+    kind, reduction = "cross_entropy", "mean"
     manual, reference, x = with_head(case)
     target = targets(kind, x.shape[0])
     expected = ggn_reference(reference, x, target, kind, reduction)
@@ -104,9 +103,9 @@ def test_kflr_blocks_equal_brute_force_or_raise(case):
     assert_close(bias, h.t() @ h / x.shape[0], **TOL)
 
 
-@pytest.mark.parametrize("kind, reduction", [("cross_entropy", "mean"), ("mse_loss", "sum")])
 @pytest.mark.parametrize("case", LAYER_PARAMS)
-def test_first_order_from_each_samples_gradient(case, kind, reduction):
+def test_first_order_from_each_samples_gradient(case):
+    kind, reduction = "mse_loss", "sum"
     manual, reference, x = with_head(case)
     target = targets(kind, x.shape[0])
     grads = sample_grads(reference, x, target, kind, reduction)
