@@ -155,4 +155,27 @@ print(f"largest |mean - exact| in standard errors, over {int(informative.sum())}
 
 RESULTS = Path(manualbp.__file__).resolve().parents[1] / "experiments" / "results"
 bench = json.loads((RESULTS / "bench_curvature.json").read_text())
-print(bench["summary"] if "summary" in bench else sorted(bench))
+cells = {(r["model"], r["batch"], r["quantity"], r["method"]): r for r in bench["rows"]}
+print(f"{'model':11s} {'batch':>5s} {'quantity':17s} {'manualbp ms':>11s} {'BackPACK ms':>11s} {'ratio':>6s}")
+for (model, batch, quantity, method), row in cells.items():
+    theirs = cells.get((model, batch, quantity, "backpack"))
+    if method != "manualbp" or theirs is None or "ok" not in (row["status"], theirs["status"]):
+        continue
+    if row["status"] == theirs["status"] == "ok":
+        ratio = row["ms"] / theirs["ms"]
+        print(f"{model:11s} {batch:5d} {quantity:17s} {row['ms']:11.1f} {theirs['ms']:11.1f} {ratio:6.2f}")
+
+# %%
+# The K-FAC experiment: validation accuracy of each optimizer against training steps.
+
+kfac_runs = json.loads((RESULTS / "kfac_mnist.json").read_text())["runs"]
+fig, ax = plt.subplots(figsize=(6, 3.5))
+for run in kfac_runs:
+    history = run["history"]
+    label = f"{run['optimizer']} (lr {run['lr']}): {run.get('steps_to_target') or 'not reached'} steps"
+    ax.plot([h["step"] for h in history], [h["val_acc"] for h in history], label=label)
+ax.set_xlabel("training step")
+ax.set_ylabel("validation accuracy")
+ax.set_ylim(0.8, 1.0)
+ax.legend()
+fig.tight_layout()

@@ -58,16 +58,21 @@ def manual_loss(kind: str, reduction: str, output: torch.Tensor, target: torch.T
     return getattr(manualbp.functional, kind)(output, target, reduction=reduction)
 
 
+def computed(case, kind: str, reduction: str, *names: str):
+    """(manual, reference, x, target) after a backward of the case's network inside ``curvature(manual, *names)``."""
+    manual, reference, x = with_head(case)
+    target = targets(kind, x.shape[0])
+    with manualbp.curvature(manual, *names):
+        manual_loss(kind, reduction, manual(x), target).backward()
+    return manual, reference, x, target
+
+
 @pytest.mark.parametrize("case", LAYER_PARAMS)
 def test_diagonal_ggn_equals_brute_force(case):
     """Cross entropy with a mean: the losses and reductions differ only in the factor S, which
     ``test_models`` checks on every combination against BackPACK."""
-    kind, reduction = "cross_entropy", "mean"
-    manual, reference, x = with_head(case)
-    target = targets(kind, x.shape[0])
-    expected = ggn_reference(reference, x, target, kind, reduction)
-    with manualbp.curvature(manual, *SECOND):
-        manual_loss(kind, reduction, manual(x), target).backward()
+    manual, reference, x, target = computed(case, "cross_entropy", "mean", *SECOND)
+    expected = ggn_reference(reference, x, target, "cross_entropy", "mean")
     for (_, p), ref_name in zip(manual.named_parameters(), expected):
         assert_close(p.diag_ggn_exact, expected[ref_name]["diag"], **TOL)
         assert_close(p.diag_ggn_exact_batch, expected[ref_name]["batch"], **TOL)
@@ -78,39 +83,31 @@ def test_kflr_blocks_equal_brute_force_or_raise(case):
     """A parameter without Kronecker factors gets its GGN block [Σ_n J_nᵀ H_n J_n] (a bias: B); the head's
     weight [B, A] with B its bias's block and A its input's second moment; grouped and transposed convolutions
     raise."""
-    manual, reference, x = with_head(case)
-    target = targets("cross_entropy", x.shape[0])
     if no_kronecker(case.id):
         with pytest.raises(CurvatureError, match="Kronecker factors of a grouped or transposed convolution"):
-            with manualbp.curvature(manual, "kflr"):
-                manual_loss("cross_entropy", "mean", manual(x), target).backward()
+            computed(case, "cross_entropy", "mean", "kflr")
         return
-    expected = ggn_reference(reference, x, target, "cross_entropy", "mean")
     try:
-        with manualbp.curvature(manual, "kflr"):
-            manual_loss("cross_entropy", "mean", manual(x), target).backward()
+        manual, reference, x, target = computed(case, "cross_entropy", "mean", "kflr")
     except CurvatureError as error:  # an embedding table or a token: too large a block
         assert "GGN block" in str(error)
         return
+    expected = ggn_reference(reference, x, target, "cross_entropy", "mean")
     for (_, p), ref_name in zip(manual.named_parameters(), expected):
         if len(p.kflr) == 1:
             assert_close(p.kflr[0], expected[ref_name]["block"], **TOL)
     # the head's weight, [B, A]: B its bias's block, A = (1/N) Σ_n h_n h_nᵀ of its input h
     with torch.no_grad():
         h = manual[1](manual[0](x))
-    weight, bias = manual[2].weight.kflr
-    assert_close(weight, manual[2].bias.kflr[0], **TOL)
-    assert_close(bias, h.t() @ h / x.shape[0], **TOL)
+    output_side, input_side = manual[2].weight.kflr
+    assert_close(output_side, manual[2].bias.kflr[0], **TOL)
+    assert_close(input_side, h.t() @ h / x.shape[0], **TOL)
 
 
 @pytest.mark.parametrize("case", LAYER_PARAMS)
 def test_first_order_from_each_samples_gradient(case):
-    kind, reduction = "mse_loss", "sum"
-    manual, reference, x = with_head(case)
-    target = targets(kind, x.shape[0])
-    grads = sample_grads(reference, x, target, kind, reduction)
-    with manualbp.curvature(manual, *FIRST):
-        manual_loss(kind, reduction, manual(x), target).backward()
+    manual, reference, x, target = computed(case, "mse_loss", "sum", *FIRST)
+    grads = sample_grads(reference, x, target, "mse_loss", "sum")
     for (_, p), g in zip(manual.named_parameters(), grads.values()):
         n = x.shape[0]
         assert_close(p.grad_batch, g, **TOL)
