@@ -168,12 +168,15 @@ for (model, batch, quantity, method), row in cells.items():
 # %%
 # The K-FAC experiment: validation accuracy of each optimizer against training steps.
 
-kfac_runs = json.loads((RESULTS / "kfac_mnist.json").read_text())["runs"]
+kfac = json.loads((RESULTS / "kfac_mnist.json").read_text())
 fig, ax = plt.subplots(figsize=(6, 3.5))
-for run in kfac_runs:
-    history = run["history"]
-    label = f"{run['optimizer']} (lr {run['lr']}): {run.get('steps_to_target') or 'not reached'} steps"
-    ax.plot([h["step"] for h in history], [h["val_acc"] for h in history], label=label)
+for summary, color in zip(kfac["summary"], ("C0", "C1", "C2")):
+    runs = [r for r in kfac["runs"] if r["optimizer"] == summary["optimizer"]]
+    for i, run in enumerate(runs):
+        label = f"{summary['optimizer']} (lr {summary['lr']}): median {summary['median_steps_to_target']} steps"
+        steps = [h["step"] for h in run["history"]]
+        ax.plot(steps, [h["val_acc"] for h in run["history"]], color=color, alpha=0.7, label=None if i else label)
+ax.axhline(kfac["meta"]["options"]["target"], color="grey", lw=0.8, ls="--")
 ax.set_xlabel("training step")
 ax.set_ylabel("validation accuracy")
 ax.set_ylim(0.8, 1.0)

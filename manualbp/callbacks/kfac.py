@@ -37,8 +37,9 @@ class KFACPreconditioner(pl.Callback):
         manualbp fit --model.arch=lenet5 --optimizer=SGD --optimizer.lr=0.003 --optimizer.momentum=0.9 \
             --trainer.callbacks+=manualbp.callbacks.KFACPreconditioner --trainer.callbacks.damping=0.01
 
-    (the values of ``experiments/kfac_mnist.py``, where this reaches 97% validation accuracy in about as many steps
-    as tuned Adam and fewer than tuned SGD; each step costs several plain ones).
+    (the values tuned in ``experiments/kfac_mnist.py``: on LeNet-5 and 8,000 MNIST images it reached 97% validation
+    accuracy in a median 200 steps over 3 seeds, against 290 for tuned SGD and 150 for tuned Adam, each step
+    costing about 3.4 plain ones on 2 CPU cores).
 
     **The factors.** The step's backward runs inside ``manualbp.curvature(pl_module.net, "kfac")`` (entered in
     ``on_before_backward``, left in ``on_after_backward``), which leaves on each weight W (out, in) of a Linear
@@ -78,8 +79,10 @@ class KFACPreconditioner(pl.Callback):
     **KL clipping** (``kl_clip`` = κ; off by default). In directions whose curvature is below γ the step is about
     lr/γ times the gradient: a small damping with a plain learning rate diverges. With κ the preconditioned
     gradients Δ_p of the optimizer's parameters are all scaled by ν = min(1, sqrt(κ / Σ_p lr_p² ⟨Δ_p, g_p⟩))
-    (lr_p: the learning rate of p's parameter group), which bounds the step's predicted change of the model's
-    output distribution (Ba, Grosse & Martens 2017; kfac-pytorch's ``kl_clip``). ``last_scale`` keeps the last ν.
+    (lr_p: the learning rate of p's parameter group), so that the step -lr ν Δ has a squared length
+    lr² ν² Σ_p Δ_pᵀ C_p Δ_p = lr² ν² Σ_p ⟨Δ_p, g_p⟩ of at most κ in the metric of the damped blocks C_p that the
+    preconditioner inverts (Δ_p = C_p⁻¹ g_p): a bound on the predicted change of the model's output distribution
+    (Ba, Grosse & Martens 2017; kfac-pytorch's ``kl_clip``). ``last_scale`` keeps the last ν.
 
     **Choosing lr and γ.** Without ``kl_clip`` the learning rate must stay below about γ times a stable SGD one:
     on LeNet-5 / MNIST with momentum 0.9, γ = 0.01 trains at lr 0.001-0.005 and diverges at 0.01.
@@ -111,8 +114,8 @@ class KFACPreconditioner(pl.Callback):
         update_every: optimizer steps between recomputed inverses, >= 1 (the averages are updated every step).
         mc_samples: Monte-Carlo columns M of the Fisher's factor per sample (``quantity="kfac"``), >= 1.
         quantity: ``"kfac"`` (sampled Fisher, BackPACK's KFAC) or ``"kflr"`` (exact GGN factor, C columns).
-        kl_clip: κ > 0: scale the preconditioned gradients so that the step's squared length in the curvature's
-            metric, Σ_p lr_p² ⟨Δ_p, g_p⟩, is at most κ (None, the default: no clipping).
+        kl_clip: κ > 0: scale the preconditioned gradients so that the step's squared length in the damped
+            curvature's metric is at most κ (None, the default: no clipping).
     """
 
     def __init__(
@@ -218,7 +221,7 @@ class KFACPreconditioner(pl.Callback):
                 steps.append((grad, self.precondition(grad, state.inverses), lrs[id(p)]))
             scale = 1.0
             if self.kl_clip is not None and steps:
-                # Σ_p lr_p² ⟨Δ_p, g_p⟩: the step's squared length in the damped curvature's metric
+                # Σ_p lr_p² ⟨Δ_p, g_p⟩: the unscaled step's squared length in the damped curvature's metric
                 length = sum(lr**2 * float((step * grad).sum()) for grad, step, lr in steps)
                 scale = min(1.0, math.sqrt(self.kl_clip / length)) if length > 0 else 1.0
             for grad, step, _ in steps:

@@ -45,6 +45,7 @@ def cross_entropy_factor(
         raise LossFactorError(f"logits of shape (N, C) (got {tuple(logits.shape)}); spatial class maps are not")
     if target.dtype.is_floating_point:
         raise LossFactorError("class-index targets (got class probabilities)")
+    _check_finite(logits)
     probs = torch.softmax(logits.detach(), dim=1)
     kept = (target != ignore_index).to(probs.dtype).unsqueeze(1)  # (N, 1)
     if mc_samples is None:
@@ -68,6 +69,7 @@ def mse_factor(output: torch.Tensor, target: torch.Tensor, reduction: str, mc_sa
         raise LossFactorError(f"an output with a batch dim, (N, *D) (got {tuple(output.shape)})")
     if target.shape != output.shape:
         raise LossFactorError(f"a target of the output's shape {tuple(output.shape)} (got {tuple(target.shape)})")
+    _check_finite(output)
     output = output.detach()
     features = math.prod(output.shape[1:])
     if mc_samples is None:
@@ -79,3 +81,8 @@ def mse_factor(output: torch.Tensor, target: torch.Tensor, reduction: str, mc_sa
     if reduction == "mean":
         factor = factor / math.sqrt(output.numel())
     return factor
+
+
+def _check_finite(output: torch.Tensor) -> None:
+    if not bool(torch.isfinite(output).all()):
+        raise LossFactorError("a finite loss input; it holds nan or inf (has the training diverged?)")

@@ -121,6 +121,9 @@ def test_loss_options_without_a_factor_raise():
     with pytest.raises(CurvatureError, match=r"a target of the output's shape"):
         with manualbp.curvature(model, "diag_ggn_exact"):
             MF.mse_loss(model(x), torch.zeros(1, 3, dtype=torch.float64)).backward()
+    with pytest.raises(CurvatureError, match=r"needs a finite loss input; it holds nan or inf"):
+        with manualbp.curvature(model, "kfac"):
+            MF.cross_entropy(model(x) * float("inf"), y).backward()
     with pytest.raises(CurvatureError, match=r"scaled by -1.0 < 0"):
         with manualbp.curvature(model, "diag_ggn_exact"):
             (-MF.cross_entropy(model(x), y)).backward()
