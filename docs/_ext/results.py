@@ -795,7 +795,16 @@ def kfac(results: Path) -> str:
         ]
         for r in data["summary"]
     ]
-    header = ["optimizer", "lr", "reached", f"steps to {target} (each seed)", "s to it", "ms a step", "best val", "test"]
+    header = [
+        "optimizer",
+        "lr",
+        "reached",
+        f"steps to {target} (each seed)",
+        "s to it",
+        "ms a step",
+        "best val",
+        "test",
+    ]
     parts = [
         _meta_line(data["meta"]) + " Medians over the seeds.",
         table(header, body),

@@ -103,7 +103,10 @@ def largest_difference(a, b):
 
 
 for quantity in names:
-    gap = max(largest_difference(getattr(p, quantity), getattr(q, quantity)) for p, q in zip(ours.parameters(), theirs.parameters()))
+    gap = max(
+        largest_difference(getattr(p, quantity), getattr(q, quantity))
+        for p, q in zip(ours.parameters(), theirs.parameters())
+    )
     print(f"{quantity:15s} largest difference from BackPACK: {gap:.1e}")
 
 # %%
