@@ -155,6 +155,7 @@ def test_the_page_includes_every_generated_file_under_its_section(results):
         "Verification timing",
         "Transformers",
         "torchvision's classification zoo, converted",
+        "Curvature",
     ]
     # each generated file sits under the section its JSON belongs to
     sections = re.split(r"^## ", page, flags=re.M)[1:]
@@ -166,3 +167,4 @@ def test_the_page_includes_every_generated_file_under_its_section(results):
     assert where["accuracy.md.inc"] == "Accuracy" and where["verify_timing.md.inc"] == "Verification timing"
     assert where["attention.md.inc"] == where["vit.md.inc"] == "Transformers"
     assert where["zoo.md.inc"] == "torchvision's classification zoo, converted"
+    assert where["curvature.md.inc"] == where["kfac.md.inc"] == "Curvature"
