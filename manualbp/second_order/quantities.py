@@ -109,7 +109,15 @@ def second_order(terms: Any, names: tuple[str, ...], unwrap: Callable[[torch.Ten
             out[q] = g2.unsqueeze(2) * x2.unsqueeze(1)
         for q in kronecker:
             out[q] = [_gram(g), _gram(x) / x.shape[0]]
-        todo = (False, *terms.needs[1:])
+        if len(terms.needs) > 1 and terms.needs[1]:  # the bias's J_vn is G_vn itself
+            bias = results[1]
+            for q in diagonal:
+                bias[q] = g2.sum(0)
+            for q in batch:
+                bias[q] = g2
+            for q in kronecker:
+                bias[q] = [out[q][0]]
+        todo = tuple(False for _ in terms.needs)
     else:
         todo = terms.needs
     kron_weight = bool(kronecker) and todo[0] and isinstance(terms, OuterTerms)
@@ -120,6 +128,8 @@ def second_order(terms: Any, names: tuple[str, ...], unwrap: Callable[[torch.Ten
         g, x = unwrap(g)[:, :, 0], x[:, 0]  # (V, N, T, O), (N, T, K)
         s = g.sum(2)
         results[0].update({q: [_gram(s), _gram(x) / x.shape[0]] for q in kronecker})
+        if not (diagonal or batch):  # the weight needs nothing else
+            todo = (False, *todo[1:])
     if todo[0] and isinstance(terms, OuterTerms) and (diagonal or batch):  # Σ_v J_vn ⊙ J_vn from the factors
         for squares in _outer_weight_squares(terms, unwrap):
             for q in diagonal:
@@ -171,7 +181,7 @@ def _outer_weight_squares(terms: OuterTerms, unwrap: Callable[[torch.Tensor], to
             a, b = g[part], x[:, part].permute(1, 2, 3, 0, 4).flatten(3)
         j = a.transpose(-1, -2).matmul(b)  # (n, B, V·O, K) or (n, B, O, V·K)
         shape = (-1, blocks, columns, o, k) if left else (-1, blocks, o, columns, k)
-        yield j.reshape(shape).square().sum(2 if left else 3).reshape(-1, *terms.weight_shape)
+        yield j.reshape(shape).square_().sum(2 if left else 3).reshape(-1, *terms.weight_shape)
 
 
 def _gram(rows: torch.Tensor) -> torch.Tensor:
