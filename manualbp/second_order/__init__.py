@@ -58,6 +58,11 @@ def curvature(model: torch.nn.Module, *quantities: str, mc_samples: int = 1) -> 
     unknown = [q for q in quantities if q not in QUANTITIES]
     if unknown:
         raise ValueError(f"curvature: unknown quantity {unknown[0]!r}; the quantities are {', '.join(QUANTITIES)}")
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        raise CurvatureError(
+            "curvature: a DistributedDataParallel model; the context writes p.grad past DDP's reducer, so the ranks' "
+            "gradients would not be averaged. Pass model.module: each rank's quantities are then those of its own batch"
+        )
     if not isinstance(mc_samples, int) or isinstance(mc_samples, bool) or mc_samples < 1:
         raise ValueError(f"curvature: mc_samples must be a positive int, got {mc_samples!r}")
     return CurvatureMode(model, tuple(dict.fromkeys(quantities)), mc_samples)

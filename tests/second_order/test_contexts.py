@@ -47,6 +47,14 @@ def test_arguments_are_checked():
         manualbp.curvature(model, "kfac", mc_samples=0)
 
 
+def test_a_ddp_model_is_refused():
+    """DDP averages gradients through hooks the context's written p.grad never reaches: refused, not unsynced."""
+    ddp = torch.nn.parallel.DistributedDataParallel.__new__(torch.nn.parallel.DistributedDataParallel)
+    torch.nn.Module.__init__(ddp)  # no process group is needed to be recognised
+    with pytest.raises(CurvatureError, match=r"DistributedDataParallel model.*Pass model\.module"):
+        manualbp.curvature(ddp, "diag_ggn_exact")
+
+
 def test_second_order_refuses_a_learning_rule_and_first_order_composes():
     model = manualbp.convert(mlp(), rule="feedback_alignment")
     with pytest.raises(CurvatureError, match=r"learning rule feedback_alignment"):
