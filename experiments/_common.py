@@ -13,6 +13,7 @@ results under experiments/results/ change only when asked (``--out``).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -94,14 +95,27 @@ def make_optimizer(model: torch.nn.Module, name: str, lr: float) -> torch.optim.
     raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
 
 
+def forward_context(device: torch.device, autocast: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast(device.type, dtype=autocast)``, or nothing when ``autocast`` is None."""
+    return torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
+
+
 def train_step(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: LossFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    autocast: torch.dtype | None = None,
 ) -> torch.Tensor:
     """One training step: zero the gradients, forward, loss, backward, optimizer update. Returns the
     loss (a 0-d tensor, still on the model's device: reading it is left to the caller, so a timed step
-    does not synchronise with a GPU)."""
+    does not synchronise with a GPU). With ``autocast`` (a dtype), the forward and the loss run under
+    ``torch.autocast`` in it, the backward and the update outside (as Lightning's ``*-mixed`` precisions do;
+    no gradient scaler)."""
     optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(model(x), y)
+    with forward_context(x.device, autocast):
+        loss = loss_fn(model(x), y)
     loss.backward()
     optimizer.step()
     return loss.detach()

@@ -68,11 +68,22 @@ backends are built from the same seed (their state dicts are checked equal), get
   run goes on (with torch 2.14.1 on the CPU, the
   autograd ``lstm``, ``torch.nn.LSTM`` on oneDNN's ``mkldnn_rnn_layer``, fails this way in inductor's
   generated alignment check; the manual one compiles).
+* **autocast** (``--autocast bf16|fp16``, default ``none``): every step of both backends runs its forward and
+  its loss under ``torch.autocast(device, dtype=bfloat16|float16)`` and its backward and SGD update outside
+  it, as Lightning's ``bf16-mixed``/``16-mixed`` do (parameters and gradients stay float32; no gradient scaler,
+  so ``fp16`` may underflow small gradients: it is timed, not trained). The same-step check then allows the
+  battery's tolerance of that dtype (rtol = atol = 5e-2 for bfloat16, 1e-2 for float16); the saved bytes are
+  measured under autocast (the saved activations are bfloat16/float16); the FLOP count is the float32 one (the
+  same math). Every row records ``"autocast"``: ``"bf16"``, ``"fp16"`` or null.
+
+A configuration whose two backends do not give the same loss and gradients (the same-step check) gets a row with
+``same_step_error`` (the assertion's first line) instead of times; the others are still measured, the JSON is
+written, and the script then exits with status 1.
 
     python experiments/bench.py [--quick] [--models mlp800x800 lenet5 lstm gru resnet18 convnext_tiny]
                                 [--batches 32 128 512]
                                 [--device all|cpu|cuda] [--reps 200] [--warmup 20] [--threads N]
-                                [--matmul-size 2048] [--matmul-reps 10] [--compile]
+                                [--matmul-size 2048] [--matmul-reps 10] [--compile] [--autocast none|bf16|fp16]
                                 [--json experiments/results/bench_cpu.json]
 
 prints a table, and with ``--json PATH`` writes a list of rows, one per (model, batch, device), two with
@@ -103,12 +114,15 @@ from _common import (
     LossFn,
     build_pair,
     cpu_name,
+    forward_context,
     make_optimizer,
     summarize_ms,
     train_step,
     write_json,
 )
 from torch.utils.flop_counter import FlopCounterMode
+
+from manualbp.verify import DEFAULT_TOLERANCES
 
 IN_SHAPE = (1, 28, 28)
 #: Models on other inputs than MNIST's: torchvision's, on 64 x 64 colour images
@@ -117,6 +131,8 @@ NUM_CLASSES = 10
 MODELS = ("mlp800x800", "lenet5", "lstm", "gru")
 BATCHES = (32, 128, 512)
 LR = 0.01
+#: ``--autocast``: the dtype the forward and the loss run in under ``torch.autocast`` (None: float32 throughout)
+AUTOCAST: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,8 +232,11 @@ def time_interleaved(
 # Memory saved for backward, FLOPs, machine rate
 
 
-def saved_for_backward(model: torch.nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> dict[str, int]:
-    """Bytes (and tensors) that the forward + loss of one step keep saved for the backward pass.
+def saved_for_backward(
+    model: torch.nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, autocast: torch.dtype | None = None
+) -> dict[str, int]:
+    """Bytes (and tensors) that the forward + loss of one step keep saved for the backward pass (under
+    ``torch.autocast`` in ``autocast`` when given, as the step runs).
 
     Every tensor autograd (or a custom Function's ``ctx.save_for_backward``) saves goes through the
     pack hook of ``torch.autograd.graph.saved_tensors_hooks``. A tensor is charged the size of its whole
@@ -239,7 +258,7 @@ def saved_for_backward(model: torch.nn.Module, loss_fn: LossFn, x: torch.Tensor,
             charged[ptr] = storage.nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), forward_context(x.device, autocast):
         loss = loss_fn(model(x), y)
     del loss  # frees the graph and what it saved
     return {"bytes": sum(charged.values()), "tensors": packed, "storages": len(charged)}
@@ -286,20 +305,27 @@ class MatmulProbe:
 # One configuration
 
 
-def _same_step_tolerance(device: torch.device) -> dict[str, float]:
-    """float32 tolerances of the same-step checks.
+def _same_step_tolerance(device: torch.device, autocast: torch.dtype | None = None) -> dict[str, float]:
+    """float32 tolerances of the same-step checks (under ``autocast``: the verify battery's of that dtype).
 
     On CUDA the tolerance is looser: cuDNN runs float32 convolutions in TF32 by default (10-bit
     mantissa), and the two backends reach different convolution kernels (autograd's convolution
     backward, the manual conv_transpose2d/conv2d), so they round differently; a wrong gradient is still
     off by far more.
     """
+    if autocast is not None:
+        rtol, atol = DEFAULT_TOLERANCES[autocast]
+        return dict(rtol=rtol, atol=atol)
     return dict(rtol=1e-4, atol=1e-5) if device.type == "cpu" else dict(rtol=1e-2, atol=1e-3)
 
 
-def assert_same_step(results: dict[str, tuple[torch.Tensor, list[torch.Tensor]]], device: torch.device) -> None:
+def assert_same_step(
+    results: dict[str, tuple[torch.Tensor, list[torch.Tensor]]],
+    device: torch.device,
+    autocast: torch.dtype | None = None,
+) -> None:
     """``results[backend]`` = (loss, parameter gradients): the manual and autograd ones agree."""
-    tol = _same_step_tolerance(device)
+    tol = _same_step_tolerance(device, autocast)
     (loss_m, grads_m), (loss_a, grads_a) = results["manual"], results["autograd"]
     torch.testing.assert_close(loss_m, loss_a, **tol)
     assert len(grads_m) == len(grads_a)
@@ -307,7 +333,9 @@ def assert_same_step(results: dict[str, tuple[torch.Tensor, list[torch.Tensor]]]
         torch.testing.assert_close(gm, ga, **tol)
 
 
-def check_same_step(models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Tensor) -> None:
+def check_same_step(
+    models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Tensor, autocast: torch.dtype | None = None
+) -> None:
     """Both backends give the same loss and parameter gradients on (x, y); the gradients are cleared
     (tolerances: ``_same_step_tolerance``). Each runs from the same seed, so that a model that draws masks in
     training (convnext_tiny's stochastic depth) draws the same ones on both sides."""
@@ -315,11 +343,12 @@ def check_same_step(models: dict[str, torch.nn.Module], x: torch.Tensor, y: torc
     for backend, model in models.items():
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             torch.manual_seed(0)
-            loss = LOSSES[backend](model(x), y)
+            with forward_context(x.device, autocast):
+                loss = LOSSES[backend](model(x), y)
         loss.backward()
-        results[backend] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
+        results[backend] = (loss.detach().float(), [p.grad.clone() for p in model.parameters()])
         model.zero_grad(set_to_none=True)
-    assert_same_step(results, x.device)
+    assert_same_step(results, x.device, autocast)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -332,7 +361,12 @@ def _sync(device: torch.device) -> None:
 
 
 def first_step(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: LossFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    autocast: torch.dtype | None = None,
 ) -> tuple[float, torch.Tensor, list[torch.Tensor]]:
     """The first training step of a freshly compiled model: (wall seconds, loss, gradients).
 
@@ -343,11 +377,12 @@ def first_step(
     _sync(device)
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(model(x), y)
+    with forward_context(device, autocast):
+        loss = loss_fn(model(x), y)
     loss.backward()
     _sync(device)
     seconds = time.perf_counter() - start
-    result = loss.detach().clone(), [p.grad.clone() for p in model.parameters()]
+    result = loss.detach().float(), [p.grad.clone() for p in model.parameters()]
     start = time.perf_counter()
     optimizer.step()
     _sync(device)
@@ -368,6 +403,7 @@ def compile_pair(
     optimizers: dict[str, torch.optim.Optimizer],
     x: torch.Tensor,
     y: torch.Tensor,
+    autocast: torch.dtype | None = None,
 ) -> tuple[dict[str, torch.nn.Module], dict[str, object]]:
     """Both models wrapped in ``torch.compile(model, dynamic=False)`` (inductor) and compiled by their
     first training step (``first_step``), inside a fresh inductor cache after a throwaway compile; the
@@ -395,7 +431,9 @@ def compile_pair(
             counters.clear()
             compiled[backend] = torch.compile(models[backend], dynamic=False)
             try:
-                seconds, loss, grads = first_step(compiled[backend], optimizers[backend], LOSSES[backend], x, y)
+                seconds, loss, grads = first_step(
+                    compiled[backend], optimizers[backend], LOSSES[backend], x, y, autocast
+                )
             except Exception as error:
                 lines = str(error).strip().splitlines() or [""]
                 failure = CompileFailed(f"{backend} model: {type(error).__name__}: {lines[0]}", dict(info))
@@ -409,7 +447,7 @@ def compile_pair(
         raise failure
     for backend in BACKENDS:
         optimizers[backend].zero_grad(set_to_none=True)
-    assert_same_step(results, device)
+    assert_same_step(results, device, autocast)
     return compiled, info
 
 
@@ -423,9 +461,11 @@ def bench_config(
     probe_samples: int = 10,
     compiled: bool = False,
     seed: int = 0,
+    autocast: torch.dtype | None = None,
 ) -> dict[str, object]:
-    """Measure one (model, batch, device) configuration, eager or compiled; returns its row. With a
-    ``probe``, the machine rate is sampled ``probe_samples`` times during the timing loop."""
+    """Measure one (model, batch, device) configuration, eager or compiled, float32 or under ``autocast``;
+    returns its row. With a ``probe``, the machine rate is sampled ``probe_samples`` times during the timing
+    loop."""
     in_shape = IN_SHAPES.get(model_name, IN_SHAPE)
     models = build_pair(model_name, in_shape, seed=seed, device=device)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -438,15 +478,16 @@ def bench_config(
     optimizers = {backend: make_optimizer(models[backend], "sgd", LR) for backend in BACKENDS}
     compile_info: dict[str, object] = {}
     if compiled:
-        models, compile_info = compile_pair(models, optimizers, x, y)
+        models, compile_info = compile_pair(models, optimizers, x, y, autocast)
     else:
-        check_same_step(models, x, y)
+        check_same_step(models, x, y, autocast)
     # no recompilation once compiled: a guard failing while measuring raises instead of compiling again
     stance = torch.compiler.set_stance("fail_on_recompile") if compiled else nullcontext()
     with stance:
-        saved = {backend: saved_for_backward(models[backend], LOSSES[backend], x, y) for backend in BACKENDS}
+        saved = {backend: saved_for_backward(models[backend], LOSSES[backend], x, y, autocast) for backend in BACKENDS}
         steps = {
-            backend: (lambda b=backend: train_step(models[b], optimizers[b], LOSSES[b], x, y)) for backend in BACKENDS
+            backend: (lambda b=backend: train_step(models[b], optimizers[b], LOSSES[b], x, y, autocast))
+            for backend in BACKENDS
         }
         times = time_interleaved(steps, reps, warmup, device, probe, probe_samples)
     stats = {backend: summarize_ms(times[backend]) for backend in BACKENDS}
@@ -526,9 +567,10 @@ def run(
     matmul_size: int,
     matmul_reps: int,
     with_compiled: bool = False,
+    autocast: str = "none",
 ) -> list[dict[str, object]]:
     """All rows, configuration by configuration (devices outermost); with ``with_compiled``, each
-    configuration's eager row is followed by its compiled row."""
+    configuration's eager row is followed by its compiled row; ``autocast``: a key of ``AUTOCAST``."""
     rows = []
     for device in devices:
         probe = MatmulProbe(device, matmul_size)
@@ -538,6 +580,7 @@ def run(
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "matmul_size": matmul_size,
+            "autocast": None if autocast == "none" else autocast,
         }
         if device.type == "cuda":  # float32 convolutions in cuDNN use TF32 by default; matmuls do not
             extra["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
@@ -547,7 +590,27 @@ def run(
                 for compiled in (False, True) if with_compiled else (False,):
                     load_before = os.getloadavg()[0]
                     try:
-                        row = bench_config(model_name, batch, device, reps, warmup, probe, matmul_reps, compiled)
+                        row = bench_config(
+                            model_name,
+                            batch,
+                            device,
+                            reps,
+                            warmup,
+                            probe,
+                            matmul_reps,
+                            compiled,
+                            autocast=AUTOCAST[autocast],
+                        )
+                    except AssertionError as error:  # the backends disagree: said in the row, the run goes on
+                        first = (str(error).strip().splitlines() or [""])[0]
+                        row = {
+                            "model": model_name,
+                            "batch": batch,
+                            "device": device.type,
+                            "compiled": compiled,
+                            "same_step_error": first,
+                        }
+                        print(f"  {model_name} batch {batch} on {device.type}: NOT THE SAME STEP: {first}", flush=True)
                     except CompileFailed as error:  # a row that says so, and the other rows still measured
                         row = {
                             "model": model_name,
@@ -583,6 +646,12 @@ def format_table(rows: Sequence[dict[str, object]]) -> str:
         if r.get("compile_error"):
             lines.append(
                 f"{r['model']:<11} {r['batch']:>5} {r['device']:<4} {'comp':<5} compile failed: {r['compile_error']}"
+            )
+            continue
+        if r.get("same_step_error"):
+            mode = "comp" if r.get("compiled") else "eager"
+            lines.append(
+                f"{r['model']:<11} {r['batch']:>5} {r['device']:<4} {mode:<5} not the same step: {r['same_step_error']}"
             )
             continue
         peak = f"{r['machine_gflops']:>6.1f}" if r.get("machine_gflops") else f"{'-':>6}"
@@ -622,6 +691,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
         action="store_true",
         help="also a row per configuration with both models torch.compile'd (inductor), compile time apart",
     )
+    parser.add_argument(
+        "--autocast",
+        default="none",
+        choices=list(AUTOCAST),
+        help="forward and loss under torch.autocast in bfloat16 or float16, backward and update outside (default: none)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (under a minute on 2 CPU cores)")
     parser.add_argument("--json", type=Path, default=None, help="write the rows to this JSON file")
@@ -635,13 +710,16 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
         torch.set_num_threads(opts.threads)
     devices = resolve_devices(opts.device)
 
+    precision = "float32" if opts.autocast == "none" else f"float32 under {opts.autocast} autocast"
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, float32, input {IN_SHAPE} "
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {precision}, input {IN_SHAPE} "
         f"(torchvision's models {IN_SHAPES['resnet18']}), "
         f"{reps} interleaved timed steps per backend after {warmup} warm-up steps",
         flush=True,
     )
-    rows = run(opts.models, opts.batches, devices, reps, warmup, opts.matmul_size, matmul_reps, opts.compile)
+    rows = run(
+        opts.models, opts.batches, devices, reps, warmup, opts.matmul_size, matmul_reps, opts.compile, opts.autocast
+    )
     print()
     for device in devices:
         print(f"{device.type}: {_device_name(device)}")
@@ -659,4 +737,5 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
 
 
 if __name__ == "__main__":
-    main()
+    if any(row.get("same_step_error") for row in main()):
+        raise SystemExit("bench.py: the backends did not give the same step in some configuration (see the table)")

@@ -21,6 +21,18 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
 
 CASES = [pytest.param(case, id=case.id) for case in BUILTIN_CASES]
 
+#: The devices a test that can run on an accelerator runs on: the CPU, and CUDA where a CUDA device is present.
+#: On a CPU-only machine the cuda variants do not exist (they are not skipped stand-ins), so the suite's time
+#: there does not change; on a GPU machine they carry ``cuda`` in their ids, and ``pytest -k cuda`` selects them
+#: (experiments/gpu_check.sh).
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """Each device of ``DEVICES`` in turn; the test's id names it (``test_x[cuda]``)."""
+    return torch.device(request.param)
+
 
 @pytest.fixture(autouse=True)
 def _fixed_seed():

@@ -11,10 +11,12 @@ not a failure). ``manualbp.verify.builtin_cases`` holds manualbp's own op cases;
 from manualbp.verify.battery import (
     CHECKS,
     CPU_CHECKS,
+    CPU_ONLY_CHECKS,
     CUDA_CHECKS,
     DEFAULT_TOLERANCES,
     GRAPH_CAPTURE_CHECKS,
     available_checks,
+    ieee_float32,
     verify,
     verify_cases,
 )
@@ -24,6 +26,7 @@ from manualbp.verify.report import Report, Row
 __all__ = [
     "CHECKS",
     "CPU_CHECKS",
+    "CPU_ONLY_CHECKS",
     "CUDA_CHECKS",
     "DEFAULT_TOLERANCES",
     "GRAPH_CAPTURE_CHECKS",
@@ -32,6 +35,7 @@ __all__ = [
     "Row",
     "available_checks",
     "differentiable",
+    "ieee_float32",
     "seeded",
     "verify",
     "verify_cases",

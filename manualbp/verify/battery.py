@@ -14,7 +14,7 @@ import contextlib
 import functools
 import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -72,6 +72,8 @@ CPU_CHECKS = (
     "autocast_chain",
 )
 CUDA_CHECKS = ("cuda", "autocast_float16", "autocast_bfloat16")
+#: The checks that name the CPU whatever the sample's device: left out of the defaults on a CUDA device.
+CPU_ONLY_CHECKS = ("autocast_cpu_bfloat16",)
 #: The checks through torch's graph capture: each compiles or exports the function (seconds per sample, where the
 #: others take milliseconds); the test-suite runs them in its slow tier.
 GRAPH_CAPTURE_CHECKS = ("compile", "compile_dynamic", "export_dynamic")
@@ -79,9 +81,32 @@ GRAPH_CAPTURE_CHECKS = ("compile", "compile_dynamic", "export_dynamic")
 _VMAP_BATCH = 3
 
 
-def available_checks() -> tuple[str, ...]:
-    """The checks ``verify`` runs by default here: the CPU ones, plus the CUDA ones when a device is present."""
+def available_checks(device: torch.device | str = "cpu") -> tuple[str, ...]:
+    """The checks ``verify`` runs by default on ``device``. On the CPU: the CPU ones, plus the CUDA ones when a
+    CUDA device is present. On a CUDA device: every check but ``CPU_ONLY_CHECKS`` with the sample there (float64
+    and float32 values and gradients, gradcheck, vmap, ... and ``autocast_chain`` under CUDA autocast), then the
+    CUDA ones."""
+    if torch.device(device).type == "cuda":
+        return tuple(c for c in CPU_CHECKS if c not in CPU_ONLY_CHECKS) + CUDA_CHECKS
     return CPU_CHECKS + (CUDA_CHECKS if torch.cuda.is_available() else ())
+
+
+#: gradcheck's ``nondet_tol`` on CUDA: a backward that sums with atomic adds (index_add_, scatter_add_) may differ
+#: in its last bits from one call to the next; torch's own OpInfo tests allow its nondeterministic CUDA ops 1e-12.
+_CUDA_NONDET_TOL = 1e-12
+
+
+@contextlib.contextmanager
+def ieee_float32() -> Iterator[None]:
+    """float32 matmuls and cuDNN convolutions in full float32 (no TF32) while inside, as on the CPU: cuDNN rounds
+    float32 convolutions to TF32 by default, and the two sides of a check reach different kernels (a hand-written
+    convolution backward against torch's), so their TF32 roundings differ by 1e-3, beyond float32's tolerances."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 def _check_forward(s: _Sample) -> _Errors:
@@ -118,7 +143,12 @@ def _check_gradcheck(second_order: bool) -> Callable[[_Sample], _Errors]:
         errors.max_abs = errors.max_rel = math.nan  # gradcheck reports a verdict, not our error measures
         run = torch.autograd.gradgradcheck if second_order else torch.autograd.gradcheck
         try:
-            run(lambda *tensors: tuple(_float_outputs(f(*tensors))), _leaves(f.tensors), fast_mode=not s.exhaustive)
+            run(
+                lambda *tensors: tuple(_float_outputs(f(*tensors))),
+                _leaves(f.tensors),
+                fast_mode=not s.exhaustive,
+                nondet_tol=_CUDA_NONDET_TOL if s.device.type == "cuda" else 0.0,
+            )
         except GradcheckError as error:
             errors.ok = False
             errors.worst = _first_lines(str(error), 1).split(", numerical")[0].rstrip(",")
@@ -313,18 +343,19 @@ def _reference_vjp(
 
 
 def _check_autocast_chain(s: _Sample) -> _Errors:
-    """The op as a layer inside a network trained under CPU bfloat16 autocast: its floating inputs arrive
-    in bfloat16 (the output of the layer below), its parameters stay float32. The output dtypes, the
-    gradients' dtypes (each its input's: float32 for the parameters) and the values must be the reference's,
-    the forward under ``torch.autocast``, the backward outside it."""
+    """The op as a layer inside a network trained under bfloat16 autocast (on the sample's device: the CPU, or
+    CUDA): its floating inputs arrive in bfloat16 (the output of the layer below), its parameters stay float32.
+    The output dtypes, the gradients' dtypes (each its input's: float32 for the parameters) and the values must
+    be the reference's, the forward under ``torch.autocast``, the backward outside it."""
     f, r = s.subjects(torch.float32)
     errors = s.errors(torch.bfloat16)
-    where = "cpu, autocast torch.bfloat16, bfloat16 inputs"
+    device_type = s.device.type
+    where = f"{device_type}, autocast torch.bfloat16, bfloat16 inputs"
 
     def chained(subject: _Subject) -> tuple[torch.Tensor, ...]:
         return tuple(t.to(torch.bfloat16) if i < subject.num_inputs else t for i, t in enumerate(subject.tensors))
 
-    context = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    context = lambda: torch.autocast(device_type, dtype=torch.bfloat16)  # noqa: E731
     out_r, grads_r = _reference_vjp(r, chained(r), where, forward_context=context)
     out_f, grads_f = _vjp(f, chained(f), forward_context=context)
     output_labels = [f"output {i} ({where})" for i in range(len(out_r))]
@@ -403,8 +434,11 @@ def verify(
     sample_inputs: an iterable of argument tuples (tensors and plain values), or a callable
         ``(dtype, device) -> iterable`` of them. Floating tensors (and a module's parameters) are the
         differentiable inputs; each check casts them to the dtype it tests.
-    checks: the names of the checks to run (default: ``available_checks()``; all names: ``CHECKS``).
+    checks: the names of the checks to run (default: ``available_checks(device)``; all names: ``CHECKS``).
     tolerances: per-dtype ``(rtol, atol)`` overriding ``DEFAULT_TOLERANCES``.
+    device: where the sample runs: every check but the CUDA ones and ``autocast_cpu_bfloat16`` (which name their
+        device) runs there. A callable ``sample_inputs`` is asked for its inputs there; other samples are moved
+        there. On CUDA, float32 runs without TF32 (``ieee_float32``) and gradcheck allows ``nondet_tol`` 1e-12.
     name: the case label of the rows ("sample 0", "sample 1", ... by default, or ``name``, ``name[1]``).
     compile_backend: the torch.compile backend of the "compile" check ("aot_eager": fast, and it catches
         every graph break; "inductor" also generates code).
@@ -419,12 +453,14 @@ def verify(
         difference (one backward per output element, one forward pair per input element) instead of torch's
         fast mode (random projections uᵀ J v; the default).
     """
-    selected = tuple(checks) if checks is not None else available_checks()
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"verify: device {device} asked for, but torch.cuda.is_available() is False")
+    selected = tuple(checks) if checks is not None else available_checks(device)
     unknown = [c for c in selected if c not in CHECKS]
     if unknown:
         raise ValueError(f"verify: unknown check(s) {unknown}; known: {list(CHECKS)}")
     limits = {**DEFAULT_TOLERANCES, **(tolerances or {})}
-    device = torch.device(device)
     samples = list(sample_inputs(torch.float64, device) if callable(sample_inputs) else sample_inputs)
     if not samples:
         raise ValueError("verify: sample_inputs gave no sample")
@@ -443,8 +479,10 @@ def verify(
 def _run_check(label: str, check: str, sample: _Sample) -> Row:
     if check in CUDA_CHECKS and not torch.cuda.is_available():
         return Row(label, check, "unsupported", detail="no CUDA device")
+    on_cuda = check in CUDA_CHECKS or (sample.device.type == "cuda" and check not in CPU_ONLY_CHECKS)
     try:
-        errors = CHECKS[check](sample)
+        with ieee_float32() if on_cuda else contextlib.nullcontext():
+            errors = CHECKS[check](sample)
     except Unsupported as why:
         return Row(label, check, "unsupported", detail=str(why))
     except GraphBreak as why:

@@ -35,6 +35,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--check", action="append", metavar="CHECK", choices=list(CHECKS), help="only this check (repeatable)"
     )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="where the samples run (default cpu). cuda: every check but autocast_cpu_bfloat16 on the CUDA device, "
+        "float32 without TF32, plus the CUDA autocast checks",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows as JSON to PATH")
     parser.add_argument("--compile-backend", default="aot_eager", help="torch.compile backend of the compile check")
     parser.add_argument(
@@ -60,10 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not cases:
         parser.error(f"no op case starts with {args.op}; see `manualbp verify --list`")
-    checks = args.check or list(available_checks())
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda asked for, but torch.cuda.is_available() is False")
+    checks = args.check or list(available_checks(args.device))
     cores = os.cpu_count() or 1
     jobs = args.jobs or (cores if len(cases) >= _CASES_PER_PROCESS * cores else 1)
-    options = dict(checks=checks, compile_backend=args.compile_backend, exhaustive=args.exhaustive)
+    options = dict(checks=checks, compile_backend=args.compile_backend, exhaustive=args.exhaustive, device=args.device)
     report = Report()
     for rows in _with_progress(_check_all([c.id for c in cases], options, jobs), [c.id for c in cases]):
         report.rows.extend(rows)

@@ -12,15 +12,15 @@ from tests.conftest import CASES
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_state_dict_moves_both_ways(case):
-    manual, reference = case.manual(), case.reference()
+def test_state_dict_moves_both_ways(case, device):
+    manual, reference = case.manual().to(device), case.reference().to(device)
     with torch.no_grad():
         for tensor in reference.state_dict().values():
             if tensor.is_floating_point():
                 tensor.add_(torch.randn_like(tensor))
     manual.load_state_dict(reference.state_dict())
     assert_close(manual.state_dict(), reference.state_dict(), rtol=0, atol=0)
-    fresh = case.reference()
+    fresh = case.reference().to(device)
     fresh.load_state_dict(manual.state_dict())
     assert_close(fresh.state_dict(), manual.state_dict(), rtol=0, atol=0)
 
@@ -47,8 +47,8 @@ def test_softmax_dtype_argument_is_rejected_by_name():
         MF.softmax(torch.randn(2, 3), dim=1, dtype=torch.float64)
 
 
-def test_legacy_reduction_arguments_behave_as_in_torch():
-    x, t = torch.randn(4, 3, requires_grad=True), torch.tensor([0, 2, 1, 0])
+def test_legacy_reduction_arguments_behave_as_in_torch(device):
+    x, t = torch.randn(4, 3, device=device, requires_grad=True), torch.tensor([0, 2, 1, 0], device=device)
     with pytest.warns(UserWarning):
         manual = mnn.CrossEntropyLoss(size_average=False)
     with pytest.warns(UserWarning):
@@ -57,8 +57,8 @@ def test_legacy_reduction_arguments_behave_as_in_torch():
     assert_close(manual(x, t), reference(x, t))
 
 
-def test_dropout_eval_is_identity_and_train_draws_torchs_mask():
-    x = torch.randn(64, 32)
+def test_dropout_eval_is_identity_and_train_draws_torchs_mask(device):
+    x = torch.randn(64, 32, device=device)
     layer = mnn.Dropout(0.4)
     torch.manual_seed(7)
     manual = layer(x)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from manualbp.verify import CPU_CHECKS, GRAPH_CAPTURE_CHECKS, verify_cases
+from manualbp.verify import CUDA_CHECKS, GRAPH_CAPTURE_CHECKS, available_checks, verify_cases
 from manualbp.verify.builtin_cases import BUILTIN_CASES
 from manualbp.verify.cases import FAMILY_CASES
+from tests.conftest import DEVICES
 
 #: Cases whose ``compile_dynamic`` cell the suite leaves to another case of the same ops, named beside it: compiling
 #: a layer made of layers with dynamic shapes takes 10 to 50 s a case, and the suite must stay within its time.
@@ -68,14 +69,22 @@ for _case in FAMILY_CASES:
     if _case.id.startswith("shifted_window_attention_v2-"):
         DYNAMIC_SHAPES_ELSEWHERE[_case.id] = "shifted_window_attention-dim8-heads2"
 
-# the graph-capture cells compile or export (seconds each): the slow tier (pytest -m slow), which CI runs too
+# the graph-capture cells compile or export (seconds each): the slow tier (pytest -m slow), which CI runs too. Each
+# device's cells are its default checks (``available_checks``: on cuda, the sample there, plus the CUDA checks); the
+# CPU's leave out the CUDA checks, which are cuda's cells
 CELLS = [
     pytest.param(
-        case, check, id=f"{case.id}-{check}", marks=[pytest.mark.slow] if check in GRAPH_CAPTURE_CHECKS else []
+        case,
+        check,
+        device,
+        id=f"{case.id}-{check}-{device}",
+        marks=[pytest.mark.slow] if check in GRAPH_CAPTURE_CHECKS else [],
     )
+    for device in DEVICES
     for case in BUILTIN_CASES
-    for check in CPU_CHECKS
-    if not (check == "compile_dynamic" and case.id in DYNAMIC_SHAPES_ELSEWHERE)
+    for check in available_checks(device)
+    if not (device == "cpu" and check in CUDA_CHECKS)
+    and not (check == "compile_dynamic" and case.id in DYNAMIC_SHAPES_ELSEWHERE)
 ]
 
 
@@ -85,9 +94,9 @@ def test_each_case_leaving_its_dynamic_shapes_to_another_names_one_that_runs_it(
         assert case_id in ids and representative in ids and representative not in DYNAMIC_SHAPES_ELSEWHERE
 
 
-@pytest.mark.parametrize("case, check", CELLS)
-def test_builtin_op_passes_check(case, check):
-    (row,) = verify_cases([case], checks=[check]).rows
+@pytest.mark.parametrize("case, check, device", CELLS)
+def test_builtin_op_passes_check(case, check, device):
+    (row,) = verify_cases([case], checks=[check], device=device).rows
     if row.status == "unsupported" and row.detail.startswith("the reference raises on this machine"):
         pytest.skip(row.detail)  # torch's own layer cannot run this check on this CPU: nothing to compare with
     if row.status == "unsupported" and check in dict(case.unsupported):
