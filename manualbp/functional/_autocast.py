@@ -99,6 +99,8 @@ def autocast_dtype(op: str, *tensors: object) -> torch.dtype | None:
     """The dtype ``op`` computes in under the autocast now active on the tensors' device: the autocast
     dtype for an op on the lower-precision list, float32 for one on the float32 list, the widest floating
     dtype among the eligible ``tensors`` otherwise; None outside autocast or with no eligible tensor."""
+    if not torch._C._is_any_autocast_enabled():  # the common case, in one call
+        return None
     device_type = _device_type(tensors)
     if device_type is None or not _autocast_enabled(device_type):
         return None

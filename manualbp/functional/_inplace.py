@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from manualbp.functional._dispatch import function
+from manualbp.functional._dispatch import capturing_graph, function
 
 
 @function
@@ -53,6 +53,15 @@ class CopyFunction(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, x_dot):
         return x_dot.clone()  # its own tensor: the in-place Function overwrites x's tangent
+
+
+def scratch_writable() -> bool:
+    """Whether a backward may write into a temporary it made itself (a mask, a block of scores, x̂ recomputed
+    from x): no graph is recorded (a first-order backward; under ``create_graph`` every op must stay out of place
+    for autograd to differentiate it), no torch.func transform is active (vmap cannot write a batched value into an
+    unbatched tensor; ``manualbp.curvature`` runs backwards under vmap) and no graph is captured (the compiler
+    plans buffers itself)."""
+    return not (torch.is_grad_enabled() or torch._C._are_functorch_transforms_active() or capturing_graph())
 
 
 def vmap_in_place(

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from manualbp.functional._autocast import autocast_inputs
 from manualbp.functional._dispatch import apply, function
-from manualbp.functional._inplace import CopyFunction, vmap_in_place
+from manualbp.functional._inplace import CopyFunction, scratch_writable, vmap_in_place
 from manualbp.functional._validation import (
     check_choice,
     check_floating,
@@ -33,6 +33,17 @@ from manualbp.functional._validation import (
     check_real,
     normalize_dim,
 )
+
+
+def relu_grad(grad_out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """dL/dy ⊙ [y > 0] for y = max(x, 0) (y ≥ 0, so the mask is sign(y); see ``ReLUFunction``), written into
+    the mask's own tensor when a backward may overwrite its temporaries (``scratch_writable``) and the product
+    has the mask's dtype and shape: one (*, F) tensor allocated instead of two. Shared by every Function whose
+    output passed through a ReLU (``ReLUFunction``, ``LinearReLUFunction``, ``ReLUMaxPool2dFunction``)."""
+    mask = y.sign()
+    if grad_out.dtype == mask.dtype and grad_out.shape == mask.shape and scratch_writable():
+        return mask.mul_(grad_out)
+    return grad_out * mask
 
 
 @function
@@ -62,7 +73,7 @@ class ReLUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         (y,) = ctx.saved_tensors
-        return grad_out * y.sign()
+        return relu_grad(grad_out, y)
 
     @staticmethod
     def jvp(ctx, x_dot):
@@ -95,7 +106,7 @@ class ReLUInplaceFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         (y,) = ctx.saved_tensors
-        return grad_out * y.sign()
+        return relu_grad(grad_out, y)
 
     @staticmethod
     def jvp(ctx, x_dot):

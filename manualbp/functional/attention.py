@@ -86,6 +86,7 @@ import torch
 
 from manualbp.functional._autocast import autocast_inputs
 from manualbp.functional._dispatch import apply, capturing_graph, function
+from manualbp.functional._inplace import scratch_writable
 from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import (
     DtypeError,
@@ -231,16 +232,6 @@ def _mask_block(mask: torch.Tensor, start: int, end: int) -> torch.Tensor:
     return mask if mask.shape[-1] == 1 else mask[..., start:end]
 
 
-def _in_place() -> bool:
-    """Whether a block's buffers may be overwritten: when no graph is recorded (the forward, a first-order
-    backward) and no torch.func transform is active (vmap cannot write a batched value into an unbatched buffer).
-    Under create_graph (double backward) every step is out of place, so that autograd can differentiate it; while
-    torch.compile traces too (the compiler plans the buffers itself)."""
-    if capturing_graph():
-        return False
-    return not torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active()
-
-
 def _block_scores(
     q: torch.Tensor,
     k_block: torch.Tensor,
@@ -316,7 +307,7 @@ def _attend(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """O (in the compute dtype) and ℓ by the online softmax over key blocks, with differentiable torch operations
     (in place where no graph is recorded, ``_in_place``)."""
-    in_place = _in_place()
+    in_place = scratch_writable()
     dtype = _compute_dtype(query.dtype)
     q, k, v, mask = query.to(dtype), key.to(dtype), value.to(dtype), _cast(mask, dtype)
     heads = q.shape[-3] if q.dim() >= 3 else 1
@@ -371,7 +362,7 @@ def _attention_backward(
     dtype = _compute_dtype(query.dtype)
     if torch.is_grad_enabled():  # create_graph: O and ℓ must carry their dependence on Q, K, V
         out, lse = _attend(query, key, value, mask, options)
-    in_place = _in_place()
+    in_place = scratch_writable()
     q, k, v, m = query.to(dtype), key.to(dtype), value.to(dtype), _cast(mask, dtype)
     d_out = grad_out.to(dtype)
     heads = q.shape[-3] if q.dim() >= 3 else 1

@@ -75,7 +75,8 @@ def linear_grads(ctx, grad_out, x, weight):
     ``LinearReLUFunction`` with G = dL/dy ⊙ [y > 0]); ``ctx.has_bias`` says whether b exists.
     dL/dW and dL/db are the reduction: ``linear_reduction``, or the per-sample mode in ``REDUCTION``.
     """
-    x, weight = x.to(grad_out.dtype), weight.to(grad_out.dtype)  # autocast: same precision as the forward
+    if x.dtype != grad_out.dtype or weight.dtype != grad_out.dtype:  # autocast: same precision as the forward
+        x, weight = x.to(grad_out.dtype), weight.to(grad_out.dtype)
     grad_x = None
     if ctx.needs_input_grad[0]:
         grad_x = _in_input_layout(grad_out.matmul(weight), x)
@@ -89,9 +90,12 @@ def linear_grads(ctx, grad_out, x, weight):
 
 def linear_reduction(grad_out, x, needs_weight, needs_bias):
     """dL/dW = Gᵀ · X and dL/db = Σ G over every leading dim (None where not asked for); G: (*, out), x: (*, in)."""
-    rows = math.prod(grad_out.shape[:-1])  # not -1: a size-0 dim would make it ambiguous
-    g2d = grad_out.reshape(rows, grad_out.shape[-1])
-    grad_w = g2d.t().matmul(x.reshape(rows, x.shape[-1])) if needs_weight else None
+    if grad_out.dim() == 2 and x.dim() == 2:
+        g2d, x2d = grad_out, x
+    else:
+        rows = math.prod(grad_out.shape[:-1])  # not -1: a size-0 dim would make it ambiguous
+        g2d, x2d = grad_out.reshape(rows, grad_out.shape[-1]), x.reshape(rows, x.shape[-1])
+    grad_w = g2d.t().matmul(x2d) if needs_weight else None
     grad_b = g2d.sum(0) if needs_bias else None
     return grad_w, grad_b
 
@@ -169,7 +173,29 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
 
 
 def check_linear_args(op: str, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-    """The checks of ``linear``'s arguments, shared with the fused ops that start with a linear map."""
+    """The checks of ``linear``'s arguments, shared with the fused ops that start with a linear map. The common
+    case (floating tensors of one dtype and device, matching shapes) is recognised first, in one expression: each
+    check below would pass."""
+    if (
+        isinstance(input, torch.Tensor)
+        and isinstance(weight, torch.Tensor)
+        and input.is_floating_point()
+        and weight.dtype == input.dtype
+        and weight.device == input.device
+        and weight.dim() == 2
+        and input.dim() > 0
+        and input.shape[-1] == weight.shape[1]
+        and (
+            bias is None
+            or (
+                isinstance(bias, torch.Tensor)
+                and bias.dtype == input.dtype
+                and bias.device == input.device
+                and bias.shape == (weight.shape[0],)
+            )
+        )
+    ):
+        return
     check_floating(op, input=input, weight=weight, bias=bias)
     check_same_dtype(op, input=input, weight=weight, bias=bias)
     check_same_device(op, input=input, weight=weight, bias=bias)

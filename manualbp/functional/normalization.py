@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from manualbp.functional._autocast import autocast_inputs, autocast_output
 from manualbp.functional._dispatch import apply, function
+from manualbp.functional._inplace import scratch_writable
 from manualbp.functional._reduction import REDUCTION, per_sample_factor
 from manualbp.functional._tangents import tangent_sum
 from manualbp.functional._validation import (
@@ -118,7 +119,7 @@ class BatchNormFunction(torch.autograd.Function):
         batch_stats = mean is None
         if batch_stats and REDUCTION.mode is not None:  # per-sample gradients: batch statistics mix the samples
             REDUCTION.mode.refuse(ctx, _affine_ordinals(weight), "batch_norm with batch statistics (training mode)")
-        if batch_stats and REDUCTION.mode is None and _first_order_in_place():
+        if batch_stats and REDUCTION.mode is None and scratch_writable():
             grads = _batch_statistics_first_backward(ctx, grad_out, x, weight)
             grad_x = grads[0] if ctx.batched or grads[0] is None else grads[0].squeeze(0)
             return grad_x, *grads[1:], None, None, None, None
@@ -325,7 +326,7 @@ class ChannelNormFunction(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         x, grad_out = _batch_of(x, ctx.batched), _batch_of(grad_out, ctx.batched)
         needs = (weight is not None and ctx.needs_input_grad[2], ctx.has_bias and ctx.needs_input_grad[3])
-        if ctx.groups is not None and x.is_contiguous() and x.numel() > 0 and _first_order_in_place():
+        if ctx.groups is not None and x.is_contiguous() and x.numel() > 0 and scratch_writable():
             grad_x, grad_w, grad_b = _group_norm_first_backward(ctx, grad_out, x, weight, needs)
         else:
             dims = _statistics_dims(x, ctx.groups)
@@ -562,13 +563,6 @@ def _batch_normalize(
     return (x - mean_c) * inv_std, inv_std
 
 
-def _first_order_in_place() -> bool:
-    """Whether a backward may write dL/dx into a tensor computed from x alone (the first-backward paths): no graph
-    is recorded (``create_graph``) and no torch.func transform batches G (vmap cannot write a batched value into an
-    unbatched tensor; ``manualbp.curvature`` runs the backward under vmap over the columns of a Hessian factor)."""
-    return not torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active()
-
-
 def _layer_normalize(
     x: torch.Tensor, dims: tuple[int, ...], eps: float, centre: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -593,7 +587,7 @@ def _normalized_grad(
     """dL/dx = (1/σ) (g - mean g - x̂ · mean (g · x̂)) with the statistics taken over ``dims`` from x itself (g =
     dL/dx̂): out of place where a double backward records it or a torch.func transform runs it, else one new tensor updated in place (fewer passes
     over memory)."""
-    if not _first_order_in_place():  # also under vmap, where addcmul_ has no batching rule
+    if not scratch_writable():  # also under vmap, where addcmul_ has no batching rule
         return inv_std * (g - g.mean(dims, keepdim=True) - x_hat * (g * x_hat).mean(dims, keepdim=True))
     mean_g_x_hat = (g * x_hat).mean(dims, keepdim=True)
     return (g - g.mean(dims, keepdim=True)).addcmul_(x_hat, mean_g_x_hat, value=-1).mul_(inv_std)

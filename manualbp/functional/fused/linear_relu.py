@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from manualbp.functional._dispatch import apply, function
+from manualbp.functional.activation import relu_grad
 from manualbp.functional.linear import affine, check_linear_args, linear_grads, linear_tangent
 
 
@@ -43,7 +44,7 @@ class LinearReLUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, y = ctx.saved_tensors
-        return linear_grads(ctx, grad_out * y.sign(), x, weight)
+        return linear_grads(ctx, relu_grad(grad_out, y), x, weight)
 
     @staticmethod
     def jvp(ctx, x_dot, weight_dot, bias_dot):

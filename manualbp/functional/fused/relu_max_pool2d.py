@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from manualbp.functional._dispatch import apply, function
 from manualbp.functional._layout import memory_format_of
+from manualbp.functional.activation import relu_grad
 from manualbp.functional.pooling import _pool_geometry, planes, pool_layout, scatter_into_planes, shape_of
 
 
@@ -72,7 +73,7 @@ class ReLUMaxPool2dFunction(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
         indices, y, x_shape = ctx.saved_tensors
-        flat_grad = planes(grad_out * y.sign())
+        flat_grad = planes(relu_grad(grad_out, y))
         return scatter_into_planes(flat_grad, planes(indices), x_shape.shape, ctx.layout), None, None, None, None
 
     @staticmethod
