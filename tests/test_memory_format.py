@@ -3,6 +3,7 @@ has: a channels_last model stays channels_last through our layers."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import pytest
@@ -77,3 +78,37 @@ def test_max_pool2d_indices_keep_torchs_memory_format() -> None:
     _, indices = MF.max_pool2d(x, 2, return_indices=True)
     _, indices_ref = F.max_pool2d(x, 2, return_indices=True)
     assert torch.equal(indices, indices_ref) and _channels_last(indices) and _channels_last(indices_ref)
+
+
+def _layouts(sizes: tuple[int, int, int, int]) -> list[torch.Tensor]:
+    """Tensors of ``sizes`` laid out every way a model meets: contiguous, channels_last, transposed, permuted,
+    sliced, expanded (the ambiguous ones among them: one channel, size-1 dims, zero strides)."""
+    base = torch.empty(sizes)
+    layouts = [
+        base,
+        base.contiguous(memory_format=torch.channels_last),
+        base.transpose(2, 3),
+        base.permute(0, 3, 1, 2),
+        base.permute(3, 2, 1, 0),
+        base.transpose(0, 1),
+        torch.empty(1, 1, 1, 1).expand(sizes),
+    ]
+    if sizes[1] > 1:
+        layouts.append(base[:, ::2])
+    if sizes[3] > 1:
+        layouts.append(base[..., ::2])
+    return layouts
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3])
+def test_memory_format_of_decides_as_torchs_suggest_memory_format(channels: int) -> None:
+    from torch._prims_common import suggest_memory_format
+
+    from manualbp.functional._layout import memory_format_of
+
+    checked = 0
+    for n, h, w in itertools.product([0, 1, 2, 3], [1, 2, 4], [1, 2, 3]):
+        for t in _layouts((n, channels, h, w)):
+            assert memory_format_of(t) == suggest_memory_format(t), (t.shape, t.stride())
+            checked += 1
+    assert checked > 200
