@@ -122,11 +122,12 @@ class _Steps:
 
     def __init__(self, like: torch.Tensor, length: int, width: int, reverse: bool, in_place: bool) -> None:
         self.buffer = like.new_empty(length, like.shape[0], width) if in_place else None
+        self.rows = None if self.buffer is None else self.buffer.unbind(0)  # the steps' views, made at once
         self.listed: list[torch.Tensor] = []
         self.reverse = reverse
 
     def out(self, t: int) -> torch.Tensor | None:
-        return None if self.buffer is None else self.buffer[t]
+        return None if self.rows is None else self.rows[t]
 
     def keep(self, value: torch.Tensor) -> None:
         if self.buffer is None:

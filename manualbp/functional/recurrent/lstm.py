@@ -56,9 +56,12 @@ class LSTMFunction(torch.autograd.Function):
         dL/dx = dL/da · W_ih    dL/dW_ih = Σ_t dL/da_tᵀ x_t    dL/dW_hh = Σ_t dL/da_tᵀ h_{t-1}
         dL/db_ih = dL/db_hh = Σ_t dL/da_t    dL/dW_hr = Σ_t dL/dh̃_tᵀ ĥ_t    dL/dh0, dL/dc0 = δh, δc at the end
 
-    The factors that do not involve the carried errors (g ⊙ i(1-i), ..., o ⊙ (1 - tanh²c̃)) are formed for all
-    steps before the loop, so a step is a few elementwise products and one matmul. Gradients reaching the
-    gates and cells outputs (differentiating twice) add to dL/da and dL/dc̃.
+    The factors that do not involve the carried errors are formed for all steps before the loop,
+    local = [g ⊙ i(1-i), c_{t-1} ⊙ f(1-f), i ⊙ (1-g²), tanh c̃ ⊙ o(1-o)] and o ⊙ (1 - tanh²c̃), so a step is
+    dL/dc̃ (one addcmul), dL/da = local ⊙ [dL/dc̃, dL/dc̃, dL/dc̃, dL/dĥ] (two products written into one buffer,
+    in place), one matmul and δc. Gradients reaching the gates and cells outputs (differentiating twice) add to
+    dL/da and dL/dc̃. The forward loop (``_via_sigmoid``) carries C = 2c̃, so that tanh c̃ = 2σ(C) - 1 and
+    C_t = f ⊙ C_{t-1} + 4 i ⊙ s - 2 i with s = σ(2a_g) = (1 + g)/2: one sigmoid for the gates, one for tanh c̃.
 
     Forward mode: ȧ_t = ẋ_t W_ihᵀ + x_t Ẇ_ihᵀ + ḃ_ih + ḃ_hh + ḣ_{t-1} W_hhᵀ + h_{t-1} Ẇ_hhᵀ;
     i̇ = i(1-i) ⊙ ȧ_i (f, o alike), ġ = (1-g²) ⊙ ȧ_g;   ċ̃ = ḟ c_{t-1} + f ċ_{t-1} + i̇ g + i ġ;
@@ -75,34 +78,54 @@ class LSTMFunction(torch.autograd.Function):
         bias = _doubled(_sum(b_ih, b_hh), *g_rows, via_sigmoid)
         pre = _project(x, _doubled(w_ih, *g_rows, via_sigmoid), bias, batch_first)
         pre_x, in_place = pre.unbind(0), _in_place()
-        h, c, w_hh_t = _batched(h0), _batched(c0), _doubled(w_hh, *g_rows, via_sigmoid).t()
+        # via_sigmoid, the cell state is carried doubled, C = 2c̃, so that tanh c̃ = 2σ(C) - 1 is one sigmoid, and
+        # the g rows hold s = σ(2a_g) = (1 + g)/2 during the loop: C_t = f C_{t-1} + 2 i g = f C_{t-1} + 4 i s - 2 i
+        scale = 2.0 if via_sigmoid else 1.0
+        h, c, w_hh_t = _batched(h0), _batched(c0) * scale, _doubled(w_hh, *g_rows, via_sigmoid).t()
         outputs = _Steps(h, len(pre_x), h.shape[1], reverse, in_place)
         cells = _Steps(c, len(pre_x), c.shape[1], reverse, in_place)
         gates = []  # in place, the gates are in ``pre``
+        # in place, the four gates' views of every step, made at once
+        parts = [part.unbind(0) for part in pre.unflatten(-1, (4, -1)).unbind(2)] if in_place and via_sigmoid else None
         for t in _steps(len(pre_x), reverse):
             act = torch.addmm(pre_x[t], h, w_hh_t, out=pre_x[t] if in_place else None)
             if via_sigmoid:
-                act.sigmoid_()[:, g_rows[0] : g_rows[1]].mul_(2.0).sub_(1.0)
+                act.sigmoid_()
+                i, f, s, o = act.chunk(4, 1) if parts is None else (part[t] for part in parts)
+                c_new = torch.mul(f, c, out=cells.out(t)).addcmul_(i, s, value=4.0).sub_(i, alpha=2.0)
+                h_new = torch.sigmoid(c_new)
+                h_new = torch.mul(h_new, o, out=outputs.out(t) if w_hr is None else None).mul_(2.0).sub_(o)
             else:
                 act[:, : g_rows[0]].sigmoid_()
                 act[:, g_rows[0] : g_rows[1]].tanh_()
                 act[:, g_rows[1] :].sigmoid_()
-            i, f, g, o = act.chunk(4, 1)
-            c_new = torch.addcmul(f * c, i, g, out=cells.out(t))
-            hat = torch.sigmoid(2.0 * c_new).mul_(2.0).sub_(1.0) if via_sigmoid else torch.tanh(c_new)  # tanh(c̃)
-            h_new = torch.mul(hat, o, out=outputs.out(t) if w_hr is None else None)
+                i, f, g, o = act.chunk(4, 1)
+                c_new = torch.addcmul(f * c, i, g, out=cells.out(t))
+                h_new = torch.mul(torch.tanh(c_new), o, out=outputs.out(t) if w_hr is None else None)
             if w_hr is not None:
                 h_new = torch.mm(h_new, w_hr.t(), out=outputs.out(t))
             h, h_new = _advance(mask, t, h_new, h, in_place)
             c, c_new = _advance(mask, t, c_new, c, in_place)
-            if mask is not None:
-                act = torch.mul(act, mask[t].unsqueeze(-1), out=act if in_place else None)
             outputs.keep(h_new)
             cells.keep(c_new)
             gates.append(act)
         y = _as_input(outputs.tensor(), x.dim(), batch_first)
         gates = pre if in_place else _in_time_order(gates, reverse)
-        return y, _final(h, h0, in_place), _final(c, c0, in_place), gates, cells.tensor()
+        if via_sigmoid:  # g = 2s - 1, c̃ = C/2 (a new tensor each, or the buffers: written in place)
+            gates[..., g_rows[0] : g_rows[1]].mul_(2.0).sub_(1.0)
+            c = c * 0.5
+        if mask is not None:  # the steps a sequence skips emit zero gates
+            gates.mul_(mask.unsqueeze(-1))
+        all_cells = cells.tensor()
+        if via_sigmoid:
+            all_cells.mul_(0.5)
+        return (
+            y,
+            _final(h, h0, in_place),
+            _as_state(c, c0) if via_sigmoid else _final(c, c0, in_place),
+            gates,
+            all_cells,
+        )
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -117,38 +140,33 @@ class LSTMFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y, grad_h_n, grad_c_n, grad_gates, grad_cells):
         x, h0, c0, w_ih, w_hh, w_hr, mask, y, gates, cells = ctx.saved_tensors
-        ys = _time_major(y, ctx.batch_first)
-        i, f, g, o = gates.chunk(4, -1)
-        slope_i, slope_f, _, slope_o = torch.addcmul(gates, gates, gates, value=-1.0).chunk(4, -1)  # σ' = σ(1-σ)
+        ys, in_place = _time_major(y, ctx.batch_first), _in_place()
         tanh_c = _tanh(cells)
-        hat = o * tanh_c  # ĥ
         c_prev = _previous(cells, _batched(c0), mask, ctx.reverse)
-        # per step: dL/da_{i,f,g} = dL/dc̃ ⊙ to_ifg, dL/da_o = dL/dĥ ⊙ to_o, dL/dc̃ = δc + dL/dĥ ⊙ to_c
-        to_ifg = torch.stack([g * slope_i, c_prev * slope_f, torch.addcmul(i, i * g, g, value=-1.0)], 2)
-        to_ifg, to_o = to_ifg.unbind(0), (tanh_c * slope_o).unbind(0)
-        to_c = torch.addcmul(o, hat, tanh_c, value=-1.0).unbind(0)  # o (1 - tanh²c̃)
+        # per step: dL/da = local ⊙ [dL/dc̃, dL/dc̃, dL/dc̃, dL/dĥ] (gate by gate), dL/dc̃ = δc + dL/dĥ ⊙ to_c
+        local = _lstm_local_factors(gates, c_prev, tanh_c)
+        o = gates.chunk(4, -1)[3]
+        to_c = torch.addcmul(o, o * tanh_c, tanh_c, value=-1.0).unbind(0)  # o (1 - tanh²c̃)
         extra_pre = None if grad_gates is None else _masked(grad_gates * _lstm_gate_derivative(gates), mask)
         extra_c = None if grad_cells is None else _masked(grad_cells, mask)
-        grad_ys, forget = _steps_of(grad_y, ctx.batch_first), f.unbind(0)
+        grad_ys, forget = _steps_of(grad_y, ctx.batch_first), gates.chunk(4, -1)[1].unbind(0)
         dh, dc = _zeros_or(grad_h_n, _batched(h0)), _zeros_or(grad_c_n, _batched(c0))
-        d_pre, d_out = _Steps(dh, len(forget), w_hh.shape[0], not ctx.reverse, _in_place()), []
+        errors, d_out = _GateErrors(local, not ctx.reverse, in_place), []
         for t in reversed(_steps(len(forget), ctx.reverse)):
             error_h, passed_h = _split(mask, t, _plus(dh, _at(grad_ys, t)), dh)
             error_c, passed_c = _split(mask, t, dc, dc)
             d_hat = error_h if w_hr is None else error_h.mm(w_hr)
             d_cell = _plus(torch.addcmul(error_c, d_hat, to_c[t]), _at(extra_c, t))
-            step = torch.cat([(to_ifg[t] * d_cell.unsqueeze(1)).flatten(1), d_hat * to_o[t]], 1, out=d_pre.out(t))
-            if extra_pre is not None:
-                step = torch.add(step, extra_pre[t], out=d_pre.out(t))
+            step = errors.at(t, d_cell, d_hat, _at(extra_pre, t))
             dh, dc = _plus(step.mm(w_hh), passed_h), _plus(d_cell * forget[t], passed_c)
-            d_pre.keep(step)
             d_out.append(error_h)
-        d_pre = d_pre.tensor()
+        d_pre = errors.tensor()
         need = ctx.needs_input_grad
         grad_x = _as_input(d_pre.matmul(w_ih), x.dim(), ctx.batch_first) if need[0] else None
         h_prev = _previous(ys, _batched(h0), mask, ctx.reverse)
         d_hat = _in_time_order(d_out, not ctx.reverse) if w_hr is not None else None
         entries = [(3, d_pre, _time_major(x, ctx.batch_first)), (4, d_pre, h_prev), (5, d_pre, None), (6, d_pre, None)]
+        hat = gates.chunk(4, -1)[3] * tanh_c if w_hr is not None else None  # ĥ
         weights = _parameter_grads(ctx, entries + ([(7, d_hat, hat)] if w_hr is not None else []))
         return (
             grad_x,
@@ -200,3 +218,53 @@ def _lstm_gate_derivative(gates: torch.Tensor) -> torch.Tensor:
     """d[i, f, g, o]/d[a_i, a_f, a_g, a_o] from the gates: [i(1-i), f(1-f), 1-g², o(1-o)], (T, B, 4H)."""
     i, f, g, o = gates.chunk(4, -1)
     return torch.cat([i * (1 - i), f * (1 - f), 1 - g * g, o * (1 - o)], -1)
+
+
+def _lstm_local_factors(gates: torch.Tensor, c_prev: torch.Tensor, tanh_c: torch.Tensor) -> torch.Tensor:
+    """The factors of dL/da that do not involve the carried errors, (T, B, 4H):
+    [g ⊙ i(1-i), c_{t-1} ⊙ f(1-f), i ⊙ (1-g²), tanh c̃ ⊙ o(1-o)] (``_gate_errors`` multiplies them by the errors)."""
+    i, _, g, _ = gates.chunk(4, -1)
+    slope = torch.addcmul(gates, gates, gates, value=-1.0)  # σ' = σ(1-σ) (the g rows unused)
+    slope_i, slope_f, _, slope_o = slope.chunk(4, -1)
+    if not _in_place():
+        return torch.cat([g * slope_i, c_prev * slope_f, torch.addcmul(i, i * g, g, value=-1.0), tanh_c * slope_o], -1)
+    local = slope  # a fresh buffer: each gate's factor is written over its slope
+    torch.mul(slope_i, g, out=local[..., : g.shape[-1]])
+    torch.mul(slope_f, c_prev, out=local[..., g.shape[-1] : 2 * g.shape[-1]])
+    torch.addcmul(i, i * g, g, value=-1.0, out=local[..., 2 * g.shape[-1] : 3 * g.shape[-1]])
+    torch.mul(slope_o, tanh_c, out=local[..., 3 * g.shape[-1] :])
+    return local
+
+
+class _GateErrors:
+    """dL/da of every step, (T, B, 4H): local ⊙ [dL/dc̃, dL/dc̃, dL/dc̃, dL/dĥ] gate by gate (``local`` from
+    ``_lstm_local_factors``), plus the gradient reaching the gates output when there is one.
+
+    In place (``_in_place()``), each step's two products are written into a preallocated buffer through views
+    made once for all steps; otherwise each step concatenates its products and ``tensor`` stacks the steps."""
+
+    def __init__(self, local: torch.Tensor, reverse: bool, in_place: bool) -> None:
+        self.hidden, self.reverse = local.shape[-1] // 4, reverse
+        self.local = local.unbind(0)
+        self.listed: list[torch.Tensor] = []
+        self.buffer = torch.empty_like(local) if in_place else None
+        if self.buffer is not None:
+            o_rows = slice(3 * self.hidden, None)
+            self.rows = self.buffer.unbind(0)
+            self.local_by_gate = local.unflatten(-1, (4, self.hidden)).unbind(0)
+            self.out_by_gate = self.buffer.unflatten(-1, (4, self.hidden)).unbind(0)
+            self.local_o, self.out_o = local[..., o_rows].unbind(0), self.buffer[..., o_rows].unbind(0)
+
+    def at(self, t: int, d_cell: torch.Tensor, d_hat: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+        if self.buffer is None:
+            local, rows, hidden = self.local[t], d_cell.shape[0], self.hidden
+            ifg = (local[:, : 3 * hidden].reshape(rows, 3, hidden) * d_cell.unsqueeze(1)).flatten(1)
+            step = _plus(torch.cat([ifg, local[:, 3 * hidden :] * d_hat], 1), extra)
+            self.listed.append(step)
+            return step
+        torch.mul(self.local_by_gate[t], d_cell.unsqueeze(1), out=self.out_by_gate[t])  # the o rows overwritten:
+        torch.mul(self.local_o[t], d_hat, out=self.out_o[t])
+        return self.rows[t] if extra is None else self.rows[t].add_(extra)
+
+    def tensor(self) -> torch.Tensor:
+        return self.buffer if self.buffer is not None else _in_time_order(self.listed, self.reverse)
