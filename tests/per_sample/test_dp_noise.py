@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -15,6 +16,7 @@ from manualbp.data import DigitsDataModule
 from manualbp.lightning import ClassifierModule
 from manualbp.per_sample import DPSGD, DifferentialPrivacy, add_noise
 from manualbp.per_sample.dp import secure_normal
+from manualbp.per_sample.noise import NoiseStream
 
 _BAD_ARGUMENTS = [
     ("noise_multiplier", -1.0), ("noise_multiplier", math.nan), ("noise_multiplier", math.inf),
@@ -208,3 +210,107 @@ def test_a_checkpoint_continues_the_noise_stream_and_a_seeded_one_stays_on_its_d
                 dp.privatize([q])
         else:
             dp.privatize([q])
+
+
+def _standard_normal_failures(z) -> list[str]:
+    """What makes the draws ``z`` (10⁶ of them, meant to be N(0, 1)) not so, within sampling error: a KS and an
+    Anderson-Darling test of normality at 1%, the mean and the std within 5 standard errors (5e-3, 3.5e-3)."""
+    failures = []
+    if stats.kstest(z, "norm").pvalue < 0.01:
+        failures.append("KS")
+    if stats.anderson(z, "norm", method="interpolate").pvalue < 0.01:
+        failures.append("Anderson-Darling")
+    if abs(z.mean()) > 5 / len(z) ** 0.5:
+        failures.append("mean")
+    if abs(z.std() - 1) > 5 / (2 * len(z)) ** 0.5:
+        failures.append("std")
+    return failures
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("prefetch", [False, True], ids=["generator", "prefetched"])
+def test_the_default_noise_is_exactly_n_0_sigma_c_over_b_and_a_wrong_std_is_caught(dtype, prefetch):
+    """add_noise's default noise, as the step draws it (torch's normal_ in the gradient's dtype, plain or through
+    a prefetching NoiseStream), on 10⁶ coordinates: (p.grad_after − p.grad/B) / (σC/B) passes the checks; the same
+    draws with a std 5% off (1.05 σC/B) or shifted by 0.01 fail them, so the checks can fail."""
+    sigma, clip, batch = 1.1, 0.9, 128
+    p = _grad(1_000_000, dtype)
+    before = p.grad / batch
+    generator = torch.Generator().manual_seed(5)
+    source = NoiseStream(generator, prefetch=True) if prefetch else generator
+    add_noise([p], sigma, clip, batch, source)
+    z = ((p.grad - before).double() / (sigma * clip / batch)).numpy()
+    assert _standard_normal_failures(z) == []
+    assert "std" in _standard_normal_failures(1.05 * z) and "KS" in _standard_normal_failures(1.05 * z)
+    assert "mean" in _standard_normal_failures(z + 0.01)
+
+
+def test_steps_draw_independent_noise():
+    """Consecutive steps of a stream (prefetched) and two parameters in one step: no run of 4 values of one found
+    in another (a stream restarted or repeated would be), and correlations within 5 standard errors of 0 (1/√n).
+    Single float32 values do repeat by chance (2²⁴ values per binade)."""
+    stream = NoiseStream(torch.Generator().manual_seed(2), prefetch=True)
+    w, b = torch.nn.Parameter(torch.zeros(500, 400)), torch.nn.Parameter(torch.zeros(200_000))
+    steps = []
+    for _ in range(3):
+        w.grad, b.grad = None, None
+        add_noise([w, b], 1.0, 1.0, 1, stream)
+        steps.append(torch.cat([w.grad.flatten(), b.grad]))
+    stream.close()
+    values = torch.stack(steps)
+    runs = [np.lib.stride_tricks.sliding_window_view(v.numpy().view(np.int32), 4) for v in values]
+    seen = {bytes(r) for r in runs[0][: 200_000 - 3]}  # step 0's w
+    others = [runs[0][200_000::97], *(r[::97] for r in runs[1:])]  # step 0's b, steps 1 and 2
+    assert not any(bytes(r) in seen for rows in others for r in rows)
+    n = values.shape[1]
+    for first, second in ((values[0], values[1]), (values[1], values[2]), (values[0, :200_000], values[0, 200_000:])):
+        assert abs(torch.corrcoef(torch.stack([first, second]))[0, 1].item()) < 5 / min(n, first.numel()) ** 0.5
+
+
+def _noise_of_steps(source, shapes) -> list[torch.Tensor]:
+    out = []
+    for shape in shapes:
+        p = torch.nn.Parameter(torch.zeros(shape))
+        add_noise([p], 1.0, 1.0, 4, source)
+        out.append(p.grad.clone())
+    return out
+
+
+def test_a_prefetched_stream_draws_what_its_generator_draws_bit_for_bit():
+    """NoiseStream(prefetch=True) gives the draws of add_noise with the plain generator, also when a step asks for
+    other shapes than the one prefetched (the prefetch is thrown away, the generator put back); its state is that
+    of the steps taken: a generator set to it draws the next step's noise."""
+    shapes = [(300, 7), (300, 7), (50,), (300, 7), (300, 7)]
+    plain = _noise_of_steps(torch.Generator().manual_seed(9), shapes)
+    stream = NoiseStream(torch.Generator().manual_seed(9), prefetch=True)
+    ahead = _noise_of_steps(stream, shapes)
+    assert all(torch.equal(a, b) for a, b in zip(plain, ahead))
+    resumed = torch.Generator().set_state(stream.get_state())
+    assert torch.equal(_noise_of_steps(stream, [(300, 7)])[0], _noise_of_steps(resumed, [(300, 7)])[0])
+    stream.close()
+
+
+def test_a_prefetching_dpsgd_resumes_its_stream_and_matches_one_without():
+    """DifferentialPrivacy(prefetch_noise=True): the noise of a run without it, and a checkpoint taken while the
+    next step's noise is being drawn resumes at that step (the prefetched draw is not skipped)."""
+
+    def run(prefetch: bool, steps: int, state=None):
+        dp = DPSGD(DifferentialPrivacy(1.0, 1.0, seed=4, prefetch_noise=prefetch))
+        if state is not None:
+            dp.load_state_dict(state)
+        dp.sample_rate, dp.expected_batch_size = 0.1, 10
+        p = torch.nn.Parameter(torch.zeros(1000))
+        out = []
+        for _ in range(steps):
+            p.grad = None
+            dp.privatize([p])
+            out.append(p.grad.clone())
+        return dp, out
+
+    _, plain = run(False, 3)
+    dp, ahead = run(True, 1)
+    state = dp.state_dict()
+    _, resumed = run(True, 2, state)
+    assert all(torch.equal(a, b) for a, b in zip(plain, ahead + resumed))
+    with pytest.raises(TypeError, match="prefetch_noise"):
+        DifferentialPrivacy(1.0, 1.0, prefetch_noise=1)
