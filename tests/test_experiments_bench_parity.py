@@ -154,8 +154,16 @@ def test_bench_dp_noise_tiny_run_writes_its_cases_and_the_machine(experiments, t
     out = tmp_path / "dp_noise.json"
     result = bench.main(["--reps", "1", "--json", str(out)])
     assert json.loads(out.read_text()) == result
-    assert [r["case"] for r in result["rows"]][:2] == ["noise, default", "noise, secure_mode"]
-    assert {"step, batch 128, secure_mode", "os.urandom, 32 bytes a parameter"} <= {r["case"] for r in result["rows"]}
+    cases = [r["case"] for r in result["rows"]]
+    generators = [case for case in cases if case.startswith("generator: ")]
+    assert "generator: torch normal_ float32" in generators and len(generators) >= 8, generators
+    assert {
+        "noise, default",
+        "noise, secure_mode",
+        "step, batch 128, secure_mode",
+        "step, batch 128, noise prefetched",
+        "os.urandom, 32 bytes a parameter",
+    } <= set(cases)
     for row in result["rows"]:
         assert row["reps"] == 1 and 0 < row["best_ms"] <= row["median_ms"], row
     assert result["parameters"] == 784 * 800 + 800 + 800 * 800 + 800 + 800 * 10 + 10
@@ -169,10 +177,10 @@ def test_bench_compile_failure_gives_a_row_that_says_so_and_the_run_goes_on(expe
     bench = experiments("bench")
     measure = bench.bench_config
 
-    def bench_config(model_name, batch, device, reps, warmup, probe=None, probe_samples=10, compiled=False):
+    def bench_config(model_name, batch, device, reps, warmup, probe=None, probe_samples=10, compiled=False, **kw):
         if compiled:  # as compile_pair reports a model whose compiling first step raised
             raise bench.CompileFailed("autograd model: TypeError: boom", {"manual_compile_s": 1.5})
-        return measure(model_name, batch, device, reps, warmup, probe, probe_samples, compiled)
+        return measure(model_name, batch, device, reps, warmup, probe, probe_samples, compiled, **kw)
 
     monkeypatch.setattr(bench, "bench_config", bench_config)
     out = tmp_path / "bench_failed.json"

@@ -75,8 +75,7 @@ def linear_grads(ctx, grad_out, x, weight):
     ``LinearReLUFunction`` with G = dL/dy ⊙ [y > 0]); ``ctx.has_bias`` says whether b exists.
     dL/dW and dL/db are the reduction: ``linear_reduction``, or the per-sample mode in ``REDUCTION``.
     """
-    if x.dtype != grad_out.dtype or weight.dtype != grad_out.dtype:  # autocast: same precision as the forward
-        x, weight = x.to(grad_out.dtype), weight.to(grad_out.dtype)
+    x, weight = x.to(grad_out.dtype), weight.to(grad_out.dtype)  # autocast: same precision as the forward
     grad_x = None
     if ctx.needs_input_grad[0]:
         grad_x = _in_input_layout(grad_out.matmul(weight), x)
