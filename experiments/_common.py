@@ -121,6 +121,18 @@ def train_step(
     return loss.detach()
 
 
+def peak_allocated_bytes(prof: torch.profiler.profile) -> int:
+    """The most bytes the allocator had handed out and not yet taken back at any moment of a
+    ``profile(profile_memory=True)`` run, counted from its start: its ``[memory]`` events (+ allocations,
+    - frees) summed in time order."""
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
 def summarize_ms(times: Sequence[float]) -> dict[str, float]:
     """Median and interquartile range (p25, p75) of a list of times."""
     if len(times) >= 2:

@@ -58,7 +58,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _common import machine_meta, summarize_ms, write_json
+from _common import machine_meta, peak_allocated_bytes, summarize_ms, write_json
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
@@ -133,12 +133,7 @@ def peak_backward_bytes(attend: Attention, inputs: Sequence[torch.Tensor]) -> in
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         grads = torch.autograd.grad(out, (q, k, v), grad_out)
     del grads, out
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    live = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
-        live += event.nbytes()
-        peak = max(peak, live)
-    return peak
+    return peak_allocated_bytes(prof)
 
 
 @contextlib.contextmanager

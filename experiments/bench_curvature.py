@@ -101,7 +101,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import ARCHS, assert_same_weights, machine_meta, output_folder, summarize_ms, write_json
+from _common import (
+    ARCHS,
+    assert_same_weights,
+    machine_meta,
+    output_folder,
+    peak_allocated_bytes,
+    summarize_ms,
+    write_json,
+)
 from bench_per_sample import OutOfPlaceBasicBlock, time_interleaved
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
@@ -329,12 +337,7 @@ def peak_bytes(step: Step, clear: Callable[[], None]) -> int:
         clear()
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             step()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    live = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
-        live += event.nbytes()
-        peak = max(peak, live)
-    return peak
+    return peak_allocated_bytes(prof)
 
 
 def methods_of(quantity: str) -> tuple[str, ...]:

@@ -306,7 +306,7 @@ def _attend(
     options: AttentionOptions,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """O (in the compute dtype) and ℓ by the online softmax over key blocks, with differentiable torch operations
-    (in place where no graph is recorded, ``_in_place``)."""
+    (in place where no graph is recorded, ``scratch_writable``)."""
     in_place = scratch_writable()
     dtype = _compute_dtype(query.dtype)
     q, k, v, mask = query.to(dtype), key.to(dtype), value.to(dtype), _cast(mask, dtype)

@@ -144,6 +144,7 @@ def add_noise(
                 for grad, noise in zip(grads, noises):
                     torch.add(noise, grad, alpha=scale, out=grad)
             return
+        plain = generator if isinstance(generator, torch.Generator) else None  # a NoiseStream drew above, if any
         for grad in grads:
             if std == 0:
                 grad.mul_(scale)
@@ -152,8 +153,7 @@ def add_noise(
                 noise = noise.view(4, *grad.shape)
                 grad.copy_((grad.double() + noise.sum(0) / 2) * scale)
             else:
-                assert generator is None or isinstance(generator, torch.Generator), "a NoiseStream drew above"
-                noise = torch.empty_like(grad).normal_(0.0, std, generator=generator)
+                noise = torch.empty_like(grad).normal_(0.0, std, generator=plain)
                 torch.add(noise, grad, alpha=scale, out=grad)
 
 

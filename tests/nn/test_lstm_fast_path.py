@@ -44,7 +44,7 @@ def test_in_place_path_equals_general_path(monkeypatch, masked, reverse, proj, b
     mask = torch.arange(T).unsqueeze(1) < torch.tensor([T, 2, 4]) if masked else None
 
     fast = _run(x, h0, c0, weights, mask, reverse, batch_first, seed=1)
-    monkeypatch.setattr(lstm_module, "_in_place", lambda: False)
+    monkeypatch.setattr(lstm_module, "scratch_writable", lambda: False)
     monkeypatch.setattr(lstm_module, "_via_sigmoid", lambda t: False)
     general = _run(x, h0, c0, weights, mask, reverse, batch_first, seed=1)
 

@@ -105,17 +105,10 @@ def _doubled(t: torch.Tensor | None, start: int, stop: int, double: bool = True)
     return t * (scale if t.dim() == 1 else scale.unsqueeze(1))
 
 
-def _in_place() -> bool:
-    """Whether a loop may write its results into preallocated buffers (``_Steps``): in plain eager mode, not while
-    autograd records the loop (a backward with ``create_graph``), a torch.func transform runs it (vmap may batch
-    some operands and not a buffer) or torch.compile traces it (functionalized, each write would copy the buffer)."""
-    return not (torch.is_grad_enabled() or torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling())
-
-
 class _Steps:
     """The per-step results (B, F) of a loop, gathered into one (T, B, F) tensor in time order.
 
-    In place (``_in_place()``), each step's last op writes into a preallocated buffer through ``out=out(t)``,
+    In place (``scratch_writable()``), each step's last op writes into a preallocated buffer through ``out=out(t)``,
     so nothing is copied afterwards (a stack of the steps costs as much as a step's elementwise work at batch
     128); otherwise ``out(t)`` is None, the ops make new tensors, ``keep`` lists them and ``tensor`` stacks them.
     """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from manualbp.functional._dispatch import function
+from manualbp.functional._inplace import scratch_writable
 from manualbp.functional._tangents import tangent_sum
 from manualbp.functional.linear import linear_tangent
 from manualbp.functional.recurrent._steps import (
@@ -15,7 +16,6 @@ from manualbp.functional.recurrent._steps import (
     _batched,
     _doubled,
     _final,
-    _in_place,
     _in_time_order,
     _masked,
     _parameter_grads,
@@ -71,7 +71,7 @@ class GRUFunction(torch.autograd.Function):
         bias = None if b_ih is None else torch.cat([b_ih[: 2 * size] + b_hh[: 2 * size], scale * b_ih[2 * size :]])
         pre_x = _project(x, _doubled(w_ih, 2 * size, 3 * size, via_sigmoid), bias, batch_first).unbind(0)
         q_bias = None if b_hh is None else torch.cat([torch.zeros_like(b_hh[: 2 * size]), b_hh[2 * size :]])
-        h, w_hh_t, in_place = _batched(h0), w_hh.t(), _in_place()
+        h, w_hh_t, in_place = _batched(h0), w_hh.t(), scratch_writable()
         outputs = _Steps(h, len(pre_x), size, reverse, in_place)
         gates = _Steps(h, len(pre_x), 4 * size, reverse, in_place)
         for t in _steps(len(pre_x), reverse):
@@ -112,7 +112,7 @@ class GRUFunction(torch.autograd.Function):
         to_q = torch.stack([to_n * q_n * slope_r, (h_prev - n) * slope_z, to_n * r], 2).unbind(0)
         extra_q, extra_n = (None, None) if grad_gates is None else _gru_gates_grad(_masked(grad_gates, mask), gates)
         grad_ys, update, to_n = _steps_of(grad_y, ctx.batch_first), z.unbind(0), to_n.unbind(0)
-        dh, in_place = _zeros_or(grad_h_n, _batched(h0)), _in_place()
+        dh, in_place = _zeros_or(grad_h_n, _batched(h0)), scratch_writable()
         d_q = _Steps(dh, len(update), w_hh.shape[0], not ctx.reverse, in_place)
         d_n = _Steps(dh, len(update), dh.shape[1], not ctx.reverse, in_place)
         for t in reversed(_steps(len(update), ctx.reverse)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from manualbp.functional._dispatch import function
+from manualbp.functional._inplace import scratch_writable
 from manualbp.functional._tangents import tangent_sum
 from manualbp.functional.recurrent._steps import (
     _advance,
@@ -14,7 +15,6 @@ from manualbp.functional.recurrent._steps import (
     _batched,
     _doubled,
     _final,
-    _in_place,
     _in_time_order,
     _masked,
     _parameter_grads,
@@ -77,7 +77,7 @@ class LSTMFunction(torch.autograd.Function):
         # In place, the gates of step t are computed in the projection's rows for step t, which become the gates output.
         bias = _doubled(_sum(b_ih, b_hh), *g_rows, via_sigmoid)
         pre = _project(x, _doubled(w_ih, *g_rows, via_sigmoid), bias, batch_first)
-        pre_x, in_place = pre.unbind(0), _in_place()
+        pre_x, in_place = pre.unbind(0), scratch_writable()
         # via_sigmoid, the cell state is carried doubled, C = 2c̃, so that tanh c̃ = 2σ(C) - 1 is one sigmoid, and
         # the g rows hold s = σ(2a_g) = (1 + g)/2 during the loop: C_t = f C_{t-1} + 2 i g = f C_{t-1} + 4 i s - 2 i
         scale = 2.0 if via_sigmoid else 1.0
@@ -140,7 +140,7 @@ class LSTMFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y, grad_h_n, grad_c_n, grad_gates, grad_cells):
         x, h0, c0, w_ih, w_hh, w_hr, mask, y, gates, cells = ctx.saved_tensors
-        ys, in_place = _time_major(y, ctx.batch_first), _in_place()
+        ys, in_place = _time_major(y, ctx.batch_first), scratch_writable()
         tanh_c = _tanh(cells)
         c_prev = _previous(cells, _batched(c0), mask, ctx.reverse)
         # per step: dL/da = local ⊙ [dL/dc̃, dL/dc̃, dL/dc̃, dL/dĥ] (gate by gate), dL/dc̃ = δc + dL/dĥ ⊙ to_c
@@ -226,7 +226,7 @@ def _lstm_local_factors(gates: torch.Tensor, c_prev: torch.Tensor, tanh_c: torch
     i, _, g, _ = gates.chunk(4, -1)
     slope = torch.addcmul(gates, gates, gates, value=-1.0)  # σ' = σ(1-σ) (the g rows unused)
     slope_i, slope_f, _, slope_o = slope.chunk(4, -1)
-    if not _in_place():
+    if not scratch_writable():
         return torch.cat([g * slope_i, c_prev * slope_f, torch.addcmul(i, i * g, g, value=-1.0), tanh_c * slope_o], -1)
     local = slope  # a fresh buffer: each gate's factor is written over its slope
     torch.mul(slope_i, g, out=local[..., : g.shape[-1]])
@@ -240,7 +240,7 @@ class _GateErrors:
     """dL/da of every step, (T, B, 4H): local ⊙ [dL/dc̃, dL/dc̃, dL/dc̃, dL/dĥ] gate by gate (``local`` from
     ``_lstm_local_factors``), plus the gradient reaching the gates output when there is one.
 
-    In place (``_in_place()``), each step's two products are written into a preallocated buffer through views
+    In place (``scratch_writable()``), each step's two products are written into a preallocated buffer through views
     made once for all steps; otherwise each step concatenates its products and ``tensor`` stacks the steps."""
 
     def __init__(self, local: torch.Tensor, reverse: bool, in_place: bool) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from manualbp.functional._dispatch import function
+from manualbp.functional._inplace import scratch_writable
 from manualbp.functional._tangents import tangent_sum
 from manualbp.functional.recurrent._steps import (
     _advance,
@@ -13,7 +14,6 @@ from manualbp.functional.recurrent._steps import (
     _at,
     _batched,
     _final,
-    _in_place,
     _in_time_order,
     _parameter_grads,
     _plus,
@@ -59,7 +59,7 @@ class RNNFunction(torch.autograd.Function):
         scale = 2 if via_sigmoid else 1  # tanh(a) = 2σ(2a) - 1 (``_tanh``): the 2 goes into the weights
         bias = _sum(b_ih, b_hh)
         pre_x = _project(x, scale * w_ih, None if bias is None else scale * bias, batch_first).unbind(0)
-        h, w_hh_t, in_place = _batched(h0), (scale * w_hh).t(), _in_place()
+        h, w_hh_t, in_place = _batched(h0), (scale * w_hh).t(), scratch_writable()
         outputs = _Steps(h, len(pre_x), h.shape[1], reverse, in_place)
         for t in _steps(len(pre_x), reverse):
             a = torch.addmm(pre_x[t], h, w_hh_t, out=outputs.out(t))
@@ -84,7 +84,7 @@ class RNNFunction(torch.autograd.Function):
         dphi = _rnn_derivative(ys, ctx.relu).unbind(0)
         grad_ys = _steps_of(grad_y, ctx.batch_first)
         dh = _zeros_or(grad_h_n, _batched(h0))
-        d_pre = _Steps(dh, ys.shape[0], dh.shape[1], not ctx.reverse, _in_place())
+        d_pre = _Steps(dh, ys.shape[0], dh.shape[1], not ctx.reverse, scratch_writable())
         for t in reversed(_steps(ys.shape[0], ctx.reverse)):
             error, passed = _split(mask, t, _plus(dh, _at(grad_ys, t)), dh)
             step = torch.mul(error, dphi[t], out=d_pre.out(t))
